@@ -1,0 +1,113 @@
+"""Load a causal LM from a hub id, a local checkpoint folder, or a GGUF file.
+
+Safetensors only and ``trust_remote_code`` off unless asked for: a checkpoint is data, not code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from coopprune.errors import CoopPruneError
+from coopprune.models.architectures import Architecture, architecture_for
+
+DEFAULT_SOURCE = "default"
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class LoadedModel:
+    """A model with what the rest of coopprune needs to know about it."""
+
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    architecture: Architecture
+    source: str
+    fingerprint: str
+
+    @property
+    def num_layers(self) -> int:
+        return self.architecture.num_layers(self.model)
+
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+def resolve_source(source: str, revision: str | None = None) -> tuple[str, str | None]:
+    """Return ``(folder_or_hub_id, gguf_file)``; GGUF files are materialized once to safetensors."""
+    if source == DEFAULT_SOURCE:
+        from coopprune.fetch import fetch_default_model
+
+        return str(fetch_default_model()), None
+    path = Path(source).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise CoopPruneError(f"model file not found: {source}")
+        from coopprune.fetch import materialize_gguf
+
+        from coopprune.paths import data_home
+
+        stat = path.stat()
+        key = hashlib.sha256(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:12]
+        return str(materialize_gguf(path, data_home() / "models" / f"{path.stem}-{key}")), None
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise CoopPruneError(f"not a model checkpoint (no config.json): {source}")
+        return str(path), None
+    if path.exists():
+        raise CoopPruneError(f"not a model folder or .gguf file: {source}")
+    if source.startswith((".", "/", "~")) or not _HUB_ID.match(source):
+        raise CoopPruneError(f"model path not found: {source}")
+    return source, None
+
+
+def load_config(source: str, revision: str | None = None, trust_remote_code: bool = False):
+    """Load only the config, so unsupported architectures fail before any weights are read."""
+    location, _ = resolve_source(source, revision)
+    try:
+        return location, AutoConfig.from_pretrained(location, revision=revision, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise CoopPruneError(f"cannot load model config from {source}: {str(exc).splitlines()[0]}") from exc
+
+
+def load_model(
+    source: str = DEFAULT_SOURCE,
+    revision: str | None = None,
+    trust_remote_code: bool = False,
+    dtype: str = "float32",
+) -> LoadedModel:
+    """Load model + tokenizer in eval mode; fp32 by default (faster than bf16 on CPUs)."""
+    if dtype not in _DTYPES:
+        raise CoopPruneError(f"unknown dtype '{dtype}'; choose one of {', '.join(_DTYPES)}")
+    location, config = load_config(source, revision, trust_remote_code)
+    architecture = architecture_for(config)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            location,
+            revision=revision,
+            trust_remote_code=trust_remote_code,
+            dtype=_DTYPES[dtype],
+            use_safetensors=True,
+        )
+        tokenizer = AutoTokenizer.from_pretrained(location, revision=revision, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise CoopPruneError(f"cannot load model from {source}: {str(exc).splitlines()[0]}") from exc
+    model.eval()
+    return LoadedModel(model, tokenizer, architecture, source, model_fingerprint(model))
+
+
+def model_fingerprint(model: PreTrainedModel) -> str:
+    """sha256 of the config and every weight: what made a result, independent of where it was loaded."""
+    config = {k: v for k, v in model.config.to_dict().items() if not k.startswith("_") and k != "transformers_version"}
+    digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode())
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(str(tensor.dtype).encode())
+        digest.update(tensor.detach().contiguous().cpu().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()

@@ -1,0 +1,95 @@
+"""Remove layers for good and save a checkpoint that plain ``from_pretrained`` loads."""
+
+from __future__ import annotations
+
+import datetime as dt
+import platform
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import transformers
+
+import coopprune
+from coopprune.atomic import atomic_dir, write_json
+from coopprune.errors import CoopPruneError
+from coopprune.models import LoadedModel
+from coopprune.sampling import normalize_layers
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    """Unique parameters (tied embeddings counted once)."""
+    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+
+
+@dataclass
+class PruningRecord:
+    """``pruning.json``: everything needed to know what was removed, from what, and why."""
+
+    base_model: str
+    base_fingerprint: str
+    removed_layers: list[int]
+    kept_layers: list[int]
+    layers_before: int
+    layers_after: int
+    parameters_before: int
+    parameters_after: int
+    method: str
+    scores: dict[str, Any] = field(default_factory=dict)
+    params: dict[str, Any] = field(default_factory=dict)
+    versions: dict[str, str] = field(
+        default_factory=lambda: {
+            "coopprune": coopprune.__version__,
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "python": platform.python_version(),
+        }
+    )
+    created: str = field(default_factory=lambda: dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
+
+
+def check_output_dir(out_dir: str | Path, overwrite: bool) -> Path:
+    """Fail before any work if the output exists (runs are long; find out first)."""
+    out = Path(out_dir)
+    if out.exists() and not overwrite:
+        raise CoopPruneError(f"output folder exists: {out} (pass --overwrite to replace it)")
+    return out
+
+
+def prune_layers(loaded: LoadedModel, removed: Sequence[int]) -> list[int]:
+    """Remove ``removed`` (original indices) from the model in place; returns them sorted."""
+    n = loaded.num_layers
+    removed = list(normalize_layers(removed, n, what="layer"))
+    if not 1 <= len(removed) < n:
+        raise CoopPruneError(f"must remove between 1 and {n - 1} layers, got {len(removed)}")
+    loaded.architecture.remove_layers(loaded.model, removed)
+    return removed
+
+
+def save_pruned(loaded: LoadedModel, out_dir: str | Path, record: PruningRecord, overwrite: bool = False) -> Path:
+    """Write weights (safetensors), config, tokenizer and ``pruning.json`` into ``out_dir`` atomically."""
+    out = check_output_dir(out_dir, overwrite)
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        loaded.model.save_pretrained(tmp, safe_serialization=True)
+        loaded.tokenizer.save_pretrained(tmp)
+        write_json(Path(tmp) / "pruning.json", asdict(record))
+    return out
+
+
+def make_record(loaded: LoadedModel, removed: list[int], method: str, parameters_before: int, **extra: Any) -> PruningRecord:
+    """Record for a model that has just had ``removed`` taken out."""
+    before = len(removed) + loaded.num_layers
+    return PruningRecord(
+        base_model=loaded.source,
+        base_fingerprint=loaded.fingerprint,
+        removed_layers=removed,
+        kept_layers=[i for i in range(before) if i not in set(removed)],
+        layers_before=before,
+        layers_after=loaded.num_layers,
+        parameters_before=parameters_before,
+        parameters_after=count_parameters(loaded.model),
+        method=method,
+        **extra,
+    )
