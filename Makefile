@@ -1,0 +1,34 @@
+# Two entry points on a fresh clone: `make run` (the main job) and `make test`.
+# Both create .venv and install the pinned dependencies first, once (idempotent).
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+PARAMS ?= params.yaml
+
+.PHONY: run test venv fetch clean
+
+run: $(STAMP)
+	$(BIN)/coopprune fetch-default
+	$(BIN)/coopprune run --params $(PARAMS)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+venv: $(STAMP)
+
+fetch: $(STAMP)
+	$(BIN)/coopprune fetch-default
+
+$(STAMP): requirements.lock pyproject.toml
+	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "coopprune needs Python 3.11 (set PYTHON=...)"'
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@echo "installing pinned dependencies into $(VENV) (first time: a few minutes)"
+	$(BIN)/pip install -q --disable-pip-version-check -r requirements.lock 2>&1 | { grep -v "is ignored: it is neither" || true; }
+	$(BIN)/pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e . 2>&1 | { grep -v "is ignored: it is neither" || true; }
+	touch $@
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

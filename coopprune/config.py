@@ -1,0 +1,109 @@
+"""Typed, validated parameters: ``params.yaml`` is read once, here, and rejected whole on any
+unknown key, wrong type or impossible value, before a model is loaded."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from coopprune.errors import CoopPruneError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelParams(_Section):
+    source: str = "default"  # "default" = bundled SmolLM2-135M-Instruct; hub id, folder or .gguf
+    revision: str | None = None
+    trust_remote_code: bool = False
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+
+
+class CalibrationParams(_Section):
+    source: str = "lambada"
+    n_windows: int = Field(10, ge=1)
+    window: int = Field(128, ge=2)
+    seed: int = 0
+    batch_size: int = Field(10, ge=1)
+
+
+class GameParams(_Section):
+    utility: Literal["ppl_ratio", "loglik_diff"] = "ppl_ratio"
+    protected: list[int] = []
+
+
+class SamplingParams(_Section):
+    remove: list[int] | None = None
+    remove_ratios: list[float] | None = None
+    per_stratum: int = Field(40, ge=1)
+    seed: int = 0
+    shard_size: int = Field(50, ge=1)
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> SamplingParams:
+        if self.remove is not None and self.remove_ratios is not None:
+            raise ValueError("give either remove or remove_ratios, not both")
+        if any(not 0 < r < 1 for r in self.remove_ratios or []):
+            raise ValueError("remove_ratios must lie in (0, 1)")
+        return self
+
+
+class PruneParams(_Section):
+    method: str = "ppl"
+    remove: int | None = 6
+    ratio: float | None = None
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> PruneParams:
+        if (self.remove is None) == (self.ratio is None):
+            raise ValueError("give exactly one of remove or ratio")
+        return self
+
+
+class EvaluationParams(_Section):
+    text: str = "boolq"
+    window: int = Field(128, ge=2)
+    max_windows: int | None = Field(64, ge=1)
+    batch_size: int = Field(8, ge=1)
+
+
+class Params(_Section):
+    """All parameters of a pruning run; every section and field has a default."""
+
+    model: ModelParams = ModelParams()
+    calibration: CalibrationParams = CalibrationParams()
+    game: GameParams = GameParams()
+    sampling: SamplingParams = SamplingParams()
+    prune: PruneParams = PruneParams()
+    evaluation: EvaluationParams = EvaluationParams()
+    output_dir: str = "runs/default"
+
+    @classmethod
+    def load(cls, path: str | Path | None = None) -> Params:
+        """Parse and validate a YAML file (``None``: all defaults)."""
+        if path is None:
+            return cls()
+        path = Path(path)
+        if not path.is_file():
+            raise CoopPruneError(f"params file not found: {path}")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise CoopPruneError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+        return cls.from_dict(data, where=str(path))
+
+    @classmethod
+    def from_dict(cls, data: object, where: str = "params") -> Params:
+        if not isinstance(data, dict):
+            raise CoopPruneError(f"{where}: expected a mapping of sections")
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+            msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+            raise CoopPruneError(f"{where}: {key}: {msg}") from None
