@@ -129,6 +129,10 @@ def run(
 
 def main() -> None:
     """Entry point: user errors become one line on stderr and exit status 2."""
+    if "-q" in sys.argv or "--quiet" in sys.argv:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
     try:
         app()
     except CoopPruneError as exc:

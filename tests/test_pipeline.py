@@ -1,0 +1,29 @@
+"""The main job (`coopprune run`) on a tiny model: every artifact where the summary says."""
+
+import json
+
+from coopprune import pipeline
+from coopprune.config import Params
+from coopprune.dataset import MaskDataset
+
+
+def test_run_on_tiny_model(tiny_checkpoint, text_file, tmp_path):
+    params = Params.from_dict(
+        {
+            "model": {"source": str(tiny_checkpoint)},
+            "calibration": {"source": str(text_file), "n_windows": 4, "window": 24},
+            "sampling": {"remove": [1, 3], "per_stratum": 5, "shard_size": 4},
+            "prune": {"remove": 2},
+            "evaluation": {"text": str(text_file), "window": 24, "max_windows": 5},
+            "output_dir": str(tmp_path / "run"),
+        }
+    )
+    summary = pipeline.run(params, progress=False)
+    assert summary["masks_evaluated"] == 10 == len(MaskDataset.open(summary["mask_dataset"]))
+    assert len(summary["removed_layers"]) == 2
+    assert summary["perplexity"]["pruned"]["window"] == 24
+    assert json.loads((tmp_path / "run" / "summary.json").read_text()) == json.loads(json.dumps(summary))
+    assert (tmp_path / "run" / "contributions.csv").read_text().startswith("layer,contribution,rank")
+    # a second run reuses the finished sweep
+    again = pipeline.run(params, progress=False)
+    assert again["removed_layers"] == summary["removed_layers"]
