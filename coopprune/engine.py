@@ -36,9 +36,14 @@ class MaskResult:
 
 
 def token_nll(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
-    """Summed next-token negative log-likelihood (fp32), the quantity every utility is built on."""
+    """Summed next-token negative log-likelihood, the quantity every utility is built on.
+
+    The last position has no target and is ignored rather than sliced off: slicing would copy
+    the whole [N, T, vocab] logits tensor on every mask.
+    """
+    labels = torch.cat([input_ids[:, 1:], torch.full_like(input_ids[:, :1], -100)], dim=1)
     return nn.functional.cross_entropy(
-        logits[:, :-1].reshape(-1, logits.shape[-1]).float(), input_ids[:, 1:].reshape(-1), reduction="sum"
+        logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), ignore_index=-100, reduction="sum"
     )
 
 
