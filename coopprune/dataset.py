@@ -55,7 +55,7 @@ SCHEMA_DOC = {
     "perplexity": "exp(loss)",
     "tokens": "number of predicted calibration tokens",
     "seconds": "wall time of this mask's evaluation",
-    "seed": "seed of the plan that drew the mask",
+    "seed": "seed of the plan that drew the mask; -1 for masks an estimator evaluated on demand",
     "shard": "shard the row is stored in",
     "model_fingerprint": "sha256 of the model config and weights",
     "calibration_fingerprint": "sha256 of the calibration token windows",
@@ -195,6 +195,20 @@ class MaskDataset:
         with atomic_path(self._parquet(shard)) as tmp:
             pq.write_table(pa.Table.from_pylist(rows, schema=SCHEMA), tmp)
         self._journal(shard).unlink(missing_ok=True)
+
+    def next_adhoc_shard(self) -> tuple[int, int]:
+        """(shard, first mask id) for masks evaluated on demand: both continue after everything stored."""
+        shards = [r["shard"] for r in self._rows.values()]
+        shard = max([self.manifest.n_shards - 1, *shards]) + 1
+        first_id = max([len(self.manifest.plan) - 1, *self._rows]) + 1
+        return shard, first_id
+
+    def seal_pending(self) -> None:
+        """Seal every on-demand shard still held in a journal (the plan's shards are sealed by the sweep)."""
+        for journal in sorted(self.path.glob("shard-*.journal")):
+            shard = int(journal.stem.split("-")[1])
+            if shard >= self.manifest.n_shards:
+                self.seal(shard)
 
     def is_sealed(self, shard: int) -> bool:
         return self._parquet(shard).exists()

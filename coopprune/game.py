@@ -1,45 +1,227 @@
 """The layer game: players are layers, a coalition is the set of kept layers.
 
-Shaped like ``shapiq.Game``: ``value_function`` takes a bool coalition matrix [n, L] and returns
-one utility per row. Every coalition is evaluated on the real model at most once.
+Shaped like ``shapiq.Game``: ``value_function`` takes a bool coalition matrix [n, players] and
+returns one utility per row, so shapiq's approximators run on it unchanged. Every coalition is
+evaluated on the real model at most once: results are cached in memory and, when the game is
+backed by a :class:`~coopprune.dataset.MaskDataset`, read from and appended to it (so the Stage 1
+sweep, every estimator and every later run share one pool of real evaluations).
+
+A subgame (:meth:`LayerGame.subgame`) fixes some layers as removed and plays over the rest; it
+is how iterative pruning re-runs the game on the pruned model while reusing every evaluation of
+earlier rounds (skipping a layer is exactly the physically pruned model).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
 import numpy as np
 
-from coopprune.dataset import mask_to_bits
-from coopprune.engine import MaskEvaluator
+from coopprune.dataset import MaskDataset, bits_to_mask, mask_to_bits
+from coopprune.engine import MaskEvaluator, MaskResult
+from coopprune.errors import CoopPruneError
+from coopprune.sampling import normalize_layers
 from coopprune.utility import get_utility
 
+ADHOC_SEED = -1  # ``seed`` of dataset rows evaluated on demand rather than drawn by the sweep plan
 
-class LayerGame:
-    """Cooperative game over the decoder layers of one model on one calibration set."""
 
-    def __init__(self, evaluator: MaskEvaluator, utility: str = "ppl_ratio", progress: bool = False) -> None:
-        self.evaluator = evaluator
-        self.utility_name = utility
-        self._utility = get_utility(utility)
-        self.progress = progress
+class Game:
+    """A cooperative game with a cached value function; subclasses say how to evaluate coalitions."""
+
+    def __init__(self, n_players: int, protected: Sequence[int] = ()) -> None:
+        self._n_players = n_players
+        self.protected = normalize_layers(protected, n_players, what="protected player")
         self._values: dict[str, float] = {}
-        self.evaluations = 0  # real model evaluations consumed (cache hits are free)
+        self.evaluations = 0  # real evaluations consumed (cache hits are free)
 
     @property
     def n_players(self) -> int:
-        return self.evaluator.n_layers
+        return self._n_players
+
+    @property
+    def layers(self) -> list[int]:
+        """Original index of each player (a subgame plays over a subset)."""
+        return list(range(self.n_players))
+
+    @property
+    def player_names(self) -> list[str]:
+        return [f"layer {i}" for i in self.layers]
+
+    @property
+    def protected_players(self) -> tuple[int, ...]:
+        return self.protected
 
     def value_function(self, coalitions: np.ndarray) -> np.ndarray:
-        """Utility of each coalition (row); unseen coalitions are evaluated in one shared batch."""
-        coalitions = np.asarray(coalitions, dtype=bool)
+        """Utility of each coalition (row, True = kept); unseen ones are evaluated in one shared batch.
+
+        A single 1-D coalition is accepted too (shapiq asks for the empty coalition that way).
+        """
+        coalitions = np.atleast_2d(np.asarray(coalitions, dtype=bool))
+        if coalitions.ndim != 2 or coalitions.shape[1] != self.n_players:
+            raise ValueError(f"coalitions must be a bool [n, {self.n_players}] array, got {coalitions.shape}")
         keys = [mask_to_bits(c) for c in coalitions]
         missing = sorted({k for k in keys if k not in self._values})
         if missing:
-            masks = np.array([[c == "1" for c in k] for k in missing], dtype=bool)
-            full = self.evaluator.full_loss
-            for key, result in zip(missing, self.evaluator.evaluate(masks, progress=self.progress)):
-                self._values[key] = self._utility(result.loss, full)
-            self.evaluations += len(missing)
+            self._evaluate(np.array([bits_to_mask(k) for k in missing], dtype=bool))
         return np.array([self._values[k] for k in keys], dtype=float)
 
     def __call__(self, coalitions: np.ndarray) -> np.ndarray:
         return self.value_function(coalitions)
+
+    def _evaluate(self, masks: np.ndarray) -> None:
+        """Evaluate unseen coalitions, calling :meth:`_record` for each."""
+        raise NotImplementedError
+
+    def _record(self, mask: np.ndarray, value: float) -> None:
+        self._values[mask_to_bits(mask)] = float(value)
+        self.evaluations += 1
+
+    def charge(self, passes: int) -> None:
+        """Count real forward passes a method made outside ``value_function`` (activations, probes)."""
+        self.evaluations += passes
+
+    def known(self) -> tuple[np.ndarray, np.ndarray]:
+        """Every coalition evaluated so far (this session or in a store) and its utility."""
+        keys = sorted(self._values)
+        masks = np.array([bits_to_mask(k) for k in keys], dtype=bool).reshape(len(keys), self.n_players)
+        return masks, np.array([self._values[k] for k in keys], dtype=float)
+
+    def subgame(self, removed: Sequence[int]) -> SubGame:
+        """The game on the model with ``removed`` (player indices) already taken out."""
+        return SubGame(self, removed)
+
+
+class FunctionGame(Game):
+    """A game whose utility is a plain vectorized function: synthetic games, tests, examples."""
+
+    def __init__(self, n_players: int, fn: Callable[[np.ndarray], np.ndarray], protected: Sequence[int] = ()) -> None:
+        super().__init__(n_players, protected)
+        self.fn = fn
+
+    def _evaluate(self, masks: np.ndarray) -> None:
+        for mask, value in zip(masks, np.asarray(self.fn(masks), dtype=float)):
+            self._record(mask, value)
+
+
+class LayerGame(Game):
+    """Cooperative game over the decoder layers of one model on one calibration set.
+
+    ``protected``: layers no method may remove (still players: they are always kept when a
+    pruning set is chosen). ``store``: a mask dataset of the same model, calibration and utility.
+    """
+
+    def __init__(
+        self,
+        evaluator: MaskEvaluator,
+        utility: str = "ppl_ratio",
+        protected: Sequence[int] = (),
+        store: MaskDataset | None = None,
+        progress: bool = False,
+    ) -> None:
+        super().__init__(evaluator.n_players, protected)
+        self.evaluator = evaluator
+        self.utility_name = utility
+        self._utility = get_utility(utility)
+        self.progress = progress
+        self.store = store
+        if store is not None:
+            identity = store.manifest.identity
+            if identity.utility != utility or identity.n_layers != evaluator.n_players:
+                raise CoopPruneError(
+                    f"mask dataset {store.path} holds '{identity.utility}' utilities over {identity.n_layers} players; "
+                    f"this game needs '{utility}' over {evaluator.n_players}"
+                )
+            for row in store.rows():
+                self._values[mask_to_bits(np.asarray(row["mask"], dtype=bool))] = float(row["utility"])
+
+    @property
+    def player_names(self) -> list[str]:
+        return self.evaluator.player_names
+
+    def _evaluate(self, masks: np.ndarray) -> None:
+        full = self.evaluator.full_loss
+        persist = self._store_writer(masks) if self.store is not None else None
+
+        def record(i: int, result: MaskResult) -> None:
+            self._record(masks[i], self._utility(result.loss, full))
+            if persist is not None:
+                persist(i, result)
+
+        self.evaluator.evaluate(masks, progress="real evaluations" if self.progress else False, on_result=record)
+        if self.store is not None:
+            self.store.seal_pending()
+
+    def _store_writer(self, masks: np.ndarray) -> Callable[[int, MaskResult], None]:
+        from coopprune.sweep import result_row
+
+        store = self.store
+        assert store is not None
+        shard, first_id = store.next_adhoc_shard()
+        identity = store.manifest.identity
+
+        def persist(i: int, result: MaskResult) -> None:
+            store.append(result_row(first_id + i, masks[i], result, identity, ADHOC_SEED, shard))
+
+        return persist
+
+
+class SubGame(Game):
+    """A game over the players a parent game has left after ``removed`` were taken out.
+
+    Utilities stay relative to the original full model: they differ from utilities relative to
+    the pruned model by a constant factor (``ppl_ratio``) or offset (``loglik_diff``), which
+    leaves every ranking and every set choice unchanged.
+    """
+
+    def __init__(self, parent: Game, removed: Sequence[int]) -> None:
+        removed_set = set(normalize_layers(removed, parent.n_players, what="removed player"))
+        index = [i for i in range(parent.n_players) if i not in removed_set]
+        if not index:
+            raise CoopPruneError("a subgame needs at least one remaining player")
+        super().__init__(len(index), [j for j, i in enumerate(index) if i in parent.protected_players])
+        self.parent = parent
+        self._index = index
+
+    def __getattr__(self, name: str) -> object:
+        """Everything else (evaluator, utility_name, ...) is the parent's."""
+        if name in ("parent", "_index"):
+            raise AttributeError(name)
+        return getattr(self.parent, name)
+
+    @property
+    def layers(self) -> list[int]:
+        parent_layers = self.parent.layers
+        return [parent_layers[i] for i in self._index]
+
+    @property
+    def player_names(self) -> list[str]:
+        names = self.parent.player_names
+        return [names[i] for i in self._index]
+
+    def lift(self, coalitions: np.ndarray) -> np.ndarray:
+        """Coalitions of this game as coalitions of the parent (removed players off)."""
+        coalitions = np.asarray(coalitions, dtype=bool)
+        full = np.zeros((len(coalitions), self.parent.n_players), dtype=bool)
+        full[:, self._index] = coalitions
+        return full
+
+    def value_function(self, coalitions: np.ndarray) -> np.ndarray:
+        coalitions = np.atleast_2d(np.asarray(coalitions, dtype=bool))
+        if coalitions.ndim != 2 or coalitions.shape[1] != self.n_players:
+            raise ValueError(f"coalitions must be a bool [n, {self.n_players}] array, got {coalitions.shape}")
+        before = self.parent.evaluations
+        values = self.parent.value_function(self.lift(coalitions))
+        self.evaluations += self.parent.evaluations - before
+        return values
+
+    def charge(self, passes: int) -> None:
+        self.evaluations += passes
+        self.parent.charge(passes)
+
+    def known(self) -> tuple[np.ndarray, np.ndarray]:
+        """Parent evaluations that apply here: those with every removed player off."""
+        masks, values = self.parent.known()
+        removed = np.setdiff1d(np.arange(self.parent.n_players), self._index)
+        applies = ~masks[:, removed].any(axis=1)
+        return masks[applies][:, self._index], values[applies]

@@ -21,3 +21,21 @@ def select_layers(values: np.ndarray, k: int, protected: Sequence[int] = ()) -> 
     scores = np.nan_to_num(np.asarray(values, dtype=float), nan=np.inf)
     ranked = sorted(candidates, key=lambda i: (scores[i], i))
     return sorted(ranked[:k])
+
+
+def select_within_cost(
+    values: np.ndarray, costs: Sequence[int], max_cost: int, protected: Sequence[int] = ()
+) -> list[int]:
+    """Least-contributing unprotected players, cheapest-to-lose first, whose costs sum to at most ``max_cost``.
+
+    Used when players differ in size (sublayers): budgets are compared in parameters removed.
+    """
+    scores = np.nan_to_num(np.asarray(values, dtype=float), nan=np.inf)
+    chosen, total = [], 0
+    for i in sorted((i for i in range(len(values)) if i not in set(protected)), key=lambda i: (scores[i], i)):
+        if total + costs[i] <= max_cost:
+            chosen.append(i)
+            total += costs[i]
+    if not chosen:
+        raise CoopPruneError(f"no removable player fits a budget of {max_cost} parameters")
+    return sorted(chosen)

@@ -1,62 +1,95 @@
 """Contribution estimators share one interface (like shapiq's approximators), so the CLI, the
-flows and the benchmarks treat every method, the paper's and the peers', alike."""
+flows and the benchmarks treat every method, the paper's and the peers', alike.
+
+``estimate(game, budget, seed, k)`` returns a :class:`Contributions`: one value per player
+(higher = more important), optional bootstrap intervals, the real forward passes consumed and the
+wall time. Set-based methods (SLEB's greedy order, Gromov's contiguous block) also return the
+exact set to remove for the requested ``k`` in ``removal``; everything else is ranked.
+"""
 
 from __future__ import annotations
 
-import csv
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 
-from coopprune.atomic import atomic_path
 from coopprune.errors import CoopPruneError
-from coopprune.game import LayerGame
+from coopprune.game import Game
+from coopprune.select import select_layers
 
 
 @dataclass
 class Contributions:
-    """Per-layer contribution (higher = more important) and what it cost to estimate."""
+    """Per-player contribution (higher = more important) and what it cost to estimate."""
 
     method: str
     values: np.ndarray
-    evaluations: int
+    evaluations: int  # real forward passes over the calibration set
     seconds: float
+    ci_low: np.ndarray | None = None  # bootstrap 95% interval per player
+    ci_high: np.ndarray | None = None
+    removal: list[int] | None = None  # set-based methods: the exact players to remove for k
     details: dict[str, Any] = field(default_factory=dict)
+    replicates: np.ndarray | None = field(default=None, repr=False)  # bootstrap values [B, players]
+
+    def summarize_replicates(self, k: int | None, protected: tuple[int, ...]) -> None:
+        """95% percentile intervals, and how often a resample picks the same bottom-k set."""
+        if self.replicates is None or len(self.replicates) < 2:
+            return
+        self.ci_low, self.ci_high = np.percentile(self.replicates, [2.5, 97.5], axis=0)
+        self.details["bootstrap_resamples"] = len(self.replicates)
+        if k is not None:
+            chosen = select_layers(self.values, k, protected)
+            same = [select_layers(r, k, protected) == chosen for r in self.replicates]
+            self.details["bottom_k_stability"] = float(np.mean(same))
 
     def to_json(self) -> dict[str, Any]:
+        def floats(a: np.ndarray | None) -> list[float | None] | None:
+            return None if a is None else [float(v) if np.isfinite(v) else None for v in a]
+
         return {
             "method": self.method,
-            "values": [None if not np.isfinite(v) else float(v) for v in self.values],
+            "values": floats(self.values),
+            "ci_low": floats(self.ci_low),
+            "ci_high": floats(self.ci_high),
+            "removal": self.removal,
             "evaluations": self.evaluations,
             "seconds": round(self.seconds, 3),
             **self.details,
         }
-
-    def save_csv(self, path: str | Path) -> None:
-        with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
-            writer = csv.writer(fh)
-            writer.writerow(["layer", "contribution", "rank"])
-            ranks = np.argsort(np.argsort(np.nan_to_num(self.values, nan=np.inf)))
-            for i, v in enumerate(self.values):
-                writer.writerow([i, float(v), int(ranks[i])])
 
 
 class Estimator(ABC):
     """Estimates every player's contribution in a game within a budget of real evaluations."""
 
     name: ClassVar[str]
+    #: True if the method needs a budget of real evaluations (``None`` picks ``default_budget``).
+    uses_budget: ClassVar[bool] = False
+    #: True for set-based methods (SLEB, Gromov's block, drop-last) that cannot rank without a target.
+    requires_k: ClassVar[bool] = False
 
-    def estimate(self, game: LayerGame, budget: int | None = None, seed: int = 0) -> Contributions:
+    def estimate(self, game: Game, budget: int | None = None, seed: int = 0, k: int | None = None) -> Contributions:
+        """Contributions of every player of ``game``; ``k`` is the removal target (set-based methods)."""
+        if budget is not None and budget < 1:
+            raise CoopPruneError(f"budget must be a positive number of real evaluations, got {budget}")
+        if self.requires_k and k is None:
+            raise CoopPruneError(f"method '{self.name}' chooses a set of k players to remove: give k")
         start, used = time.perf_counter(), game.evaluations
-        values, details = self._estimate(game, budget, seed)
-        return Contributions(self.name, values, game.evaluations - used, time.perf_counter() - start, details)
+        result = self._estimate(game, budget, seed, k)
+        result.summarize_replicates(k, game.protected_players)
+        result.evaluations = game.evaluations - used
+        result.seconds = time.perf_counter() - start
+        return result
 
     @abstractmethod
-    def _estimate(self, game: LayerGame, budget: int | None, seed: int) -> tuple[np.ndarray, dict[str, Any]]: ...
+    def _estimate(self, game: Game, budget: int | None, seed: int, k: int | None) -> Contributions: ...
+
+    def _result(self, values: np.ndarray, **kwargs: Any) -> Contributions:
+        """A Contributions for this method; cost fields are filled in by :meth:`estimate`."""
+        return Contributions(self.name, np.asarray(values, dtype=float), 0, 0.0, **kwargs)
 
 
 ESTIMATORS: dict[str, type[Estimator]] = {}
@@ -67,8 +100,9 @@ def register(cls: type[Estimator]) -> type[Estimator]:
     return cls
 
 
-def get_estimator(name: str) -> Estimator:
+def get_estimator(name: str, **options: Any) -> Estimator:
     try:
-        return ESTIMATORS[name]()
+        cls = ESTIMATORS[name]
     except KeyError:
         raise CoopPruneError(f"unknown method '{name}'; choose one of {', '.join(sorted(ESTIMATORS))}") from None
+    return cls(**options)

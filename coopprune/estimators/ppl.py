@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 
-from coopprune.estimators.base import Estimator, register
-from coopprune.game import LayerGame
+from coopprune.estimators.base import Contributions, Estimator, register
+from coopprune.game import Game
 
 
 @register
@@ -16,8 +14,8 @@ class SingleLayerRemoval(Estimator):
 
     name = "ppl"
 
-    def _estimate(self, game: LayerGame, budget: int | None, seed: int) -> tuple[np.ndarray, dict[str, Any]]:
+    def _estimate(self, game: Game, budget: int | None, seed: int, k: int | None) -> Contributions:
         n = game.n_players
         coalitions = np.vstack([np.ones((1, n), dtype=bool), ~np.eye(n, dtype=bool)])
         values = game.value_function(coalitions)
-        return values[0] - values[1:], {"removal_utilities": values[1:].tolist()}
+        return self._result(values[0] - values[1:], details={"removal_utilities": values[1:].tolist()})

@@ -1,0 +1,97 @@
+"""Figures a run leaves beside its results: how well the surrogate fits, and the contributions.
+
+Figures are built on ``matplotlib.figure.Figure`` with the Agg canvas, never through pyplot, so
+no global figure state leaks into (or out of) a long-running process, and no display is needed.
+Files are written atomically: a reader never sees half a PNG.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from matplotlib import colormaps
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from coopprune.atomic import atomic_path
+from coopprune.surrogate import regression_metrics, spearman
+
+REMOVED_COLOR, KEPT_COLOR = "tab:red", "tab:blue"
+
+
+def _save(fig: Figure, path: str | Path) -> None:
+    FigureCanvasAgg(fig)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+
+
+def _palette(n: int) -> list[tuple[float, float, float, float]]:
+    """Strata are ordered (kept layers), so an ordered colormap reads better than a cyclic one."""
+    return [colormaps["viridis"](x) for x in np.linspace(0, 0.9, n)]
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def plot_surrogate_fit(
+    true: np.ndarray, pred: np.ndarray, n_kept: np.ndarray, path: str | Path, title: str = "surrogate"
+) -> None:
+    """Predicted vs true utility, one colour per stratum, with y = x; R2 and Spearman (overall and
+    mean within strata, since depth alone inflates the overall one) in the title."""
+    true, pred, n_kept = np.asarray(true, float), np.asarray(pred, float), np.asarray(n_kept)
+    finite = np.isfinite(true) & np.isfinite(pred)
+    true, pred, n_kept = true[finite], pred[finite], n_kept[finite]
+    metrics = regression_metrics(true, pred)
+    strata = np.unique(n_kept)
+    within = [r for k in strata if (r := spearman(true[n_kept == k], pred[n_kept == k])) is not None]
+    fig = Figure(figsize=(5.5, 5))
+    ax = fig.add_subplot()
+    for k, color in zip(strata, _palette(len(strata))):
+        rows = n_kept == k
+        ax.scatter(true[rows], pred[rows], s=12, alpha=0.7, color=color, label=f"{k} kept")
+    lo, hi = (min(true.min(), pred.min()), max(true.max(), pred.max())) if len(true) else (0.0, 1.0)
+    ax.plot([lo, hi], [lo, hi], color="black", lw=1, ls="--", label="y = x")
+    ax.set_xlabel("true utility")
+    ax.set_ylabel("predicted utility")
+    ax.legend(fontsize=7, loc="upper left", ncol=1 + len(strata) // 8)
+    mean_within = float(np.mean(within)) if within else None
+    ax.set_title(
+        f"{title}\nR2 {_fmt(metrics['r2'])}, Spearman {_fmt(metrics['spearman'])} "
+        f"(within strata {_fmt(mean_within)}), n={metrics['n']}",
+        fontsize=9,
+    )
+    _save(fig, path)
+
+
+def plot_contributions(
+    values: np.ndarray,
+    ci_low: np.ndarray | None,
+    ci_high: np.ndarray | None,
+    removed: Sequence[int],
+    path: str | Path,
+    names: Sequence[str] | None = None,
+    title: str = "contributions",
+) -> None:
+    """One bar per player (``removed`` are positions in ``values``, drawn in red), with error bars
+    from the interval when one is given."""
+    values = np.asarray(values, float)
+    n = len(values)
+    yerr = None
+    if ci_low is not None and ci_high is not None:
+        low, high = np.asarray(ci_low, float), np.asarray(ci_high, float)
+        yerr = np.nan_to_num(np.clip(np.stack([values - low, high - values]), 0, None))
+    removed_set = set(int(i) for i in removed)
+    colors = [REMOVED_COLOR if i in removed_set else KEPT_COLOR for i in range(n)]
+    fig = Figure(figsize=(max(6.0, 0.28 * n + 1.5), 4))
+    ax = fig.add_subplot()
+    ax.bar(np.arange(n), values, color=colors, yerr=yerr, capsize=2, error_kw={"lw": 0.8})
+    ax.axhline(0, color="black", lw=0.6)
+    ax.set_xticks(np.arange(n), list(names) if names is not None else [str(i) for i in range(n)],
+                  rotation=90, fontsize=7)
+    ax.set_ylabel("contribution")
+    ax.set_title(title, fontsize=9)
+    _save(fig, path)
