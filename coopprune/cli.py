@@ -54,14 +54,27 @@ def prune(
     out: Annotated[Path, typer.Option("--out", help="Folder for the pruned checkpoint.")],
     remove: Annotated[int | None, typer.Option("--remove", "-k", help="Number of layers to remove.")] = None,
     ratio: Annotated[float | None, typer.Option("--ratio", help="Fraction of layers to remove, in (0, 1).")] = None,
-    method: Annotated[str, typer.Option(help="Layer scoring method.")] = "ppl",
+    method: Annotated[
+        str,
+        typer.Option(
+            help="semivalue (paper), shapley, shapley-adjusted; peers: bi, angular, ppl, sleb, last, random; "
+            "reference Shapley estimators: permutation, kernelshap, exact."
+        ),
+    ] = "semivalue",
     calib: Annotated[str, typer.Option("--calib", help="Calibration text: file, folder, hf:NAME:SPLIT, lambada.")] = "lambada",
     n_windows: Annotated[int, typer.Option(help="Calibration windows.")] = 10,
     window: Annotated[int, typer.Option(help="Tokens per calibration window.")] = 128,
     seed: Annotated[int, typer.Option(help="Seed for every random choice.")] = 0,
     protect: Annotated[str | None, typer.Option(help="Layers never removed, e.g. '0,-1'.")] = None,
     utility: Annotated[str, typer.Option(help="ppl_ratio (paper) or loglik_diff.")] = "ppl_ratio",
-    budget: Annotated[int | None, typer.Option(help="Real model evaluations the method may use.")] = None,
+    budget: Annotated[int | None, typer.Option(help="Real model evaluations per round (Shapley methods; default 200).")] = None,
+    iterative: Annotated[int | None, typer.Option(help="Remove this many layers per round, re-running the game.")] = None,
+    players: Annotated[
+        str, typer.Option(help="layers, or sublayers (attention and MLP apart; K then means K layers' worth of parameters).")
+    ] = "layers",
+    masks: Annotated[Path | None, typer.Option(help="Mask dataset (from `coopprune sweep`) to reuse and extend.")] = None,
+    bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples for intervals (surrogate methods).")] = 10,
+    surrogate: Annotated[str, typer.Option(help="Surrogate recipe: adam (default, measured) or paper (SGD).")] = "adam",
     overwrite: Overwrite = False,
     trust_remote_code: TrustRemoteCode = False,
     quiet: Quiet = False,
@@ -69,11 +82,21 @@ def prune(
     """Remove the K least-contributing layers and save a standard checkpoint with pruning.json."""
     from coopprune import pipeline
 
+    from coopprune.estimators import ESTIMATORS
+    from coopprune.estimators.surrogate_based import SurrogateEstimator
+    from coopprune.surrogate import SurrogateConfig
+
+    options = {}
+    if method in ESTIMATORS and issubclass(ESTIMATORS[method], SurrogateEstimator):
+        if surrogate not in ("adam", "paper"):
+            raise CoopPruneError(f"--surrogate must be adam or paper, got '{surrogate}'")
+        options = {"surrogate": SurrogateConfig(recipe=surrogate, seed=seed), "bootstrap": bootstrap}
     result = pipeline.prune(
         model, out, method, remove, ratio, calib, n_windows, window, seed, _parse_layers(protect), utility,
         budget, overwrite=overwrite, trust_remote_code=trust_remote_code, progress=not quiet,
+        iterative=iterative, masks=masks, estimator_options=options, players=players,
     )
-    typer.echo(f"removed layers {result.removed_layers} using {result.contributions.evaluations} real evaluations")
+    typer.echo(f"removed layers {result.removed_layers} using {result.evaluations} real forward passes")
     typer.echo(str(result.out_dir))
 
 

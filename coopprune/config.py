@@ -52,13 +52,37 @@ class SamplingParams(_Section):
         return self
 
 
+class SurrogateParams(_Section):
+    """The Stage-2 MLP; ``None`` fields take the recipe's value (see coopprune/surrogate.py)."""
+
+    recipe: Literal["adam", "paper"] = "adam"
+    hidden_multiplier: int = Field(2, ge=1)
+    epochs: int | None = Field(None, ge=1)
+    lr: float | None = Field(None, gt=0)
+    batch_size: int | None = Field(None, ge=1)
+    ensemble: int = Field(1, ge=1)
+    holdout: float = Field(0.2, gt=0, lt=1)
+    seed: int = 0
+
+
 class PruneParams(_Section):
-    method: str = "ppl"
+    method: str = "semivalue"
     remove: int | None = 6
     ratio: float | None = None
+    iterative: int | None = Field(None, ge=1)  # layers per round; None = one shot
+    budget: int | None = Field(None, ge=1)  # real evaluations; None = the sweep's masks
+    bootstrap: int = Field(10, ge=0)  # surrogate refits for intervals and bottom-k stability
 
     @model_validator(mode="after")
-    def _one_kind(self) -> PruneParams:
+    def _known_method(self) -> PruneParams:
+        from coopprune.estimators import ESTIMATORS
+
+        if self.method not in ESTIMATORS:
+            raise ValueError(f"unknown method '{self.method}'; choose one of {', '.join(sorted(ESTIMATORS))}")
+        return self
+
+    @model_validator(mode="after")
+    def _one_kind_of_target(self) -> PruneParams:
         if (self.remove is None) == (self.ratio is None):
             raise ValueError("give exactly one of remove or ratio")
         return self
@@ -78,6 +102,7 @@ class Params(_Section):
     calibration: CalibrationParams = CalibrationParams()
     game: GameParams = GameParams()
     sampling: SamplingParams = SamplingParams()
+    surrogate: SurrogateParams = SurrogateParams()
     prune: PruneParams = PruneParams()
     evaluation: EvaluationParams = EvaluationParams()
     output_dir: str = "runs/default"

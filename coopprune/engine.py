@@ -97,10 +97,19 @@ class MaskEvaluator:
         self._full_loss: float | None = None
 
     @property
+    def n_players(self) -> int:
+        """Bits per mask: one per layer here (sublayer evaluators have two)."""
+        return self.n_layers
+
+    @property
+    def player_names(self) -> list[str]:
+        return [f"layer {i}" for i in range(self.n_layers)]
+
+    @property
     def full_loss(self) -> float:
         """Loss of the unpruned model (computed once): the reference every utility divides by."""
         if self._full_loss is None:
-            self._full_loss = self.evaluate(np.ones((1, self.n_layers), dtype=bool), progress=False)[0].loss
+            self._full_loss = self.evaluate(np.ones((1, self.n_players), dtype=bool), progress=False)[0].loss
         return self._full_loss
 
     def evaluate(
@@ -115,8 +124,8 @@ class MaskEvaluator:
         each result before the next one starts.
         """
         masks = np.asarray(masks, dtype=bool)
-        if masks.ndim != 2 or masks.shape[1] != self.n_layers:
-            raise ValueError(f"masks must be a bool [n, {self.n_layers}] array, got shape {masks.shape}")
+        if masks.ndim != 2 or masks.shape[1] != self.n_players:
+            raise ValueError(f"masks must be a bool [n, {self.n_players}] array, got shape {masks.shape}")
         order = lexicographic_order(masks)
         results: list[MaskResult | None] = [None] * len(masks)
         cache: list[dict[int, object]] = [{} for _ in self.batches]

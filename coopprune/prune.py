@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import platform
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -68,13 +68,24 @@ def prune_layers(loaded: LoadedModel, removed: Sequence[int]) -> list[int]:
     return removed
 
 
-def save_pruned(loaded: LoadedModel, out_dir: str | Path, record: PruningRecord, overwrite: bool = False) -> Path:
-    """Write weights (safetensors), config, tokenizer and ``pruning.json`` into ``out_dir`` atomically."""
+def save_pruned(
+    loaded: LoadedModel,
+    out_dir: str | Path,
+    record: PruningRecord,
+    overwrite: bool = False,
+    extra: Callable[[Path], None] | None = None,
+) -> Path:
+    """Write weights (safetensors), config, tokenizer and ``pruning.json`` into ``out_dir`` atomically.
+
+    ``extra(folder)`` may add files (reports) that appear together with the checkpoint or not at all.
+    """
     out = check_output_dir(out_dir, overwrite)
     with atomic_dir(out, overwrite=overwrite) as tmp:
         loaded.model.save_pretrained(tmp, safe_serialization=True)
         loaded.tokenizer.save_pretrained(tmp)
         write_json(Path(tmp) / "pruning.json", asdict(record))
+        if extra is not None:
+            extra(Path(tmp))
     return out
 
 

@@ -44,9 +44,9 @@ def prune_args(model, out, *extra):
 
 def test_prune_then_eval(tiny_checkpoint, text_file, tmp_path):
     out = tmp_path / "pruned"
-    proc = cli_subprocess(*prune_args(tiny_checkpoint, out, "--remove", "2", "--calib", str(text_file)))
+    proc = cli_subprocess(*prune_args(tiny_checkpoint, out, "--remove", "2", "--method", "ppl", "--calib", str(text_file)))
     assert proc.returncode == 0, proc.stderr
-    assert "7 real evaluations" in proc.stdout
+    assert "7 real forward passes" in proc.stdout
     record = json.loads((out / "pruning.json").read_text())
     assert record["method"] == "ppl" and len(record["removed_layers"]) == 2
     assert record["layers_after"] == N_LAYERS - 2 and record["parameters_after"] < record["parameters_before"]
@@ -71,10 +71,14 @@ def test_ratio_and_protected_layers(tiny_checkpoint, text_file, tmp_path):
 
 
 def test_same_inputs_same_choice(tiny_checkpoint, text_file, tmp_path):
+    """The paper's method end to end from the CLI: same params, same masks, same values, same layers."""
     choices = []
     for name in "ab":
-        assert cli(*prune_args(tiny_checkpoint, tmp_path / name, "-k", "3", "--calib", str(text_file))).returncode == 0
-        choices.append(json.loads((tmp_path / name / "pruning.json").read_text())["scores"]["values"])
+        args = prune_args(tiny_checkpoint, tmp_path / name, "-k", "3", "--calib", str(text_file), "--bootstrap", "2")
+        assert cli(*args).returncode == 0
+        record = json.loads((tmp_path / name / "pruning.json").read_text())
+        choices.append((record["removed_layers"], record["scores"]["rounds"][0]["values"]))
+        assert {"contributions.csv", "contributions.png", "surrogate"} <= {p.name for p in (tmp_path / name).iterdir()}
     assert choices[0] == choices[1]
 
 

@@ -23,7 +23,8 @@ def test_run_on_tiny_model(tiny_checkpoint, text_file, tmp_path):
     assert len(summary["removed_layers"]) == 2
     assert summary["perplexity"]["pruned"]["window"] == 24
     assert json.loads((tmp_path / "run" / "summary.json").read_text()) == json.loads(json.dumps(summary))
-    assert (tmp_path / "run" / "contributions.csv").read_text().startswith("layer,contribution,rank")
+    assert summary["method"] == "semivalue" and summary["real_evaluations_beyond_sweep"] == 0  # trains on the sweep
+    assert (tmp_path / "run" / "pruned" / "contributions.csv").read_text().startswith("round,player,name,contribution")
     # a second run reuses the finished sweep
     again = pipeline.run(params, progress=False)
     assert again["removed_layers"] == summary["removed_layers"]

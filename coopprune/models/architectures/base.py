@@ -23,6 +23,9 @@ class Architecture:
 
     ``layers_path``: dotted attribute path from the causal-LM object to the ``nn.ModuleList``.
     ``per_layer_config``: config attributes holding one entry per layer (sliced with the stack).
+    ``sublayers``: for sublayer players, ``(module attribute, output projection, returns a tuple)``
+    of the attention and the MLP, in that order; empty where a layer cannot be split (OPT's MLP is
+    inline, Mamba has a single mixer).
     """
 
     name: str
@@ -31,6 +34,7 @@ class Architecture:
     num_layers_attr: str = "num_hidden_layers"
     per_layer_config: tuple[str, ...] = ()
     unsupported_if: tuple[tuple[str, str], ...] = field(default=())
+    sublayers: tuple[tuple[str, str, bool], ...] = ()
 
     def check_config(self, config: PretrainedConfig) -> None:
         """Refuse configs whose computation depends on a layer's absolute position."""
@@ -112,6 +116,11 @@ def register(arch: Architecture) -> Architecture:
 
 def supported_model_types() -> list[str]:
     return sorted(_REGISTRY)
+
+
+def splittable_model_types() -> list[str]:
+    """Model types whose layers split into attention + MLP (sublayer players)."""
+    return sorted(t for t, arch in _REGISTRY.items() if len(arch.sublayers) == 2)
 
 
 def architecture_for(config: PretrainedConfig) -> Architecture:

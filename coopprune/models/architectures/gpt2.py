@@ -7,6 +7,7 @@ GPT2 = register(
         name="gpt2",
         model_types=("gpt2",),
         layers_path="transformer.h",
+        sublayers=(("attn", "attn.c_proj", True), ("mlp", "mlp.c_proj", False)),
         unsupported_if=(
             ("scale_attn_by_inverse_layer_idx", "attention is scaled by the layer's position, so removal changes it"),
             ("add_cross_attention", "cross-attention decoders are not causal LMs"),

@@ -8,5 +8,6 @@ LLAMA = register(
         model_types=("llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text"),
         layers_path="model.layers",
         per_layer_config=("layer_types",),
+        sublayers=(("self_attn", "self_attn.o_proj", True), ("mlp", "mlp.down_proj", False)),
     )
 )
