@@ -39,7 +39,7 @@ RECIPES: dict[str, dict[str, Any]] = {
     "adam": dict(epochs=1500, lr=3e-3, batch_size=32),
     "paper": dict(epochs=300, lr=0.008, batch_size=300),
 }
-WEIGHTS_FILE, META_FILE = "surrogate.safetensors", "surrogate.json"
+WEIGHTS_FILE, META_FILE, PLOT_FILE = "surrogate.safetensors", "surrogate.json", "heldout_fit.png"
 
 
 @dataclass(frozen=True)
@@ -98,6 +98,8 @@ class Surrogate:
     members: list[nn.Sequential]
     scale: tuple[float, float] = (0.0, 1.0)  # utility = lo + (hi - lo) * sigmoid output
     metrics: dict[str, Any] = field(default_factory=dict)  # JSON-safe; see fit_validated
+    #: held-out (masks, true, predicted) behind ``metrics``; saved as a plot, not as data
+    heldout: tuple[np.ndarray, np.ndarray, np.ndarray] | None = field(default=None, repr=False)
 
     @classmethod
     def fit(cls, masks: np.ndarray, utilities: np.ndarray, config: SurrogateConfig = SurrogateConfig()) -> Surrogate:
@@ -143,7 +145,7 @@ class Surrogate:
         weights with old metadata and a killed writer leaves the previous surrogate intact. A
         folder holding anything else is refused rather than wiped."""
         folder = Path(folder)
-        own = (WEIGHTS_FILE, META_FILE)
+        own = (WEIGHTS_FILE, META_FILE, PLOT_FILE)
         foreign = sorted(p.name for p in folder.iterdir() if p.name not in own) if folder.is_dir() else []
         if foreign:
             raise CoopPruneError(f"refusing to save a surrogate over {folder}: it holds other files ({foreign[0]})")
@@ -154,6 +156,11 @@ class Surrogate:
         with atomic_dir(folder, overwrite=True) as tmp:
             save_file(tensors, str(tmp / WEIGHTS_FILE))
             write_json(tmp / META_FILE, meta)
+            if self.heldout is not None and len(self.heldout[1]):
+                from coopprune.plots import plot_surrogate_fit
+
+                masks, true, pred = self.heldout
+                plot_surrogate_fit(true, pred, masks.sum(1), tmp / PLOT_FILE, title="surrogate, held-out masks")
 
     @classmethod
     def load(cls, folder: str | Path) -> Surrogate:
@@ -310,6 +317,7 @@ def fit_validated(
     final = Surrogate.fit(all_masks, all_utilities, config)
     probe = final if probe is None else probe
     metrics = evaluate_surrogate(probe, masks[held], utilities[held])
+    final.heldout = (masks[held], utilities[held], probe.predict(masks[held]))
     metrics["out_of_strata"] = None if out_of_strata is None else evaluate_surrogate(probe, *out_of_strata)
     metrics["n_train"] = int((~held).sum())
     metrics["holdout"] = config.holdout

@@ -203,3 +203,38 @@ def test_adjusted_budget_too_small_is_a_clear_error():
 
     with pytest.raises(CoopPruneError, match="budget of at least"):
         get_estimator("shapley-adjusted", surrogate=FAST).estimate(FunctionGame(8, additive(np.ones(8))), budget=5)
+
+
+def test_tiny_real_model_adjusted_shapley_ranks_like_exact_at_96_evaluations():
+    """L = 8: exact Shapley from all 256 coalitions through the engine, vs 96 real evaluations.
+
+    Measured (5 seeds): shapley-adjusted Spearman 0.95/0.79/0.91/0.95/0.93 (mean 0.90), plain
+    permutation sampling 0.83/0.93/0.62/0.86/0.76 (mean 0.80); bench/estimator_accuracy.py has
+    the whole budget curve.
+    """
+    import torch
+    from scipy.stats import spearmanr
+
+    from coopprune.engine import MaskEvaluator
+    from coopprune.game import LayerGame
+    from coopprune.models import architecture_for
+    from tiny import graded_llama
+
+    model = graded_llama(n_layers=8)
+    windows = torch.randint(0, 300, (8, 32), generator=torch.Generator().manual_seed(0))
+    game = LayerGame(MaskEvaluator(model, architecture_for(model.config), windows))
+    exact = get_estimator("exact").estimate(game)
+    assert exact.evaluations == 256
+    table = game.value_function(all_coalitions(8))  # all cached now: fresh games over the same values
+    codes = 1 << np.arange(8)
+
+    def spearman(name: str, seed: int, **options) -> float:
+        fresh = FunctionGame(8, lambda m: table[np.atleast_2d(m).astype(np.int64) @ codes])
+        result = get_estimator(name, **options).estimate(fresh, budget=96, seed=seed)
+        assert result.evaluations <= 96
+        return float(spearmanr(result.values, exact.values).statistic)
+
+    adjusted = [spearman("shapley-adjusted", seed, bootstrap=0) for seed in range(5)]
+    permutation = [spearman("permutation", seed) for seed in range(5)]
+    assert np.mean(adjusted) >= 0.88, adjusted
+    assert np.mean(adjusted) > np.mean(permutation) + 0.05, (adjusted, permutation)

@@ -137,6 +137,9 @@ def test_prune_strategies_end_to_end(method, extra, tiny_checkpoint, text_file, 
     assert (out / "contributions.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     if method != "ppl":
         assert (out / "surrogate" / "surrogate.safetensors").is_file()
+        meta = json.loads((out / "surrogate" / "surrogate.json").read_text())
+        if meta["metrics"].get("held_out_chains", True):  # tiny games: chains may cover every coalition
+            assert (out / "surrogate" / "heldout_fit.png").read_bytes()[:4] == b"\x89PNG"
     reloaded = AutoModelForCausalLM.from_pretrained(out).eval()
     assert _generates_identically(reloaded)
     if extra.get("players") == "sublayers":

@@ -190,7 +190,7 @@ def test_save_load_round_trip(tmp_path, validated, data):
     validated.save(folder)
     validated.save(folder)  # overwriting an existing surrogate is fine
     loaded = Surrogate.load(folder)
-    assert sorted(p.name for p in folder.iterdir()) == ["surrogate.json", "surrogate.safetensors"]
+    assert sorted(p.name for p in folder.iterdir()) == ["heldout_fit.png", "surrogate.json", "surrogate.safetensors"]
     assert [p.name for p in folder.parent.iterdir()] == ["surrogate"]  # no temporary leftovers
     assert loaded.config == validated.config and loaded.n_layers == L and loaded.scale == validated.scale
     assert loaded.metrics == validated.metrics

@@ -68,6 +68,24 @@ def tiny_model(arch: str = "llama", n_layers: int = N_LAYERS, seed: int = 0):
 
 
 @lru_cache(maxsize=1)
+def graded_llama(n_layers: int = N_LAYERS, seed: int = 0):
+    """A tiny Llama whose layers differ in importance, as trained LLMs' do.
+
+    Random layers are near-interchangeable, so their Shapley values nearly tie and any ranking
+    test measures noise; scaling each layer's residual writes (``o_proj``, ``down_proj``) by a
+    seeded factor between 1/4 and 4 spreads the contributions while keeping real interactions.
+    """
+    import numpy as np
+
+    model = tiny_model("llama", n_layers=n_layers, seed=seed)
+    scales = np.random.default_rng(seed).permutation(np.geomspace(0.25, 4.0, n_layers))
+    with torch.no_grad():
+        for scale, layer in zip(scales, model.model.layers):
+            layer.self_attn.o_proj.weight.mul_(float(scale))
+            layer.mlp.down_proj.weight.mul_(float(scale))
+    return model
+
+
 def tiny_tokenizer() -> PreTrainedTokenizerFast:
     tok = Tokenizer(models.BPE(unk_token=None))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)

@@ -58,7 +58,7 @@ class AdjustedShapley(SurrogateEstimator):
         known_keys = np.array([mask_to_bits(m) for m in masks])
         fold_of = (np.arange(len(perms)) // 2) % self.folds  # antithetic pairs stay together
 
-        parts, corrections, fold_metrics = [], [], []
+        parts, corrections, fold_metrics, heldout = [], [], [], []
         for f in range(self.folds):
             held = fold_of == f
             held_keys = {mask_to_bits(c) for c in chains[held].reshape(-1, n)}
@@ -75,6 +75,7 @@ class AdjustedShapley(SurrogateEstimator):
             parts.append(phi)
             corrections.append(correction)
             fold_metrics.append(evaluate_surrogate(surrogate, chains[held].reshape(-1, n), real[held].reshape(-1)))
+            heldout.append((chains[held].reshape(-1, n), real[held].reshape(-1), predicted.reshape(-1)))
         values = np.mean([p + c.mean(0) for p, c in zip(parts, corrections)], axis=0)
 
         replicates = None
@@ -86,6 +87,8 @@ class AdjustedShapley(SurrogateEstimator):
             ])
         self.surrogate = Surrogate.fit(masks, utilities, self.surrogate_config)
         self.surrogate.metrics = {"held_out_chains": fold_metrics}
+        if heldout:
+            self.surrogate.heldout = tuple(np.concatenate(a) for a in zip(*heldout))  # type: ignore[assignment]
         return self._result(
             values,
             replicates=replicates,
