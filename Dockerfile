@@ -19,9 +19,16 @@ RUN pip install --index-url https://download.pytorch.org/whl/cpu torch==2.13.0 \
 
 COPY pyproject.toml README.md params.yaml ./
 COPY coopprune ./coopprune
+COPY tasks ./tasks
+COPY flows ./flows
 RUN pip install --no-deps .
 
 USER 1000:1000
 VOLUME ["/data"]
-ENTRYPOINT ["coopprune"]
-CMD ["run", "--params", "/app/params.yaml"]
+ENV PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS=90 \
+    PREFECT_SERVER_ANALYTICS_ENABLED=false \
+    PREFECT_HOME=/data/prefect
+# Outputs (runs/, mlflow.db) land in the volume, next to the fetched models and data.
+WORKDIR /data
+# The prune_release flow on the default params; `docker run IMAGE coopprune ...` runs the CLI instead.
+CMD ["python", "-m", "flows.prune_release", "--params", "/app/params.yaml"]

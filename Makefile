@@ -10,9 +10,15 @@ PARAMS ?= params.yaml
 
 .PHONY: run test venv fetch clean
 
+# Prefect: ephemeral local server (cold start ~20 s), state under .prefect/; MLflow: ./mlflow.db.
+run: export PREFECT_HOME ?= $(CURDIR)/.prefect
+run: export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 90
+run: export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
+run: export MLFLOW_TRACKING_URI ?= sqlite:///$(CURDIR)/mlflow.db
+
 run: $(STAMP)
 	$(BIN)/coopprune fetch-default
-	$(BIN)/coopprune run --params $(PARAMS)
+	$(BIN)/python -m flows.prune_release --params $(PARAMS)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

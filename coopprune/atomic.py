@@ -56,3 +56,13 @@ def write_json(dest: str | Path, obj: Any) -> None:
     """Write ``obj`` as indented JSON, atomically."""
     with atomic_path(dest) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def write_csv(dest: str | Path, rows: list[dict[str, Any]]) -> None:
+    """Write dict rows (keys of the first row as the header) as CSV, atomically."""
+    import csv
+
+    with atomic_path(dest) as tmp, open(tmp, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]) if rows else [])
+        writer.writeheader()
+        writer.writerows(rows)

@@ -114,6 +114,15 @@ def _tokenize_stream(tokenizer: PreTrainedTokenizerBase, docs: list[str], needed
     return stream
 
 
+def text_fingerprint(docs: list[str]) -> str:
+    """sha256 of the documents as read, before any tokenizer: identifies a text source's content."""
+    digest = hashlib.sha256()
+    for doc in docs:
+        digest.update(doc.encode())
+        digest.update(b"\0")
+    return digest.hexdigest()
+
+
 def _fingerprint(ids: torch.Tensor) -> str:
     return hashlib.sha256(ids.numpy().astype(np.int64).tobytes() + str(tuple(ids.shape)).encode()).hexdigest()
 

@@ -150,6 +150,75 @@ def run(
     typer.echo(json.dumps(summary, indent=2))
 
 
+@app.command()
+def promote(
+    model_name: Annotated[str, typer.Argument(help="Registered model, e.g. SmolLM2-135M-Instruct-pruned.")],
+    rule: Annotated[
+        str,
+        typer.Option(help="zero_shot_mean (higher mean accuracy at equal or fewer parameters) or perplexity (lower)."),
+    ] = "zero_shot_mean",
+    tracking_uri: Annotated[
+        str | None,
+        typer.Option("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or ./mlflow.db)."),
+    ] = None,
+) -> None:
+    """Move the MLflow alias `champion` to the `candidate` version if it beats the champion on RULE."""
+    from tasks import registry
+
+    try:
+        decision = registry.promote(model_name, rule, tracking=tracking_uri or registry.tracking_uri(Path.cwd()))
+    except registry.NotRegistered as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    if decision.promoted:
+        typer.echo(f"promoted {model_name} v{decision.candidate} to champion: {decision.reason}")
+    else:
+        champion = f"v{decision.champion}" if decision.champion else "none"
+        typer.echo(f"not promoted: {model_name} v{decision.candidate} (champion stays {champion}): {decision.reason}")
+
+
+@app.command()
+def zeroshot(
+    checkpoint: Annotated[str, typer.Argument(help="Checkpoint folder, .gguf file, hub id, or 'default'.")],
+    tasks: Annotated[
+        str,
+        typer.Option(help="Comma-separated: piqa, hellaswag, winogrande, arc_easy, arc_challenge, boolq, openbookqa."),
+    ] = "piqa,hellaswag,winogrande,arc_easy,arc_challenge,boolq,openbookqa",
+    limit: Annotated[int | None, typer.Option(help="Seeded subset of this many items per task (default: all).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the item subset.")] = 0,
+    batch_size: Annotated[int, typer.Option(help="Requests per forward pass.")] = 8,
+    out: Annotated[Path | None, typer.Option("--out", help="Also write the result here as JSON.")] = None,
+    trust_remote_code: TrustRemoteCode = False,
+) -> None:
+    """Zero-shot accuracy through lm-eval on the bundled benchmark data (offline)."""
+    from coopprune.atomic import write_json
+    from coopprune.zeroshot import zero_shot_checkpoint
+
+    result = zero_shot_checkpoint(
+        checkpoint, tasks.split(","), limit, seed, batch_size, trust_remote_code=trust_remote_code
+    )
+    if out:
+        write_json(out, {"checkpoint": checkpoint, **result.to_dict()})
+    typer.echo(result.summary())
+
+
+@app.command()
+def stage(
+    name: Annotated[str, typer.Argument(help="data, sweep, surrogate, prune or benchmark (the dvc.yaml stages).")],
+    params: Annotated[Path, typer.Option(help="Parameters file.")] = Path("params.yaml"),
+    quiet: Quiet = False,
+) -> None:
+    """Run one stage of the job on params.yaml; `dvc repro` calls these in order."""
+    from coopprune import pipeline
+    from coopprune.config import Params
+
+    loaded = Params.load(params)
+    if name not in pipeline.STAGES:
+        raise CoopPruneError(f"unknown stage '{name}'; stages: {', '.join(pipeline.STAGES)}")
+    result = pipeline.run_stage(loaded, name, progress=not quiet)
+    typer.echo(json.dumps(result, indent=2, default=str))
+
+
 def main() -> None:
     """Entry point: user errors become one line on stderr and exit status 2."""
     if "-q" in sys.argv or "--quiet" in sys.argv:

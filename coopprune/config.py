@@ -95,6 +95,43 @@ class EvaluationParams(_Section):
     batch_size: int = Field(8, ge=1)
 
 
+class BenchmarkParams(_Section):
+    """Zero-shot accuracy (lm-eval on the bundled data) and inference speed, base vs pruned."""
+
+    tasks: list[str] = ["piqa", "hellaswag", "winogrande", "arc_easy", "arc_challenge", "boolq", "openbookqa"]
+    limit: int | None = Field(100, ge=1)  # items per task (seeded subset); None = every item
+    seed: int = 0
+    batch_size: int = Field(8, ge=1)
+    speed: bool = True  # tokens/s at batch 1 and 8, peak memory
+    new_tokens: int = Field(32, ge=1)
+
+
+class RegistryParams(_Section):
+    """MLflow tracking and model registry (MLFLOW_TRACKING_URI overrides the local SQLite store)."""
+
+    enabled: bool = True
+    experiment: str = "coopprune"
+    model_name: str | None = None  # None: "<base model name>-pruned"
+    rule: Literal["zero_shot_mean", "perplexity"] = "zero_shot_mean"
+    promote: bool = True  # try to move alias champion to the new candidate
+
+
+class FlowParams(_Section):
+    """How the Prefect flow runs its mask shards: threads here, Dask for a cluster."""
+
+    task_runner: Literal["threads", "dask"] = "threads"
+    workers: int = Field(1, ge=1)  # one worker: torch already uses both cores
+    address: str | None = None  # dask scheduler address; None = a local cluster of ``workers``
+    retries: int = Field(1, ge=0)
+
+
+class ReleaseParams(_Section):
+    """Set by the release watcher: which release this run prunes (recorded in the registry)."""
+
+    name: str | None = None
+    fingerprint: str | None = None
+
+
 class Params(_Section):
     """All parameters of a pruning run; every section and field has a default."""
 
@@ -105,6 +142,10 @@ class Params(_Section):
     surrogate: SurrogateParams = SurrogateParams()
     prune: PruneParams = PruneParams()
     evaluation: EvaluationParams = EvaluationParams()
+    benchmark: BenchmarkParams = BenchmarkParams()
+    registry: RegistryParams = RegistryParams()
+    flow: FlowParams = FlowParams()
+    release: ReleaseParams = ReleaseParams()
     output_dir: str = "runs/default"
 
     @classmethod

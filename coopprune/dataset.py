@@ -214,6 +214,15 @@ class MaskDataset:
         return self._parquet(shard).exists()
 
     # ------------------------------------------------------------------ reading
+    def content_fingerprint(self) -> str:
+        """sha256 over the manifest and every shard file: changes whenever a row is added."""
+        import hashlib
+
+        digest = hashlib.sha256()
+        for path in sorted([self.path / "manifest.json", *self.path.glob("shard-*.*")]):
+            digest.update(path.name.encode() + b"\0" + path.read_bytes())
+        return digest.hexdigest()
+
     def has(self, mask_id: int) -> bool:
         return mask_id in self._rows
 

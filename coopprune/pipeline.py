@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import json
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from coopprune.atomic import write_json
-from coopprune.calibration import Windows, calibration_windows, evaluation_windows, load_texts
+import numpy as np
+
+from coopprune.atomic import atomic_dir, write_csv, write_json
+from coopprune.calibration import Windows, calibration_windows, evaluation_windows, load_texts, text_fingerprint
 from coopprune.config import Params
 from coopprune.engine import MaskEvaluator
 from coopprune.errors import CoopPruneError
-from coopprune.dataset import MaskDataset
+from coopprune.dataset import Manifest, MaskDataset
 from coopprune.estimators import ESTIMATORS, get_estimator
 from coopprune.evaluate import PerplexityResult, perplexity
 from coopprune.game import LayerGame
@@ -25,7 +28,8 @@ from coopprune.sampling import PAPER_REMOVE_RATIOS, StrataPlan, normalize_layers
 from coopprune.report import write_report
 from coopprune.strategy import Selection, select_by_cost, select_players
 from coopprune.sublayers import SublayerEvaluator, check_sublayers, sublayer_parameters, zero_half_layers
-from coopprune.sweep import plan_manifest, run_sweep
+from coopprune.surrogate import Surrogate, SurrogateConfig, fit_validated
+from coopprune.sweep import plan_manifest, run_shard, run_sweep
 
 
 def model_depth(source: str, revision: str | None = None, trust_remote_code: bool = False, with_architecture: bool = False):
@@ -200,8 +204,16 @@ def evaluate_perplexity(
     return perplexity(loaded.model, evaluation_windows(loaded.tokenizer, docs, window, max_windows), batch_size, progress)
 
 
-def sweep(params: Params, out_dir: str | Path | None = None, progress: bool = True):
-    """Stage 1: evaluate the stratified mask plan into a (resumable) mask-utility dataset."""
+@dataclass
+class SweepSetup:
+    """What every part of a sweep needs: the engine on the calibration windows and the plan."""
+
+    evaluator: MaskEvaluator
+    manifest: Manifest
+
+
+def sweep_setup(params: Params) -> SweepSetup:
+    """Load the model and calibration and derive the (seeded, deterministic) sharded plan."""
     n_layers = model_depth(params.model.source, params.model.revision, params.model.trust_remote_code)
     plan = StrataPlan.build(
         n_layers,
@@ -218,8 +230,224 @@ def sweep(params: Params, out_dir: str | Path | None = None, progress: bool = Tr
     manifest = plan_manifest(
         evaluator, plan, loaded.fingerprint, windows.fingerprint, params.game.utility, params.sampling.shard_size
     )
-    out = Path(out_dir or Path(params.output_dir) / "masks")
-    return run_sweep(evaluator, manifest, out, progress=progress)
+    return SweepSetup(evaluator, manifest)
+
+
+def masks_dir(params: Params) -> Path:
+    return Path(params.output_dir) / "masks"
+
+
+def plan_sweep(params: Params, out_dir: str | Path | None = None) -> MaskDataset:
+    """Create (or resume) the mask dataset with its manifest, evaluating nothing yet."""
+    return MaskDataset.create_or_resume(out_dir or masks_dir(params), sweep_setup(params).manifest)
+
+
+def evaluate_shard(params: Params, shard: int, out_dir: str | Path | None = None, progress: bool = True) -> int:
+    """Evaluate one shard of a planned sweep (the unit a task runner fans out); returns rows added.
+
+    Each shard writes only its own files, so shards may run at once in threads or on a cluster.
+    """
+    dataset = MaskDataset.open(out_dir or masks_dir(params))
+    if not 0 <= shard < dataset.manifest.n_shards:
+        raise CoopPruneError(f"shard {shard} is not in the plan (0..{dataset.manifest.n_shards - 1})")
+    if dataset.is_sealed(shard):
+        return 0
+    setup = sweep_setup(params)
+    dataset = MaskDataset.create_or_resume(dataset.path, setup.manifest)  # refuses a different model/plan
+    before = len(dataset)
+    run_shard(setup.evaluator, dataset, shard, progress)
+    return len(dataset) - before
+
+
+def merge_sweep(out_dir: str | Path) -> MaskDataset:
+    """Check that every planned shard is sealed and reopen the whole dataset."""
+    dataset = MaskDataset.open(out_dir)
+    missing = [s for s in range(dataset.manifest.n_shards) if not dataset.is_sealed(s)]
+    if missing:
+        raise CoopPruneError(f"mask dataset {dataset.path} is missing shards {missing}: run them first")
+    return dataset
+
+
+def sweep(params: Params, out_dir: str | Path | None = None, progress: bool = True) -> MaskDataset:
+    """Stage 1: evaluate the stratified mask plan into a (resumable) mask-utility dataset."""
+    setup = sweep_setup(params)
+    return run_sweep(setup.evaluator, setup.manifest, out_dir or masks_dir(params), progress=progress)
+
+
+def fit_surrogate(params: Params, dataset: MaskDataset, out_dir: str | Path) -> Surrogate:
+    """Stage 2 on the sweep alone: a surrogate validated on held-out masks of every stratum, saved."""
+    masks, utilities = dataset.arrays()
+    finite = np.isfinite(utilities)
+    if finite.sum() < 10:
+        raise CoopPruneError(f"only {int(finite.sum())} finite utilities in {dataset.path}: too few to fit a surrogate")
+    surrogate = fit_validated(masks[finite], utilities[finite], SurrogateConfig(**params.surrogate.model_dump()))
+    surrogate.save(out_dir)
+    return surrogate
+
+
+def prepare_data(params: Params) -> dict[str, Any]:
+    """Fail fast and fingerprint the inputs: model depth and family, calibration and evaluation text.
+
+    Fetches the bundled defaults when they are named and missing, so later steps only read.
+    """
+    n_layers, architecture = model_depth(
+        params.model.source, params.model.revision, params.model.trust_remote_code, with_architecture=True
+    )
+    texts = {}
+    for role, source in (("calibration", params.calibration.source), ("evaluation", params.evaluation.text)):
+        docs = load_texts(source)
+        if not docs:
+            raise CoopPruneError(f"{role} text is empty: {source}")
+        texts[role] = {"source": source, "documents": len(docs), "fingerprint": text_fingerprint(docs)}
+    if texts["calibration"]["fingerprint"] == texts["evaluation"]["fingerprint"]:
+        raise CoopPruneError("calibration and evaluation text are the same: perplexity would not be held out")
+    if params.benchmark.tasks:
+        from coopprune.fetch import benchmark_dir
+
+        benchmark_dir()
+    return {"n_layers": n_layers, "architecture": architecture.name, **texts}
+
+
+def benchmark(params: Params, checkpoint: str | Path, out_file: str | Path | None = None) -> dict[str, Any]:
+    """Perplexity on held-out text, zero-shot accuracy and inference speed, with the same settings
+    for every checkpoint so the base and pruned models compare."""
+    from coopprune.speed import measure_speed_isolated
+    from coopprune.zeroshot import zero_shot
+
+    e, b = params.evaluation, params.benchmark
+    ppl = evaluate_perplexity(str(checkpoint), e.text, e.window, e.max_windows, e.batch_size, progress=False)
+    result: dict[str, Any] = {"checkpoint": str(checkpoint), "perplexity": asdict(ppl)}
+    if b.tasks:
+        loaded = load_model(str(checkpoint))
+        with tempfile.TemporaryDirectory(prefix="coopprune-zeroshot-") as work:
+            scores = zero_shot(loaded.model, loaded.tokenizer, b.tasks, b.limit, b.seed, b.batch_size, work)
+        result["zero_shot"] = scores.to_dict()
+        result["parameters"] = count_parameters(loaded.model)
+    if b.speed:
+        result["speed"] = measure_speed_isolated(checkpoint, (1, 8), b.new_tokens).to_json()
+    if out_file is not None:
+        write_json(Path(out_file), result)
+    return result
+
+
+def prune_from_params(params: Params, dataset: MaskDataset | None = None, progress: bool = True) -> PruneResult:
+    """``prune`` as configured in params, reusing (and extending) the sweep's mask dataset."""
+    dataset = dataset or merge_sweep(masks_dir(params))
+    c, p = params.calibration, params.prune
+    return prune(
+        params.model.source, Path(params.output_dir) / "pruned", p.method, p.remove, p.ratio,
+        c.source, c.n_windows, c.window, c.seed, params.game.protected, params.game.utility,
+        budget=p.budget or len(dataset.manifest.plan), batch_size=c.batch_size, overwrite=True,
+        trust_remote_code=params.model.trust_remote_code, progress=progress, iterative=p.iterative,
+        masks=dataset.path, estimator_options=estimator_options(params, dataset.manifest.identity.n_layers),
+        estimator_seed=params.sampling.seed,
+    )
+
+
+def removal_order(record: dict[str, Any]) -> list[int]:
+    """Removed layers in the order the method gave them up: by round, lowest contribution first."""
+    order: list[int] = []
+    for rnd in record["scores"]["rounds"]:
+        value = dict(zip(rnd["players"], rnd["values"]))
+        order += sorted(rnd["removed"], key=lambda p: (value.get(p) is not None, value.get(p) or 0.0))
+    return [p for p in order if p in record["removed_layers"]] if record["scores"].get("players") != "sublayers" else []
+
+
+def perplexity_curve(params: Params, pruned_dir: str | Path) -> list[dict[str, Any]]:
+    """Held-out perplexity after removing the first j layers of the removal order, j = 0..k.
+
+    Evaluated through the engine on the base model (skipping layers equals removing them), so
+    the curve costs k + 1 passes over the evaluation windows and no checkpoint writes.
+    """
+    record = json.loads((Path(pruned_dir) / "pruning.json").read_text())
+    order = removal_order(record)
+    e = params.evaluation
+    loaded = load_model(params.model.source, params.model.revision, params.model.trust_remote_code, params.model.dtype)
+    windows = evaluation_windows(loaded.tokenizer, load_texts(e.text), e.window, e.max_windows)
+    evaluator = MaskEvaluator(loaded.model, loaded.architecture, windows.input_ids, e.batch_size)
+    masks = np.ones((len(order) + 1, evaluator.n_players), dtype=bool)
+    for j in range(1, len(order) + 1):
+        masks[j:, order[j - 1]] = False
+    results = evaluator.evaluate(masks, progress=False)
+    return [{"removed": j, "layers": order[:j], "perplexity": r.perplexity} for j, r in enumerate(results)]
+
+
+STAGES = ("data", "sweep", "surrogate", "prune", "benchmark")
+
+
+def run_stage(params: Params, stage: str, progress: bool = True) -> dict[str, Any]:
+    """One DVC stage (see dvc.yaml): each writes only its own outputs under ``output_dir``."""
+    out = Path(params.output_dir)
+    if stage == "data":
+        result = prepare_data(params)
+        write_json(out / "data.json", result)
+        return result
+    if stage == "sweep":
+        dataset = sweep(params, progress=progress)
+        return {"path": str(dataset.path), "rows": len(dataset)}
+    if stage == "surrogate":
+        surrogate = fit_surrogate(params, merge_sweep(masks_dir(params)), out / "surrogate")
+        return {"path": str(out / "surrogate"), "metrics": surrogate.metrics}
+    if stage == "prune":
+        result = prune_from_params(params, progress=progress)
+        return {"path": str(result.out_dir), "removed_layers": result.removed_layers, "evaluations": result.evaluations}
+    if stage == "benchmark":
+        return benchmark_release(params)
+    raise CoopPruneError(f"unknown stage '{stage}'; stages: {', '.join(STAGES)}")
+
+
+def benchmark_release(params: Params) -> dict[str, Any]:
+    """Base and pruned model with identical settings, then ``report_release``."""
+    out = Path(params.output_dir)
+    scores = {label: benchmark(params, ckpt, out / "benchmark" / f"{label}.json")
+              for label, ckpt in (("base", params.model.source), ("pruned", str(out / "pruned")))}
+    return report_release(params, scores)
+
+
+def report_release(params: Params, scores: dict[str, Any]) -> dict[str, Any]:
+    """The perplexity-vs-removed-layers curve, ``plots/`` and the flat ``metrics.json``."""
+    out = Path(params.output_dir)
+    curve = perplexity_curve(params, out / "pruned")
+    plots = collect_plots(out, [{"removed": c["removed"], "perplexity": c["perplexity"]} for c in curve])
+    metrics = release_metrics(out, scores)
+    write_json(out / "metrics.json", metrics)
+    return {"scores": scores, "curve": curve, "metrics": metrics, "plots": str(plots)}
+
+
+def collect_plots(out: Path, curve: list[dict[str, Any]]) -> Path:
+    """``<out>/plots``: the run's figures in one folder (what ``dvc plots show`` and MLflow pick up)."""
+    import shutil
+
+    from coopprune.surrogate import PLOT_FILE
+
+    folder = out / "plots"
+    with atomic_dir(folder, overwrite=True) as tmp:
+        write_csv(tmp / "perplexity_curve.csv", curve)
+        for src, name in ((out / "pruned" / "contributions.png", "contributions.png"),
+                          (out / "surrogate" / PLOT_FILE, "surrogate_fit.png")):
+            if src.is_file():
+                shutil.copyfile(src, tmp / name)
+    return folder
+
+
+def release_metrics(out: Path, scores: dict[str, Any]) -> dict[str, Any]:
+    """The flat numbers DVC and MLflow track: quality and cost of the base and pruned models."""
+    metrics: dict[str, Any] = {}
+    for label, s in scores.items():
+        metrics[f"{label}_perplexity"] = s["perplexity"]["perplexity"]
+        if "zero_shot" in s:
+            metrics[f"{label}_zero_shot_mean"] = s["zero_shot"]["mean"]
+            metrics[f"{label}_parameters"] = s["parameters"]
+        if "speed" in s:
+            for batch, rate in s["speed"]["tokens_per_second"].items():
+                metrics[f"{label}_tokens_per_s_batch{batch}"] = rate
+            metrics[f"{label}_peak_rss_mb"] = s["speed"]["peak_rss_mb"]
+    surrogate = out / "surrogate" / "surrogate.json"
+    if surrogate.is_file():
+        m = json.loads(surrogate.read_text()).get("metrics") or {}
+        metrics["surrogate_heldout_spearman"] = (m.get("overall") or {}).get("spearman")
+        metrics["surrogate_within_stratum_spearman"] = m.get("mean_within_stratum_spearman")
+    return metrics
 
 
 def run(params: Params, progress: bool = True) -> dict[str, Any]:
@@ -231,15 +459,7 @@ def run(params: Params, progress: bool = True) -> dict[str, Any]:
     timings["sweep_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    c, p = params.calibration, params.prune
-    result = prune(
-        params.model.source, out / "pruned", p.method, p.remove, p.ratio,
-        c.source, c.n_windows, c.window, c.seed, params.game.protected, params.game.utility,
-        budget=p.budget or len(dataset.manifest.plan), batch_size=c.batch_size, overwrite=True,
-        trust_remote_code=params.model.trust_remote_code, progress=progress, iterative=p.iterative,
-        masks=dataset.path, estimator_options=estimator_options(params, dataset.manifest.identity.n_layers),
-        estimator_seed=params.sampling.seed,
-    )
+    result = prune_from_params(params, dataset, progress)
     timings["prune_s"] = time.perf_counter() - t
 
     t = time.perf_counter()

@@ -18,7 +18,7 @@ from coopprune.models import architecture_for
 from coopprune.models.loading import LoadedModel
 from coopprune.prune import count_parameters, make_record, prune_layers, save_pruned
 from coopprune.strategy import select_players
-from coopprune.sublayers import SublayerEvaluator, sublayer_parameters, zero_half_layers
+from coopprune.sublayers import SublayerEvaluator, zero_half_layers
 from coopprune.surrogate import SurrogateConfig
 from tiny import N_LAYERS, tiny_model, tiny_tokenizer
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from coopprune.errors import CoopPruneError
 from coopprune.estimators.base import Contributions, Estimator, register
 from coopprune.game import LayerGame
 from coopprune.select import select_layers

@@ -1,0 +1,1 @@
+"""Prefect flows: thin wiring around the coopprune library (which never imports Prefect)."""

@@ -1,0 +1,139 @@
+"""``prune_release``: one model release from weights to a registered, benchmarked pruned model.
+
+    python -m flows.prune_release --params params.yaml [--task-runner dask --address tcp://...]
+
+Mask shards fan out on the configured Prefect task runner (threads here, Dask for a cluster);
+everything else runs in order. Re-running after a kill resumes: sealed shards are skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from prefect import flow
+from prefect.futures import wait
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from coopprune.atomic import write_json
+from coopprune.config import FlowParams, Params
+from coopprune.errors import CoopPruneError
+from tasks.prune_release import (
+    benchmark,
+    estimate_and_prune,
+    evaluate_shard,
+    fit_surrogate,
+    merge_masks,
+    plan_masks,
+    prepare_data,
+    register,
+    report,
+    worker_threads,
+)
+
+
+def task_runner(settings: FlowParams):
+    """The Prefect task runner the shards run on (an existing engine, not a home-made scheduler)."""
+    if settings.task_runner == "threads":
+        return ThreadPoolTaskRunner(max_workers=settings.workers)
+    from prefect_dask import DaskTaskRunner
+
+    if settings.address:
+        return DaskTaskRunner(address=settings.address)
+    return DaskTaskRunner(cluster_kwargs={"n_workers": settings.workers, "threads_per_worker": 1, "processes": True})
+
+
+@flow(name="prune_release", log_prints=True)
+def prune_release(params: Params) -> dict[str, Any]:
+    """Sweep -> surrogate -> contributions -> prune -> benchmark -> register; returns the summary."""
+    started = time.perf_counter()
+    out = Path(params.output_dir)
+    prepared = prepare_data(params)
+    n_shards = plan_masks(params)
+    threads = worker_threads(params.flow.workers)
+    shard_task = evaluate_shard.with_options(retries=params.flow.retries, retry_delay_seconds=1)
+    shards = [shard_task.submit(params, shard, threads) for shard in range(n_shards)]
+    wait(shards)
+    failed = [s for s, future in enumerate(shards) if future.state.is_failed()]
+    if failed:
+        raise CoopPruneError(f"mask shards {failed} failed after {params.flow.retries} retries; nothing was registered")
+    masks = merge_masks(params)
+    surrogate = fit_surrogate(params)
+    pruned = estimate_and_prune(params)
+    scores = {"base": benchmark(params, params.model.source, "base"),
+              "pruned": benchmark(params, pruned["path"], "pruned")}
+    release = report(params, scores)
+    summary: dict[str, Any] = {
+        "model": params.model.source,
+        "data": prepared,
+        "mask_dataset": masks,
+        "surrogate": surrogate,
+        "pruned": pruned,
+        "method": params.prune.method,
+        "benchmark": scores,
+        "metrics": release["metrics"],
+        "plots": release["plots"],
+        "output_dir": str(out),
+    }
+    if params.registry.enabled:
+        summary["registry"] = register(params, summary)
+    summary["seconds"] = round(time.perf_counter() - started, 1)
+    write_json(out / "summary.json", summary)
+    return summary
+
+
+def run(params: Params) -> dict[str, Any]:
+    """Run the flow on the task runner ``params.flow`` names; raises when the flow failed."""
+    state = prune_release.with_options(task_runner=task_runner(params.flow))(params, return_state=True)
+    if state.is_failed():
+        state.result()  # re-raises the failing task's error
+    return state.result()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--task-runner", choices=["threads", "dask"], default=None)
+    parser.add_argument("--workers", type=int, default=None)
+    parser.add_argument("--address", default=None, help="Dask scheduler address (default: a local cluster)")
+    args = parser.parse_args(argv)
+    try:
+        params = Params.load(args.params)
+        overrides = {k: v for k, v in (("task_runner", args.task_runner), ("workers", args.workers),
+                                       ("address", args.address)) if v is not None}
+        if overrides:
+            params = Params.from_dict({**params.model_dump(), "flow": {**params.flow.model_dump(), **overrides}})
+        summary = run(params)
+    except CoopPruneError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print_summary(summary)
+    return 0
+
+
+def print_summary(summary: dict[str, Any]) -> None:
+    bench = summary["benchmark"]
+    lines = [
+        f"mask dataset:    {summary['mask_dataset']['path']} ({summary['mask_dataset']['rows']} masks)",
+        f"surrogate:       {summary['surrogate']['path']} (held-out Spearman "
+        f"{summary['surrogate']['metrics']['overall']['spearman']:.3f}, within strata "
+        f"{summary['surrogate']['metrics']['mean_within_stratum_spearman'] or float('nan'):.3f})",
+        f"contributions:   {summary['pruned']['path']}/contributions.png",
+        f"pruned model:    {summary['pruned']['path']} (removed layers {summary['pruned']['removed_layers']})",
+        f"perplexity:      base {bench['base']['perplexity']['perplexity']:.2f} -> "
+        f"pruned {bench['pruned']['perplexity']['perplexity']:.2f}",
+    ]
+    if "zero_shot" in bench["pruned"]:
+        lines.append(f"zero-shot mean:  base {bench['base']['zero_shot']['mean']:.3f} -> "
+                     f"pruned {bench['pruned']['zero_shot']['mean']:.3f}")
+    if "registry" in summary:
+        lines.append(f"registry:        {summary['registry']}")
+    lines.append(f"summary:         {summary['output_dir']}/summary.json ({summary['seconds']} s)")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

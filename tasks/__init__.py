@@ -1,0 +1,1 @@
+"""Prefect tasks: thin wiring around the coopprune library (which never imports Prefect)."""

@@ -1,0 +1,136 @@
+"""The steps of ``prune_release`` as Prefect tasks: each is one call into ``coopprune``.
+
+No task caches its result (``NO_CACHE``): the steps write files, and resuming is the library's
+job (sealed mask shards are skipped), which stays correct when DVC deletes outputs first.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from coopprune import pipeline
+from coopprune.config import Params
+from coopprune.dataset import MaskDataset
+
+
+@task(name="prepare-data", cache_policy=NO_CACHE)
+def prepare_data(params: Params) -> dict[str, Any]:
+    return pipeline.prepare_data(params)
+
+
+@task(name="plan-masks", cache_policy=NO_CACHE)
+def plan_masks(params: Params) -> int:
+    """Returns the number of shards to evaluate."""
+    return pipeline.plan_sweep(params).manifest.n_shards
+
+
+@task(name="evaluate-shard", cache_policy=NO_CACHE, task_run_name="evaluate-shard-{shard}")
+def evaluate_shard(params: Params, shard: int, threads: int | None = None) -> int:
+    """Rows added (0 when the shard was already sealed by an earlier, interrupted run)."""
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    return pipeline.evaluate_shard(params, shard, progress=False)
+
+
+@task(name="merge-masks", cache_policy=NO_CACHE)
+def merge_masks(params: Params) -> dict[str, Any]:
+    dataset = pipeline.merge_sweep(pipeline.masks_dir(params))
+    return {"path": str(dataset.path), "rows": len(dataset)}
+
+
+@task(name="fit-surrogate", cache_policy=NO_CACHE)
+def fit_surrogate(params: Params) -> dict[str, Any]:
+    dataset = pipeline.merge_sweep(pipeline.masks_dir(params))
+    folder = Path(params.output_dir) / "surrogate"
+    surrogate = pipeline.fit_surrogate(params, dataset, folder)
+    return {"path": str(folder), "metrics": surrogate.metrics}
+
+
+@task(name="estimate-and-prune", cache_policy=NO_CACHE)
+def estimate_and_prune(params: Params) -> dict[str, Any]:
+    """Contributions on the game (reusing the sweep's masks), then the checkpoint without the k lowest."""
+    result = pipeline.prune_from_params(params, progress=False)
+    return {"path": str(result.out_dir), "removed_layers": result.removed_layers, "evaluations": result.evaluations}
+
+
+@task(name="benchmark", cache_policy=NO_CACHE, task_run_name="benchmark-{label}")
+def benchmark(params: Params, checkpoint: str, label: str) -> dict[str, Any]:
+    out = Path(params.output_dir) / "benchmark" / f"{label}.json"
+    return pipeline.benchmark(params, checkpoint, out)
+
+
+@task(name="report", cache_policy=NO_CACHE)
+def report(params: Params, scores: dict[str, Any]) -> dict[str, Any]:
+    """Perplexity curve, plots/ and metrics.json from both benchmarks."""
+    return pipeline.report_release(params, scores)
+
+
+@task(name="register", cache_policy=NO_CACHE)
+def register(params: Params, summary: dict[str, Any]) -> dict[str, Any]:
+    """One MLflow run with everything, the checkpoint as a new version (alias candidate), promotion."""
+    return publish(params, summary)
+
+
+def publish(params: Params, summary: dict[str, Any]) -> dict[str, Any]:
+    from tasks import registry
+
+    out = Path(params.output_dir)
+    metrics = summary["metrics"]
+    masks = Path(summary["mask_dataset"]["path"])
+    tags = {
+        "base_model": params.model.source,
+        "release_fingerprint": release_fingerprint(params, summary),
+        "mask_dataset_dvc_md5": dvc_out_md5(masks),
+        "mask_dataset_sha256": MaskDataset.open(masks).content_fingerprint(),
+        "removed_layers": ",".join(map(str, summary["pruned"]["removed_layers"])),
+        "method": params.prune.method,
+    }
+    artifacts = {"checkpoint": out / "pruned", "plots": out / "plots", "benchmark": out / "benchmark",
+                 "surrogate": out / "surrogate"}
+    run_id = registry.log_run(params.registry.experiment, f"prune {Path(params.model.source).name}",
+                              params.model_dump(), metrics, artifacts, tags)
+    name = params.registry.model_name or registry.registered_model_name(params.model.source)
+    version = registry.register_pruned(run_id, "checkpoint", name, {
+        registry.ZERO_SHOT_MEAN: metrics.get("pruned_zero_shot_mean"),
+        registry.PERPLEXITY: metrics.get("pruned_perplexity"),
+        "release_fingerprint": tags["release_fingerprint"],
+        "mask_dataset_dvc_md5": tags["mask_dataset_dvc_md5"],
+    })
+    result: dict[str, Any] = {"run_id": run_id, "model_name": name, "version": version, "alias": registry.CANDIDATE}
+    if params.registry.promote:
+        decision = registry.promote(name, params.registry.rule)
+        result["promotion"] = {"promoted": decision.promoted, "reason": decision.reason}
+    return result
+
+
+def release_fingerprint(params: Params, summary: dict[str, Any]) -> str:
+    """The watcher's fingerprint when it started this run, else the base weights' fingerprint."""
+    if params.release.fingerprint:
+        return params.release.fingerprint
+    return MaskDataset.open(summary["mask_dataset"]["path"]).manifest.identity.model_fingerprint
+
+
+def dvc_out_md5(path: Path) -> str | None:
+    """The md5 DVC recorded for ``path`` in ``dvc.lock`` (None outside a DVC run)."""
+    import yaml
+
+    lock = Path("dvc.lock")
+    if not lock.is_file():
+        return None
+    for stage in (yaml.safe_load(lock.read_text()) or {}).get("stages", {}).values():
+        for out in stage.get("outs", []):
+            if Path(out.get("path", "")).resolve() == path.resolve():
+                return out.get("md5")
+    return None
+
+
+def worker_threads(workers: int) -> int:
+    """Torch threads per concurrent shard so that workers x threads fits the cores."""
+    return max(1, (os.cpu_count() or 1) // workers)

@@ -1,0 +1,480 @@
+"""MLflow tracking and model registry for pruned checkpoints: log a run, register its checkpoint as a
+model version (alias ``candidate``), move alias ``champion`` to it only when it wins by a stated
+rule, and load any version back as a folder that ``from_pretrained`` reads.
+
+Plain functions, no Prefect: the flow's tasks call them. Every call uses an explicit
+``MlflowClient`` and run id, because the fluent API keeps its active run (and its tracking URI) per
+process/thread while flow tasks log from worker threads. ``coopprune/`` never imports MLflow.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import math
+import numbers
+import os
+import re
+import tempfile
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlflow.artifacts
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
+
+from coopprune.errors import CoopPruneError
+
+CANDIDATE = "candidate"
+CHAMPION = "champion"
+# Model-version tags written by ``register_pruned`` (from pruning.json and the caller) and read by ``promote``.
+BASE_MODEL = "base_model"
+BASE_FINGERPRINT = "base_fingerprint"
+REMOVED_LAYERS = "removed_layers"
+METHOD = "method"
+PARAMETERS = "parameters"
+ZERO_SHOT_MEAN = "zero_shot_mean"
+PERPLEXITY = "perplexity"
+
+_MAX_PARAM = 6000  # MLflow's limits on one param / tag value and on one log_batch call
+_MAX_TAG = 8000
+_BATCH = 100
+_MODELS_URI = re.compile(r"models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>\d+))(?P<sub>/.*)?")
+
+
+class NotRegistered(CoopPruneError):
+    """The registered model, or the version an alias names, does not exist (the CLI exits 1 on it)."""
+
+
+# ---------------------------------------------------------------------------------------------- store
+
+
+def tracking_uri(default_dir: str | Path) -> str:
+    """``$MLFLOW_TRACKING_URI``, else a SQLite store ``<default_dir>/mlflow.db`` as an absolute path,
+    so every thread and process of a run writes to one store whatever its working directory."""
+    env = os.environ.get("MLFLOW_TRACKING_URI", "").strip()
+    if env:
+        return env
+    return f"sqlite:///{Path(default_dir).expanduser().resolve() / 'mlflow.db'}"
+
+
+def _first_line(exc: BaseException, limit: int = 200) -> str:
+    text = str(exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__)[:limit]
+
+
+def _unreachable_reason(exc: BaseException) -> str | None:
+    """Why the server could not be reached, or None when it answered (an HTTP error is an answer)."""
+    text = str(exc)
+    if not ("failed with exception" in text or "failed with timeout exception" in text or
+            type(exc).__module__.startswith(("requests", "urllib3"))):
+        return None
+    lowered = text.lower()
+    if "connection refused" in lowered:
+        return "connection refused"
+    if "timed out" in lowered or "timeout" in lowered:
+        return "timed out"
+    if "name or service not known" in lowered or "failed to resolve" in lowered:
+        return "unknown host"
+    return _first_line(exc)
+
+
+@contextlib.contextmanager
+def _mlflow(uri: str) -> Iterator[MlflowClient]:
+    """A client on ``uri`` for tracking and registry; an unreachable store is one line naming it."""
+    if uri.startswith("sqlite:///"):
+        folder = Path(uri.removeprefix("sqlite:///")).parent
+        if not folder.is_dir():
+            raise CoopPruneError(f"MLflow tracking store {uri}: folder {folder} does not exist")
+    try:
+        yield MlflowClient(tracking_uri=uri, registry_uri=uri)
+    except CoopPruneError:
+        raise
+    except Exception as exc:
+        reason = _unreachable_reason(exc)
+        if reason is None:
+            raise
+        raise CoopPruneError(f"cannot reach the MLflow tracking server at {uri} ({reason})") from exc
+
+
+@contextlib.contextmanager
+def _artifact_store(location: str) -> Iterator[None]:
+    """S3/HTTP failures while moving artifacts become one line naming the artifact location."""
+    try:
+        yield
+    except Exception as exc:
+        detail = _first_line(exc)
+        if isinstance(exc, MlflowException) and "failures occurred while downloading" in detail:
+            # MLflow gathers per-file download errors under a header line; keep the first error.
+            errors = [line for line in str(exc).splitlines()[1:] if line.strip() and not line.startswith("#####")]
+            detail = errors[0].strip()[:200] if errors else detail
+        elif not type(exc).__module__.startswith(("botocore", "boto3", "s3transfer", "requests", "urllib3")):
+            raise
+        raise CoopPruneError(f"cannot use the artifact store at {location}: {detail}") from exc
+
+
+def _default_artifact_location(uri: str, experiment: str) -> str | None:
+    """Beside a SQLite store (MLflow's own default, ``./mlruns``, depends on the working directory)."""
+    if not uri.startswith("sqlite:///"):
+        return None  # a tracking server decides (its --artifacts-destination / default root)
+    root = Path(uri.removeprefix("sqlite:///")).resolve().parent / "mlartifacts"
+    return f"{root.as_uri()}/{re.sub(r'[^A-Za-z0-9._-]+', '-', experiment)}"
+
+
+def _experiment_id(client: MlflowClient, name: str, artifact_location: str | None) -> str:
+    """Get or create; two threads creating the same experiment both end up with its id."""
+    found = client.get_experiment_by_name(name)
+    if found is None:
+        try:
+            return client.create_experiment(name, artifact_location=artifact_location)
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+            found = client.get_experiment_by_name(name)
+    if found.lifecycle_stage == "deleted":
+        raise CoopPruneError(f"MLflow experiment '{name}' is deleted: restore it or choose another name")
+    return found.experiment_id
+
+
+# ------------------------------------------------------------------------------------------ tracking
+
+
+def _flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested dicts (params.yaml sections, summary.json) as dotted keys, MLflow's flat namespace."""
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(_flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def _strings(values: Mapping[str, Any], limit: int = _MAX_TAG) -> dict[str, str]:
+    return {str(k): str(v)[:limit] for k, v in values.items() if v is not None}
+
+
+def log_run(
+    experiment: str,
+    run_name: str,
+    params: Mapping[str, Any],
+    metrics: Mapping[str, Any],
+    artifacts: Mapping[str, str | Path],
+    tags: Mapping[str, Any],
+    *,
+    tracking: str | None = None,
+    artifact_location: str | None = None,
+) -> str:
+    """Log one finished run and return its id; safe to call from several threads at once.
+
+    ``params``/``metrics`` may be nested (keys become ``section.key``); metrics must be numbers (None
+    is skipped). ``artifacts`` maps a folder inside the run ("" = its root) to a local file or folder:
+    a folder's contents land under that key (``{"checkpoint": pruned_dir}`` -> ``checkpoint/config.json``).
+    ``artifact_location`` applies when the experiment is created (e.g. ``s3://bucket/prefix``); by
+    default artifacts go beside a SQLite store, or where the tracking server puts them.
+    The run is marked FAILED if logging breaks half-way, so a partial run never looks finished.
+    """
+    uri = tracking or tracking_uri(Path.cwd())
+    local = {dest.strip("/"): Path(path) for dest, path in artifacts.items()}
+    for path in local.values():
+        if not path.exists():
+            raise CoopPruneError(f"artifact to log does not exist: {path}")
+    now = int(time.time() * 1000)
+    metric_list = []
+    for key, value in _flatten(metrics).items():
+        if value is None:
+            continue
+        if not isinstance(value, numbers.Real):
+            raise CoopPruneError(f"metric '{key}' is not a number: {value!r}")
+        metric_list.append(Metric(key, float(value), now, 0))
+    param_list = [Param(k, str(v)[:_MAX_PARAM]) for k, v in _flatten(params).items()]
+
+    with _mlflow(uri) as client:
+        location = artifact_location or _default_artifact_location(uri, experiment)
+        run = client.create_run(_experiment_id(client, experiment, location), run_name=run_name, tags=_strings(tags))
+        run_id = run.info.run_id
+        try:
+            for i in range(0, len(param_list), _BATCH):
+                client.log_batch(run_id, params=param_list[i : i + _BATCH])
+            for i in range(0, len(metric_list), _BATCH):
+                client.log_batch(run_id, metrics=metric_list[i : i + _BATCH])
+            with _artifact_store(run.info.artifact_uri):
+                for dest, path in local.items():
+                    if path.is_dir():
+                        client.log_artifacts(run_id, str(path), artifact_path=dest or None)
+                    else:
+                        client.log_artifact(run_id, str(path), artifact_path=dest or None)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                client.set_terminated(run_id, "FAILED")
+            raise
+        client.set_terminated(run_id, "FINISHED")
+    return run_id
+
+
+# ------------------------------------------------------------------------------------------ registry
+
+
+def registered_model_name(base_model: str, suffix: str = "-pruned") -> str:
+    """``HuggingFaceTB/SmolLM2-135M-Instruct`` (or a folder / .gguf path) -> ``SmolLM2-135M-Instruct-pruned``:
+    one registered model per base model, a name that is safe inside ``models:/NAME@alias``."""
+    if base_model == "default":
+        from coopprune.fetch import DEFAULT_MODEL_NAME
+
+        base = DEFAULT_MODEL_NAME
+    else:
+        base = base_model.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1]
+        base = base[:-5] if base.lower().endswith(".gguf") else base
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", base).strip("-.")
+    if not name:
+        raise CoopPruneError(f"cannot derive a registered model name from '{base_model}'")
+    return name + suffix
+
+
+def version_tags(
+    record: Mapping[str, Any], zero_shot_mean: float | None = None, perplexity: float | None = None
+) -> dict[str, str]:
+    """Model-version tags from a ``pruning.json`` record plus evaluation results: what ``promote``
+    compares and ``already_pruned`` looks up."""
+    tags = {
+        BASE_MODEL: record.get("base_model"),
+        BASE_FINGERPRINT: record.get("base_fingerprint"),
+        REMOVED_LAYERS: ",".join(str(i) for i in record.get("removed_layers", [])) or None,
+        METHOD: record.get("method"),
+        PARAMETERS: record.get("parameters_after"),
+        ZERO_SHOT_MEAN: zero_shot_mean,
+        PERPLEXITY: perplexity,
+    }
+    return _strings(tags)
+
+
+def _check_name(model_name: str) -> None:
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", model_name):
+        raise CoopPruneError(f"registered model name '{model_name}' must be letters, digits, '.', '_' or '-'")
+
+
+def register_pruned(
+    run_id: str,
+    checkpoint_artifact_path: str,
+    model_name: str,
+    tags: Mapping[str, Any],
+    *,
+    tracking: str | None = None,
+    alias: str = CANDIDATE,
+) -> str:
+    """Register the run's checkpoint folder as a new version of ``model_name`` and point ``alias`` at it.
+
+    Uses ``create_model_version`` on the run's artifact URI: ``mlflow.register_model`` refuses a plain
+    folder (no MLmodel) in MLflow 3. Tags come from the checkpoint's ``pruning.json`` (base fingerprint,
+    removed layers, method, parameters) overridden by ``tags`` (e.g. ``zero_shot_mean``, ``perplexity``;
+    None values are skipped). Returns the version number.
+    """
+    _check_name(model_name)
+    uri = tracking or tracking_uri(Path.cwd())
+    path = checkpoint_artifact_path.strip("/")
+    with _mlflow(uri) as client:
+        try:
+            run = client.get_run(run_id)
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+                raise
+            raise NotRegistered(f"no MLflow run {run_id} at {uri}") from None
+        with _artifact_store(run.info.artifact_uri):
+            names = {Path(f.path).name for f in client.list_artifacts(run_id, path)}
+            if "config.json" not in names:
+                raise CoopPruneError(f"run {run_id} has no checkpoint at artifact path '{path}' (no config.json)")
+            record: dict[str, Any] = {}
+            if "pruning.json" in names:
+                with tempfile.TemporaryDirectory(prefix="coopprune-registry-") as tmp:
+                    local = client.download_artifacts(run_id, f"{path}/pruning.json", tmp)
+                    record = json.loads(Path(local).read_text())
+        all_tags = {**version_tags(record), **_strings(tags)}
+        try:
+            client.create_registered_model(model_name, description="Layer-pruned checkpoints (coopprune).")
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+        version = client.create_model_version(
+            model_name, source=f"{run.info.artifact_uri.rstrip('/')}/{path}", run_id=run_id, tags=all_tags
+        ).version
+        client.set_registered_model_alias(model_name, alias, str(version))
+    return str(version)
+
+
+def already_pruned(
+    model_name: str, fingerprint: str, *, tag: str = BASE_FINGERPRINT, tracking: str | None = None
+) -> bool:
+    """Whether a version of ``model_name`` was made from this exact base model (by its weights'
+    fingerprint, or by whatever fingerprint ``tag`` holds, e.g. a release watcher's), so each
+    base release is pruned once."""
+    if "'" in model_name or "'" in fingerprint or not re.fullmatch(r"[A-Za-z0-9_.]+", tag):
+        raise CoopPruneError("model name and fingerprint cannot contain quotes; tag names are plain words")
+    uri = tracking or tracking_uri(Path.cwd())
+    with _mlflow(uri) as client:
+        try:
+            found = client.search_model_versions(f"name = '{model_name}' and tags.{tag} = '{fingerprint}'", max_results=1)
+        except MlflowException as exc:
+            if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+                return False
+            raise
+    return len(found) > 0
+
+
+def _registered_aliases(client: MlflowClient, model_name: str, uri: str) -> dict[str, str]:
+    # Aliases from the registered model (search_model_versions leaves ModelVersion.aliases empty).
+    try:
+        return {k: str(v) for k, v in client.get_registered_model(model_name).aliases.items()}
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+        raise NotRegistered(f"no registered model '{model_name}' at {uri}") from None
+
+
+# ----------------------------------------------------------------------------------------- promotion
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The outcome of one promotion attempt; also written to the candidate's tags and a run."""
+
+    promoted: bool
+    reason: str
+    candidate: str  # version number
+    champion: str | None  # champion version before the decision (None: there was none)
+    rule: str
+
+
+def _number(version: ModelVersion, key: str) -> float | None:
+    try:
+        value = float(version.tags[key])
+    except (KeyError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
+
+
+@dataclass(frozen=True)
+class Rule:
+    """When a candidate beats the champion: strictly better ``metric`` and, if ``no_larger``, no more parameters."""
+
+    metric: str
+    higher_is_better: bool
+    no_larger: bool
+
+    def judge(self, candidate: ModelVersion, champion: ModelVersion | None) -> tuple[bool, str]:
+        c_v, metric = candidate.version, self.metric
+        ours = _number(candidate, metric)
+        if ours is None:
+            return False, f"candidate v{c_v} has no numeric '{metric}' tag"
+        if champion is None:
+            return True, f"first candidate: no champion yet ({metric} {ours:.4g})"
+        h_v = champion.version
+        if str(h_v) == str(c_v):
+            return False, f"v{c_v} is already the champion"
+        theirs = _number(champion, metric)
+        if theirs is None:
+            return False, f"champion v{h_v} has no numeric '{metric}' tag to compare with"
+        size = ""
+        if self.no_larger:
+            p_ours, p_theirs = _number(candidate, PARAMETERS), _number(champion, PARAMETERS)
+            if p_ours is None or p_theirs is None:
+                return False, f"'{PARAMETERS}' tag missing on v{c_v if p_ours is None else h_v}: cannot compare sizes"
+            if p_ours > p_theirs:
+                sizes = f"{p_ours:,.0f} > {p_theirs:,.0f}"
+                return False, f"candidate v{c_v} has more parameters than champion v{h_v} ({sizes})"
+            size = f" at {p_ours:,.0f} <= {p_theirs:,.0f} parameters"
+        better = ours > theirs if self.higher_is_better else ours < theirs
+        word = "higher" if self.higher_is_better else "lower"
+        if not better:
+            return False, f"{metric} {ours:.4g} is not {word} than champion v{h_v}'s {theirs:.4g}"
+        return True, f"{metric} {ours:.4g} is {word} than champion v{h_v}'s {theirs:.4g}{size}"
+
+
+RULES: dict[str, Rule] = {
+    "zero_shot_mean": Rule(ZERO_SHOT_MEAN, higher_is_better=True, no_larger=True),
+    "perplexity": Rule(PERPLEXITY, higher_is_better=False, no_larger=False),
+}
+
+
+def promote(
+    model_name: str, rule: str = "zero_shot_mean", *, tracking: str | None = None, experiment: str = "promotions"
+) -> Decision:
+    """Move alias ``champion`` to the ``candidate`` version only if it beats the current champion.
+
+    Rules: ``zero_shot_mean`` (default) = higher mean zero-shot accuracy at equal or fewer parameters;
+    ``perplexity`` = lower held-out perplexity. A first candidate (no champion) is promoted; a
+    candidate without the rule's tag is not. The decision is written as ``promotion.*`` tags on the
+    candidate version and as a run in ``experiment`` (the history, since tags are overwritten).
+    """
+    if rule not in RULES:
+        raise CoopPruneError(f"unknown promotion rule '{rule}'; choose one of {', '.join(RULES)}")
+    uri = tracking or tracking_uri(Path.cwd())
+    with _mlflow(uri) as client:
+        aliases = _registered_aliases(client, model_name, uri)
+        if CANDIDATE not in aliases:
+            raise NotRegistered(f"registered model '{model_name}' has no '{CANDIDATE}' version at {uri}")
+        candidate = client.get_model_version(model_name, aliases[CANDIDATE])
+        champion = client.get_model_version(model_name, aliases[CHAMPION]) if CHAMPION in aliases else None
+        promoted, reason = RULES[rule].judge(candidate, champion)
+        decision = Decision(promoted, reason, str(candidate.version), aliases.get(CHAMPION), rule)
+        if promoted:
+            client.set_registered_model_alias(model_name, CHAMPION, decision.candidate)
+        record = {
+            "promotion.rule": rule,
+            "promotion.decision": "promoted" if promoted else "kept champion",
+            "promotion.reason": reason,
+            "promotion.champion_before": decision.champion or "none",
+            "promotion.at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        }
+        for key, value in _strings(record).items():
+            client.set_model_version_tag(model_name, decision.candidate, key, value)
+    log_run(
+        experiment, f"promote {model_name} v{decision.candidate}", {}, {"promoted": int(promoted)}, {},
+        {**record, "model_name": model_name, "candidate": decision.candidate}, tracking=uri,
+    )
+    return decision
+
+
+# --------------------------------------------------------------------------------------------- load
+
+
+def load_registered(model_uri: str, dst: str | Path | None = None, *, tracking: str | None = None) -> Path:
+    """Download ``models:/NAME@ALIAS`` or ``models:/NAME/VERSION`` (optionally ``/sub/path``) and return
+    the local folder, ready for ``AutoModelForCausalLM.from_pretrained``.
+
+    The alias is resolved with this client rather than by ``download_artifacts("models:/...")``, which
+    reads the process-global registry URI. With ``dst=None`` MLflow picks the folder (for a local store,
+    the stored artifacts themselves: treat them as read-only).
+    """
+    match = _MODELS_URI.fullmatch(model_uri)
+    if match is None:
+        raise CoopPruneError(
+            f"not a registered model URI: '{model_uri}' (expected models:/NAME@ALIAS or models:/NAME/VERSION)"
+        )
+    uri = tracking or tracking_uri(Path.cwd())
+    name, alias = match["name"], match["alias"]
+    with _mlflow(uri) as client:
+        aliases = _registered_aliases(client, name, uri)
+        if alias is not None and alias not in aliases:
+            raise NotRegistered(f"registered model '{name}' has no '{alias}' version at {uri}")
+        version = aliases[alias] if alias is not None else match["version"]
+        try:
+            source = client.get_model_version_download_uri(name, version)
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+                raise
+            raise NotRegistered(f"registered model '{name}' has no version {version} at {uri}") from None
+        source = source.rstrip("/") + (match["sub"] or "").rstrip("/")
+        if dst is not None:
+            Path(dst).mkdir(parents=True, exist_ok=True)
+        with _artifact_store(source):
+            local = mlflow.artifacts.download_artifacts(
+                artifact_uri=source, dst_path=None if dst is None else str(dst), tracking_uri=uri
+            )
+    return Path(local)

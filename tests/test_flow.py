@@ -1,0 +1,136 @@
+"""prune_release on a real (ephemeral) Prefect server with a tiny model: threads and a local Dask
+cluster give the same mask dataset; a failing shard fails the flow by name; a rerun repeats nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+
+from coopprune import pipeline  # noqa: E402
+from coopprune.config import Params  # noqa: E402
+from coopprune.dataset import MaskDataset  # noqa: E402
+from coopprune.errors import CoopPruneError  # noqa: E402
+from test_zeroshot import data, fake_home  # noqa: E402,F401  (fixtures: fake benchmark data)
+from tiny import write_text  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def prefect_server(tmp_path_factory):
+    from prefect.testing.utilities import prefect_test_harness
+
+    os.environ["PREFECT_HOME"] = str(tmp_path_factory.mktemp("prefect_home"))
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture(scope="module")
+def eval_text(tmp_path_factory) -> Path:
+    return write_text(tmp_path_factory.mktemp("eval") / "eval.jsonl", n_docs=40)
+
+
+def flow_params(tmp_path: Path, tiny_checkpoint: Path, text_file: Path, eval_text: Path, **sections) -> Params:
+    values = {
+        "model": {"source": str(tiny_checkpoint)},
+        "calibration": {"source": str(text_file), "n_windows": 4, "window": 16, "batch_size": 4},
+        "sampling": {"remove": [1, 2, 3], "per_stratum": 4, "shard_size": 3},
+        "surrogate": {"epochs": 60},
+        "prune": {"method": "semivalue", "remove": 2, "bootstrap": 0},
+        "evaluation": {"text": str(eval_text), "window": 16, "max_windows": 8},
+        "benchmark": {"tasks": [], "speed": True, "new_tokens": 4},
+        "registry": {"enabled": False},
+        "output_dir": str(tmp_path / "run"),
+    }
+    for key, value in sections.items():
+        values[key] = {**values.get(key, {}), **value} if isinstance(value, dict) else value
+    return Params.from_dict(values)
+
+
+def dataset_values(path: Path) -> dict[str, float]:
+    return {"".join("1" if b else "0" for b in r["mask"]): r["utility"] for r in MaskDataset.open(path).rows()}
+
+
+@pytest.mark.usefixtures("data")
+def test_flow_threads_and_dask_give_the_same_dataset(prefect_server, tmp_path, tiny_checkpoint, text_file, eval_text,
+                                                     monkeypatch):
+    """Threads run: the whole flow incl. zero-shot (fake data) and MLflow; Dask run: the same masks."""
+    from flows.prune_release import run
+    from tasks.registry import load_registered
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    threads = flow_params(tmp_path / "threads", tiny_checkpoint, text_file, eval_text, flow={"workers": 2},
+                          benchmark={"tasks": ["piqa", "arc_easy"], "limit": 4},
+                          registry={"enabled": True, "model_name": "tiny-pruned"})
+    summary = run(threads)
+    assert summary["registry"]["version"] == "1" and summary["registry"]["promotion"]["promoted"]
+    assert set(summary["benchmark"]["pruned"]["zero_shot"]["tasks"]) == {"piqa", "arc_easy"}
+    assert "pruned_zero_shot_mean" in summary["metrics"]
+    champion = load_registered("models:/tiny-pruned@champion", tmp_path / "champion")
+    assert (champion / "pruning.json").is_file()
+    out = Path(threads.output_dir)
+    assert summary["mask_dataset"]["rows"] == 12
+    assert len(summary["pruned"]["removed_layers"]) == 2
+    assert (out / "pruned" / "contributions.png").is_file()
+    assert (out / "surrogate" / "surrogate.safetensors").is_file()
+    assert summary["surrogate"]["metrics"]["overall"]["spearman"] is not None
+    bench = json.loads((out / "benchmark" / "pruned.json").read_text())
+    assert bench["perplexity"]["window"] == 16
+    assert set(bench["speed"]["tokens_per_second"]) == {"1", "8"}
+    assert json.loads((out / "summary.json").read_text())["pruned"]["removed_layers"] == summary["pruned"]["removed_layers"]
+
+    dask = flow_params(tmp_path / "dask", tiny_checkpoint, text_file, eval_text,
+                       flow={"task_runner": "dask", "workers": 2}, benchmark={"speed": False})
+    summary_dask = run(dask)
+    assert dataset_values(Path(dask.output_dir) / "masks") == dataset_values(out / "masks")
+    assert summary_dask["pruned"]["removed_layers"] == summary["pruned"]["removed_layers"]
+
+
+def test_failing_shard_fails_the_flow_by_name(prefect_server, tmp_path, tiny_checkpoint, text_file, eval_text,
+                                              monkeypatch):
+    from flows.prune_release import run
+
+    params = flow_params(tmp_path, tiny_checkpoint, text_file, eval_text, flow={"retries": 1})
+    real = pipeline.evaluate_shard
+    attempts = []
+
+    def flaky(params, shard, *args, **kwargs):
+        if shard == 2:
+            attempts.append(shard)
+            raise RuntimeError("worker lost")
+        return real(params, shard, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "evaluate_shard", flaky)
+    with pytest.raises(CoopPruneError, match=r"mask shards \[2\] failed"):
+        run(params)
+    assert attempts == [2, 2]  # tried, retried once
+    assert not (Path(params.output_dir) / "pruned").exists()
+    assert not (Path(params.output_dir) / "summary.json").exists()
+
+
+def test_rerun_after_interruption_repeats_no_evaluation(prefect_server, tmp_path, tiny_checkpoint, text_file,
+                                                        eval_text):
+    from flows.prune_release import run
+
+    params = flow_params(tmp_path, tiny_checkpoint, text_file, eval_text)
+    pipeline.plan_sweep(params)
+    assert pipeline.evaluate_shard(params, 0, progress=False) == 3  # the run that was killed got this far
+    before = {r["mask_id"]: r for r in MaskDataset.open(pipeline.masks_dir(params)).rows()}
+    run(params)
+    after = {r["mask_id"]: r for r in MaskDataset.open(pipeline.masks_dir(params)).rows()}
+    assert len(after) >= 12 and all(after[i] == row for i, row in before.items())  # kept, not re-evaluated
+
+
+def test_invalid_params_rejected_before_any_model_is_loaded(tmp_path, capsys):
+    from flows.prune_release import main
+
+    bad = tmp_path / "params.yaml"
+    bad.write_text("sampling:\n  per_stratum: many\n")
+    assert main(["--params", str(bad)]) == 1
+    err = capsys.readouterr().err
+    assert "sampling.per_stratum" in err and len(err.strip().splitlines()) == 1
