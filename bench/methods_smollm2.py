@@ -60,22 +60,31 @@ def main() -> None:
         runs = []
         for seed in seeds:
             out = work / f"{method}-{seed}"
+            cell = out / "bench_cell.json"
+            if cell.is_file():  # finished cells are cached: a long run completes over several calls
+                runs.append(json.loads(cell.read_text()))
+                continue
             options = {"surrogate": SurrogateConfig(), "bootstrap": 10} if method in SURROGATE else {}
-            t = time.perf_counter()
-            result = pipeline.prune(
-                args.model, out, method, remove=args.k, calib=c.source, n_windows=c.n_windows, window=c.window,
-                seed=seed, budget=budget, overwrite=True, progress=False, masks=store.path,
-                estimator_options=options, estimator_seed=seed if method == "random" else params.sampling.seed,
-            )
-            seconds = time.perf_counter() - t
+            if (out / "pruning.json").is_file():  # pruned by an earlier, interrupted call
+                seconds = json.loads((out / "pruning.json").read_text())["scores"]["seconds"]
+            else:
+                t = time.perf_counter()
+                pipeline.prune(
+                    args.model, out, method, remove=args.k, calib=c.source, n_windows=c.n_windows, window=c.window,
+                    seed=c.seed, budget=budget, overwrite=True, progress=False, masks=store.path,
+                    estimator_options=options, estimator_seed=seed if method == "random" else params.sampling.seed,
+                )
+                seconds = time.perf_counter() - t
             ppl = pipeline.evaluate_perplexity(str(out), "boolq", 128, args.eval_windows, progress=False).perplexity
             record = json.loads((out / "pruning.json").read_text())
             rnd = record["scores"]["rounds"][0]
             runs.append({
-                "removed": result.removed_layers, "evaluations": result.evaluations, "seconds": seconds, "ppl": ppl,
+                "removed": record["removed_layers"], "evaluations": record["scores"]["evaluations"],
+                "seconds": seconds, "ppl": ppl,
                 "training_masks": rnd.get("training_masks"), "stability": rnd.get("bottom_k_stability"),
                 "surrogate": (rnd.get("surrogate") or {}).get("metrics"),
             })
+            cell.write_text(json.dumps(runs[-1]))
         row = {
             "method": method,
             "removed_layers": runs[0]["removed"] if len(runs) == 1 else [r["removed"] for r in runs],
