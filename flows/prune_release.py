@@ -46,7 +46,9 @@ def task_runner(settings: FlowParams):
     return DaskTaskRunner(cluster_kwargs={"n_workers": settings.workers, "threads_per_worker": 1, "processes": True})
 
 
-@flow(name="prune_release", log_prints=True)
+# log_prints stays off: Prefect would turn prints into logs even while a library captures stdout
+# (dill's disassembly capture inside datasets/lm-eval then floods the log).
+@flow(name="prune_release", log_prints=False)
 def prune_release(params: Params) -> dict[str, Any]:
     """Sweep -> surrogate -> contributions -> prune -> benchmark -> register; returns the summary."""
     started = time.perf_counter()

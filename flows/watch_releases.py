@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from prefect import flow, task
+from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from coopprune.config import Params
@@ -46,7 +46,7 @@ def release_params(base: Params, release: Release) -> Params:
     return Params.from_dict(data)
 
 
-@flow(name="watch_releases", log_prints=True)
+@flow(name="watch_releases", log_prints=False)
 def watch_releases(sources: list[str], params_file: str = "params.yaml") -> list[dict[str, Any]]:
     """Prune and register each release not yet in the registry; returns what was done per release."""
     base = Params.load(params_file)
@@ -58,7 +58,7 @@ def watch_releases(sources: list[str], params_file: str = "params.yaml") -> list
         for release in find(source, cache):
             params = release_params(base, release)
             if is_pruned(params, release):
-                print(f"{release.name} ({release.fingerprint[-12:]}): already pruned")
+                get_run_logger().info("%s (%s): already pruned", release.name, release.fingerprint[-12:])
                 done.append({"release": release.name, "fingerprint": release.fingerprint, "pruned": False})
                 continue
             summary = prune_release(params)
