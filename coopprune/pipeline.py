@@ -51,11 +51,12 @@ def load_calibration(loaded: LoadedModel, source: str, n_windows: int, window: i
 class PruneResult:
     out_dir: Path
     removed_layers: list[int]
-    selection: Selection
+    selection: Selection | None  # None when a recorded decision was applied
+    recorded_evaluations: int = 0
 
     @property
     def evaluations(self) -> int:
-        return self.selection.evaluations
+        return self.selection.evaluations if self.selection is not None else self.recorded_evaluations
 
 
 def prune(
@@ -80,12 +81,15 @@ def prune(
     estimator_options: dict[str, Any] | None = None,
     estimator_seed: int | None = None,
     players: str = "layers",
+    decision_only: bool = False,
 ) -> PruneResult:
     """Score every layer with ``method``, remove the least-contributing ones, save the checkpoint.
 
     ``iterative``: layers removed per round (the game is re-run on the pruned model between
     rounds). ``masks``: a mask dataset of the same model and calibration (e.g. the sweep's) whose
-    evaluations are reused and extended. Every argument is checked before weights are read.
+    evaluations are reused and extended. ``decision_only``: write the contributions report and
+    ``decision.json`` to ``out_dir`` instead of a checkpoint (``apply_decision`` prunes later:
+    the two DVC stages). Every argument is checked before weights are read.
     """
     out = check_output_dir(out_dir, overwrite)
     estimator = get_estimator(method, **(estimator_options or {}))
@@ -125,7 +129,7 @@ def prune(
         costs = sublayer_parameters(loaded.model, loaded.architecture)
         max_cost = round(k * sum(costs) / n_layers)  # k average layers' worth of parameters
         selection = select_by_cost(game, estimator, costs, max_cost, budget, estimator_seed)
-        removed_layers = zero_half_layers(loaded.model, loaded.architecture, selection.removed)
+        removed_layers = [] if decision_only else zero_half_layers(loaded.model, loaded.architecture, selection.removed)
         extra_scores = {
             "players": "sublayers",
             "removed_players": [names[i] for i in selection.removed],
@@ -136,37 +140,79 @@ def prune(
     else:
         selection = select_players(game, estimator, k, per_round=iterative, budget=budget, seed=estimator_seed)
         removed_layers = selection.removed
+    scores = {
+        "evaluations": selection.evaluations,
+        "seconds": round(selection.seconds, 3),
+        **extra_scores,
+        "rounds": [{"players": r.players, "removed": r.removed, **r.contributions.to_json()} for r in selection.rounds],
+    }
+    run_params = {
+        "calibration": {"source": calib, "n_windows": n_windows, "window": window, "seed": seed,
+                        "fingerprint": windows.fingerprint},
+        "utility": utility,
+        "players": players,
+        "protected": list(prot),
+        "budget": budget,
+        "iterative": iterative,
+        "masks": str(masks) if masks is not None else None,
+        "estimator_options": {k: str(v) for k, v in (estimator_options or {}).items()},
+    }
+    surrogate = getattr(estimator, "surrogate", None)
+    if decision_only:
+        decision = {"method": method, "removed_players": selection.removed, "sublayers": sublayers,
+                    "base_fingerprint": loaded.fingerprint, "scores": scores, "params": run_params}
+        with atomic_dir(out, overwrite=overwrite) as tmp:
+            write_report(tmp, selection, names, surrogate)
+            write_json(tmp / DECISION_FILE, decision)
+        return PruneResult(out, selection.removed, selection)
     if removed_layers:
         prune_layers(loaded, removed_layers)
-    record = make_record(
-        loaded,
-        removed_layers,
-        method,
-        params_before,
-        scores={
-            "evaluations": selection.evaluations,
-            "seconds": round(selection.seconds, 3),
-            **extra_scores,
-            "rounds": [{"players": r.players, "removed": r.removed, **r.contributions.to_json()} for r in selection.rounds],
-        },
-        params={
-            "calibration": {"source": calib, "n_windows": n_windows, "window": window, "seed": seed,
-                            "fingerprint": windows.fingerprint},
-            "utility": utility,
-            "players": players,
-            "protected": list(prot),
-            "budget": budget,
-            "iterative": iterative,
-            "masks": str(masks) if masks is not None else None,
-            "estimator_options": {k: str(v) for k, v in (estimator_options or {}).items()},
-        },
-    )
-    surrogate = getattr(estimator, "surrogate", None)
+    record = make_record(loaded, removed_layers, method, params_before, scores=scores, params=run_params)
     save_pruned(
         loaded, out, record, overwrite=overwrite,
         extra=lambda folder: write_report(folder, selection, names, surrogate),
     )
     return PruneResult(out, removed_layers, selection)
+
+
+DECISION_FILE = "decision.json"
+REPORT_FILES = ("contributions.csv", "contributions.png", "surrogate")
+
+
+def apply_decision(
+    model: str, decision_dir: str | Path, out_dir: str | Path, overwrite: bool = False,
+    trust_remote_code: bool = False,
+) -> PruneResult:
+    """Prune ``model`` as a ``decision_only`` run decided, and save it with that run's report."""
+    import shutil
+
+    decision_dir = Path(decision_dir)
+    if not (decision_dir / DECISION_FILE).is_file():
+        raise CoopPruneError(f"no {DECISION_FILE} in {decision_dir}: run the contributions step first")
+    decision = json.loads((decision_dir / DECISION_FILE).read_text())
+    out = check_output_dir(out_dir, overwrite)
+    loaded = load_model(model, trust_remote_code=trust_remote_code)
+    if loaded.fingerprint != decision["base_fingerprint"]:
+        raise CoopPruneError(f"{decision_dir} was decided on a different model (fingerprint differs)")
+    params_before = count_parameters(loaded.model)
+    removed = decision["removed_players"]
+    if decision["sublayers"]:
+        removed = zero_half_layers(loaded.model, loaded.architecture, removed)
+    if removed:
+        prune_layers(loaded, removed)
+    record = make_record(loaded, removed, decision["method"], params_before,
+                         scores=decision["scores"], params=decision["params"])
+
+    def copy_report(folder: Path) -> None:
+        for name in REPORT_FILES:
+            src = decision_dir / name
+            if src.is_dir():
+                shutil.copytree(src, folder / name)
+            elif src.is_file():
+                shutil.copyfile(src, folder / name)
+
+    save_pruned(loaded, out, record, overwrite=overwrite, extra=copy_report)
+    return PruneResult(out, removed, None, decision["scores"]["evaluations"])
 
 
 def estimator_options(params: Params, n_layers: int) -> dict[str, Any]:
@@ -330,12 +376,16 @@ def benchmark(params: Params, checkpoint: str | Path, out_file: str | Path | Non
     return result
 
 
-def prune_from_params(params: Params, dataset: MaskDataset | None = None, progress: bool = True) -> PruneResult:
-    """``prune`` as configured in params, reusing (and extending) the sweep's mask dataset."""
+def prune_from_params(
+    params: Params, dataset: MaskDataset | None = None, progress: bool = True, decision_only: bool = False
+) -> PruneResult:
+    """``prune`` as configured in params, reusing (and extending) the sweep's mask dataset;
+    ``decision_only`` writes ``<output_dir>/contributions`` for ``apply_decision`` instead."""
     dataset = dataset or merge_sweep(masks_dir(params))
     c, p = params.calibration, params.prune
+    out = Path(params.output_dir) / ("contributions" if decision_only else "pruned")
     return prune(
-        params.model.source, Path(params.output_dir) / "pruned", p.method, p.remove, p.ratio,
+        params.model.source, out, p.method, p.remove, p.ratio,
         c.source, c.n_windows, c.window, c.seed, params.game.protected, params.game.utility,
         budget=p.budget or len(dataset.manifest.plan), batch_size=c.batch_size, overwrite=True,
         trust_remote_code=params.model.trust_remote_code, progress=progress, iterative=p.iterative,
@@ -372,7 +422,7 @@ def perplexity_curve(params: Params, pruned_dir: str | Path) -> list[dict[str, A
     return [{"removed": j, "layers": order[:j], "perplexity": r.perplexity} for j, r in enumerate(results)]
 
 
-STAGES = ("data", "sweep", "surrogate", "prune", "benchmark")
+STAGES = ("data", "sweep", "surrogate", "contributions", "prune", "benchmark")
 
 
 def run_stage(params: Params, stage: str, progress: bool = True) -> dict[str, Any]:
@@ -388,8 +438,12 @@ def run_stage(params: Params, stage: str, progress: bool = True) -> dict[str, An
     if stage == "surrogate":
         surrogate = fit_surrogate(params, merge_sweep(masks_dir(params)), out / "surrogate")
         return {"path": str(out / "surrogate"), "metrics": surrogate.metrics}
+    if stage == "contributions":
+        result = prune_from_params(params, progress=progress, decision_only=True)
+        return {"path": str(result.out_dir), "removed_players": result.removed_layers, "evaluations": result.evaluations}
     if stage == "prune":
-        result = prune_from_params(params, progress=progress)
+        result = apply_decision(params.model.source, out / "contributions", out / "pruned", overwrite=True,
+                                trust_remote_code=params.model.trust_remote_code)
         return {"path": str(result.out_dir), "removed_layers": result.removed_layers, "evaluations": result.evaluations}
     if stage == "benchmark":
         return benchmark_release(params)

@@ -23,12 +23,13 @@ from coopprune.config import FlowParams, Params
 from coopprune.errors import CoopPruneError
 from tasks.prune_release import (
     benchmark,
-    estimate_and_prune,
+    estimate_contributions,
     evaluate_shard,
     fit_surrogate,
     merge_masks,
     plan_masks,
     prepare_data,
+    prune,
     register,
     report,
     worker_threads,
@@ -64,7 +65,8 @@ def prune_release(params: Params) -> dict[str, Any]:
         raise CoopPruneError(f"mask shards {failed} failed after {params.flow.retries} retries; nothing was registered")
     masks = merge_masks(params)
     surrogate = fit_surrogate(params)
-    pruned = estimate_and_prune(params)
+    contributions = estimate_contributions(params)
+    pruned = prune(params, contributions)
     scores = {"base": benchmark(params, params.model.source, "base"),
               "pruned": benchmark(params, pruned["path"], "pruned")}
     release = report(params, scores)
@@ -73,6 +75,7 @@ def prune_release(params: Params) -> dict[str, Any]:
         "data": prepared,
         "mask_dataset": masks,
         "surrogate": surrogate,
+        "contributions": contributions,
         "pruned": pruned,
         "method": params.prune.method,
         "benchmark": scores,

@@ -53,10 +53,19 @@ def fit_surrogate(params: Params) -> dict[str, Any]:
     return {"path": str(folder), "metrics": surrogate.metrics}
 
 
-@task(name="estimate-and-prune", cache_policy=NO_CACHE)
-def estimate_and_prune(params: Params) -> dict[str, Any]:
-    """Contributions on the game (reusing the sweep's masks), then the checkpoint without the k lowest."""
-    result = pipeline.prune_from_params(params, progress=False)
+@task(name="estimate-contributions", cache_policy=NO_CACHE)
+def estimate_contributions(params: Params) -> dict[str, Any]:
+    """Contributions on the game (reusing the sweep's masks) and the players to remove."""
+    result = pipeline.prune_from_params(params, progress=False, decision_only=True)
+    return {"path": str(result.out_dir), "removed_players": result.removed_layers, "evaluations": result.evaluations}
+
+
+@task(name="prune", cache_policy=NO_CACHE)
+def prune(params: Params, contributions: dict[str, Any]) -> dict[str, Any]:
+    """The checkpoint without the chosen players, with the contributions report beside it."""
+    out = Path(params.output_dir) / "pruned"
+    result = pipeline.apply_decision(params.model.source, contributions["path"], out, overwrite=True,
+                                     trust_remote_code=params.model.trust_remote_code)
     return {"path": str(result.out_dir), "removed_layers": result.removed_layers, "evaluations": result.evaluations}
 
 

@@ -134,3 +134,53 @@ def test_invalid_params_rejected_before_any_model_is_loaded(tmp_path, capsys):
     assert main(["--params", str(bad)]) == 1
     err = capsys.readouterr().err
     assert "sampling.per_stratum" in err and len(err.strip().splitlines()) == 1
+
+
+def test_unreachable_mlflow_fails_at_register_and_keeps_the_artifacts(prefect_server, tmp_path, tiny_checkpoint,
+                                                                       text_file, eval_text, monkeypatch):
+    from flows.prune_release import run
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # nothing listens on the discard port
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "3")
+    params = flow_params(tmp_path, tiny_checkpoint, text_file, eval_text, registry={"enabled": True},
+                         benchmark={"speed": False})
+    with pytest.raises(CoopPruneError, match="cannot reach the MLflow tracking server at http://127.0.0.1:9"):
+        run(params)
+    out = Path(params.output_dir)
+    assert (out / "pruned" / "config.json").is_file() and (out / "metrics.json").is_file()
+
+
+def test_killed_flow_resumes_without_losing_or_repeating_a_mask(tmp_path, tiny_checkpoint, text_file, eval_text):
+    """SIGKILL the flow process once the first shard is sealed; the rerun evaluates exactly the rest."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import yaml
+
+    params = flow_params(tmp_path, tiny_checkpoint, text_file, eval_text, benchmark={"speed": False},
+                         sampling={"remove": [1, 2, 3], "per_stratum": 6, "shard_size": 3})
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params.model_dump()))
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    command = [sys.executable, "-m", "flows.prune_release", "--params", str(path)]
+    masks = Path(params.output_dir) / "masks"
+    proc = subprocess.Popen(command, env=env, cwd=Path(__file__).parent.parent,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while not list(masks.glob("shard-00000.parquet")) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    before = {r["mask_id"]: r for r in MaskDataset.open(masks).rows()}
+    assert 3 <= len(before) < 18, len(before)  # killed mid-sweep
+
+    done = subprocess.run(command, env=env, cwd=Path(__file__).parent.parent, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = MaskDataset.open(masks).rows()
+    planned = [r for r in rows if r["seed"] >= 0]
+    assert sorted(r["mask_id"] for r in planned) == list(range(18))  # every planned mask exactly once
+    after = {r["mask_id"]: r for r in rows}
+    assert all(after[i] == row for i, row in before.items())  # nothing evaluated twice

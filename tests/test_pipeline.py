@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from coopprune import pipeline
 from coopprune.config import Params
 from coopprune.dataset import MaskDataset
@@ -28,3 +30,24 @@ def test_run_on_tiny_model(tiny_checkpoint, text_file, tmp_path):
     # a second run reuses the finished sweep
     again = pipeline.run(params, progress=False)
     assert again["removed_layers"] == summary["removed_layers"]
+
+
+@pytest.mark.parametrize("players", ["layers", "sublayers"])
+def test_decision_then_apply_equals_one_shot_prune(players, tiny_checkpoint, text_file, tmp_path):
+    """The contributions and prune stages, run apart, give the one-call checkpoint exactly."""
+    from safetensors.torch import load_file
+
+    from coopprune.errors import CoopPruneError
+
+    common = dict(method="ppl", remove=2, calib=str(text_file), n_windows=4, window=16, progress=False, players=players)
+    direct = pipeline.prune(str(tiny_checkpoint), tmp_path / "direct", **common)
+    decided = pipeline.prune(str(tiny_checkpoint), tmp_path / "decision", decision_only=True, **common)
+    assert decided.evaluations == direct.evaluations
+    assert (tmp_path / "decision" / "decision.json").is_file() and not (tmp_path / "decision" / "config.json").exists()
+    applied = pipeline.apply_decision(str(tiny_checkpoint), tmp_path / "decision", tmp_path / "applied")
+    assert applied.removed_layers == direct.removed_layers and applied.evaluations == direct.evaluations
+    a, b = load_file(tmp_path / "direct" / "model.safetensors"), load_file(tmp_path / "applied" / "model.safetensors")
+    assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
+    assert (tmp_path / "applied" / "contributions.csv").read_text() == (tmp_path / "direct" / "contributions.csv").read_text()
+    with pytest.raises(CoopPruneError, match="run the contributions step first"):
+        pipeline.apply_decision(str(tiny_checkpoint), tmp_path / "nowhere", tmp_path / "x")
