@@ -390,7 +390,7 @@ def prune_from_params(
         budget=p.budget or len(dataset.manifest.plan), batch_size=c.batch_size, overwrite=True,
         trust_remote_code=params.model.trust_remote_code, progress=progress, iterative=p.iterative,
         masks=dataset.path, estimator_options=estimator_options(params, dataset.manifest.identity.n_layers),
-        estimator_seed=params.sampling.seed,
+        estimator_seed=params.sampling.seed, decision_only=decision_only,
     )
 
 
