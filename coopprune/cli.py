@@ -165,11 +165,7 @@ def promote(
     """Move the MLflow alias `champion` to the `candidate` version if it beats the champion on RULE."""
     from tasks import registry
 
-    try:
-        decision = registry.promote(model_name, rule, tracking=tracking_uri or registry.tracking_uri(Path.cwd()))
-    except registry.NotRegistered as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from None
+    decision = registry.promote(model_name, rule, tracking=tracking_uri or registry.tracking_uri(Path.cwd()))
     if decision.promoted:
         typer.echo(f"promoted {model_name} v{decision.candidate} to champion: {decision.reason}")
     else:

@@ -9,25 +9,12 @@ from pathlib import Path
 
 import pytest
 
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
-
 from coopprune import pipeline  # noqa: E402
 from coopprune.config import Params  # noqa: E402
 from coopprune.dataset import MaskDataset  # noqa: E402
 from coopprune.errors import CoopPruneError  # noqa: E402
 from test_zeroshot import data, fake_home  # noqa: E402,F401  (fixtures: fake benchmark data)
 from tiny import write_text  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def prefect_server(tmp_path_factory):
-    from prefect.testing.utilities import prefect_test_harness
-
-    os.environ["PREFECT_HOME"] = str(tmp_path_factory.mktemp("prefect_home"))
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
 
 
 @pytest.fixture(scope="module")

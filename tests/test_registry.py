@@ -266,6 +266,8 @@ def test_promote_cli(uri, pruned, monkeypatch):
     assert result.exit_code == 0, result.output
     assert result.stdout.startswith("not promoted: Tiny-pruned v1 (champion stays v1): v1 is already the champion")
 
-    result = runner.invoke(app, ["promote", "Missing-pruned"])
-    assert result.exit_code == 1
+    from test_cli import cli  # through main(): user errors exit 2 with one line
+
+    result = cli("promote", "Missing-pruned")
+    assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [f"error: no registered model 'Missing-pruned' at {uri}"]

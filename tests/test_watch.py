@@ -3,25 +3,11 @@ a watched folder or S3 prefix is pruned and registered exactly once; the champio
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-import pytest
 import yaml
 
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-
 from tiny import save_tiny, write_text  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def prefect_server(tmp_path_factory):
-    from prefect.testing.utilities import prefect_test_harness
-
-    os.environ["PREFECT_HOME"] = str(tmp_path_factory.mktemp("prefect_home"))
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
 
 
 def write_params(tmp_path: Path, text_file: Path) -> Path:

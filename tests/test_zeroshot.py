@@ -1,18 +1,12 @@
 """Zero-shot lm-eval tasks on fake data in the real folder layout, with a tiny model, offline."""
 
-import io
 import json
-import subprocess
-import sys
-from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
-from unittest import mock
 
 import datasets
 import pytest
 import torch
 
-from coopprune.cli import main
 from coopprune.errors import CoopPruneError
 from coopprune.fetch import HF_DATASETS, MARKER, benchmark_dir
 from coopprune.zeroshot import TASKS, build_configs, check_tasks, lm_eval_tasks, select_items, zero_shot
@@ -165,14 +159,7 @@ def test_model_with_a_dropped_layer_not_renumbered_still_scores(data, tmp_path):
     assert 0.0 <= result.tasks["hellaswag"].acc_norm <= 1.0
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess:
-    out, err, code = io.StringIO(), io.StringIO(), 0
-    with mock.patch.object(sys, "argv", ["coopprune", *args]), redirect_stdout(out), redirect_stderr(err):
-        try:
-            main()
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
+from test_cli import cli as _cli  # noqa: E402
 
 
 def test_cli_writes_json_and_rejects_unknown_tasks(data, tiny_checkpoint, tmp_path):
