@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -246,7 +245,12 @@ def evaluate_perplexity(
 ) -> PerplexityResult:
     """Perplexity of a checkpoint (or hub id) on held-out text with ``window``-token windows."""
     docs = load_texts(text)
-    loaded = load_model(checkpoint)
+    return held_out_perplexity(load_model(checkpoint), docs, window, max_windows, batch_size, progress)
+
+
+def held_out_perplexity(
+    loaded: LoadedModel, docs: list[str], window: int, max_windows: int | None, batch_size: int, progress: bool
+) -> PerplexityResult:
     return perplexity(loaded.model, evaluation_windows(loaded.tokenizer, docs, window, max_windows), batch_size, progress)
 
 
@@ -323,10 +327,10 @@ def sweep(params: Params, out_dir: str | Path | None = None, progress: bool = Tr
 def fit_surrogate(params: Params, dataset: MaskDataset, out_dir: str | Path) -> Surrogate:
     """Stage 2 on the sweep alone: a surrogate validated on held-out masks of every stratum, saved."""
     masks, utilities = dataset.arrays()
-    finite = np.isfinite(utilities)
-    if finite.sum() < 10:
-        raise CoopPruneError(f"only {int(finite.sum())} finite utilities in {dataset.path}: too few to fit a surrogate")
-    surrogate = fit_validated(masks[finite], utilities[finite], SurrogateConfig(**params.surrogate.model_dump()))
+    n_finite = int(np.isfinite(utilities).sum())
+    if n_finite < 10:
+        raise CoopPruneError(f"only {n_finite} finite utilities in {dataset.path}: too few to fit a surrogate")
+    surrogate = fit_validated(masks, utilities, SurrogateConfig(**params.surrogate.model_dump()))  # drops the rest
     surrogate.save(out_dir)
     return surrogate
 
@@ -361,12 +365,11 @@ def benchmark(params: Params, checkpoint: str | Path, out_file: str | Path | Non
     from coopprune.zeroshot import zero_shot
 
     e, b = params.evaluation, params.benchmark
-    ppl = evaluate_perplexity(str(checkpoint), e.text, e.window, e.max_windows, e.batch_size, progress=False)
+    loaded = load_model(str(checkpoint))  # once, for perplexity and zero-shot
+    ppl = held_out_perplexity(loaded, load_texts(e.text), e.window, e.max_windows, e.batch_size, progress=False)
     result: dict[str, Any] = {"checkpoint": str(checkpoint), "perplexity": asdict(ppl)}
     if b.tasks:
-        loaded = load_model(str(checkpoint))
-        with tempfile.TemporaryDirectory(prefix="coopprune-zeroshot-") as work:
-            scores = zero_shot(loaded.model, loaded.tokenizer, b.tasks, b.limit, b.seed, b.batch_size, work)
+        scores = zero_shot(loaded.model, loaded.tokenizer, b.tasks, b.limit, b.seed, b.batch_size)  # temp work dir
         result["zero_shot"] = scores.to_dict()
         result["parameters"] = count_parameters(loaded.model)
     if b.speed:

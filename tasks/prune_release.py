@@ -47,26 +47,19 @@ def merge_masks(params: Params) -> dict[str, Any]:
 
 @task(name="fit-surrogate", cache_policy=NO_CACHE)
 def fit_surrogate(params: Params) -> dict[str, Any]:
-    dataset = pipeline.merge_sweep(pipeline.masks_dir(params))
-    folder = Path(params.output_dir) / "surrogate"
-    surrogate = pipeline.fit_surrogate(params, dataset, folder)
-    return {"path": str(folder), "metrics": surrogate.metrics}
+    return pipeline.run_stage(params, "surrogate", progress=False)
 
 
 @task(name="estimate-contributions", cache_policy=NO_CACHE)
 def estimate_contributions(params: Params) -> dict[str, Any]:
     """Contributions on the game (reusing the sweep's masks) and the players to remove."""
-    result = pipeline.prune_from_params(params, progress=False, decision_only=True)
-    return {"path": str(result.out_dir), "removed_players": result.removed_layers, "evaluations": result.evaluations}
+    return pipeline.run_stage(params, "contributions", progress=False)
 
 
 @task(name="prune", cache_policy=NO_CACHE)
 def prune(params: Params, contributions: dict[str, Any]) -> dict[str, Any]:
-    """The checkpoint without the chosen players, with the contributions report beside it."""
-    out = Path(params.output_dir) / "pruned"
-    result = pipeline.apply_decision(params.model.source, contributions["path"], out, overwrite=True,
-                                     trust_remote_code=params.model.trust_remote_code)
-    return {"path": str(result.out_dir), "removed_layers": result.removed_layers, "evaluations": result.evaluations}
+    """The checkpoint without the players ``contributions`` chose, with its report beside it."""
+    return pipeline.run_stage(params, "prune", progress=False)
 
 
 @task(name="benchmark", cache_policy=NO_CACHE, task_run_name="benchmark-{label}")
