@@ -95,3 +95,29 @@ def plot_contributions(
     ax.set_ylabel("contribution")
     ax.set_title(title, fontsize=9)
     _save(fig, path)
+
+
+def plot_lines(
+    series: dict[str, tuple[Sequence[float], Sequence[float]]],
+    path: str | Path,
+    xlabel: str,
+    ylabel: str,
+    title: str = "",
+    logx: bool = False,
+    logy: bool = False,
+) -> None:
+    """One line per named series of (x, y) points: the benchmark curves (quality vs k, accuracy vs budget)."""
+    fig = Figure(figsize=(6.5, 4))
+    ax = fig.add_subplot()
+    for (name, (x, y)), color in zip(series.items(), _palette(len(series))):
+        ax.plot(x, y, marker="o", ms=3, lw=1.2, color=color, label=name)
+    if logx:
+        ax.set_xscale("log", base=2)
+    if logy:
+        ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    _save(fig, path)
