@@ -73,7 +73,7 @@ def prune(
         str, typer.Option(help="layers, or sublayers (attention and MLP apart; K then means K layers' worth of parameters).")
     ] = "layers",
     masks: Annotated[Path | None, typer.Option(help="Mask dataset (from `coopprune sweep`) to reuse and extend.")] = None,
-    bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples for intervals (surrogate refits; permutation/kernelshap resample for free).")] = 10,
+    bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples for intervals (surrogate refits; permutation/kernelshap: 200 free resamples; 0 turns intervals off).")] = 10,
     surrogate: Annotated[str, typer.Option(help="Surrogate recipe: adam (default, measured) or paper (SGD).")] = "adam",
     overwrite: Overwrite = False,
     trust_remote_code: TrustRemoteCode = False,
@@ -92,7 +92,7 @@ def prune(
             raise CoopPruneError(f"--surrogate must be adam or paper, got '{surrogate}'")
         options = {"surrogate": SurrogateConfig(recipe=surrogate, seed=seed), "bootstrap": bootstrap}
     elif method in ("permutation", "kernelshap"):
-        options = {"bootstrap": max(bootstrap, 200)}  # free: resamples of what shapiq evaluated
+        options = {"bootstrap": 0} if bootstrap == 0 else {}  # 200 free resamples of what shapiq evaluated
     result = pipeline.prune(
         model, out, method, remove, ratio, calib, n_windows, window, seed, _parse_layers(protect), utility,
         budget, overwrite=overwrite, trust_remote_code=trust_remote_code, progress=not quiet,
