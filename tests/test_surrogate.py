@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from coopprune.errors import CoopPruneError
-from coopprune.plots import plot_contributions, plot_surrogate_fit
+from coopprune.plots import plot_contributions, plot_lines, plot_surrogate_fit
 from coopprune.surrogate import (
     Surrogate,
     SurrogateConfig,
@@ -269,8 +269,10 @@ def test_plots_are_complete_pngs(tmp_path, validated, data):
                        names=[f"layer {i}" for i in range(L)], title="semivalue")
     plot_contributions(values, None, None, [], tmp_path / "nointervals.png")
     plot_surrogate_fit(np.array([]), np.array([]), np.array([]), tmp_path / "empty.png")
+    plot_lines({"a": ([64, 128], [0.5, 0.9]), "b": ([64, 128], [1.0, 2.0])}, tmp_path / "lines.png", "budget", "Spearman",
+               logx=True, logy=True)
     files = sorted(p.name for p in tmp_path.iterdir())
-    assert files == ["contrib.png", "empty.png", "fit.png", "nointervals.png"]  # nothing half-written left
+    assert files == ["contrib.png", "empty.png", "fit.png", "lines.png", "nointervals.png"]  # nothing half-written left
     for name in files:
         assert (tmp_path / name).read_bytes()[:8] == PNG_MAGIC
     pyplot = sys.modules.get("matplotlib.pyplot")

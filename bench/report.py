@@ -1,0 +1,95 @@
+"""Regenerate docs/RESULTS.md from the saved benchmark results (bench/results/*).
+
+Tables and plots come from the JSON/Markdown the bench scripts wrote; the hand-written
+discussion between the ``discussion`` markers of the existing file is kept. A section whose
+script has not been run says so, with the command that fills it.
+
+    python bench/report.py
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import time
+from importlib.metadata import version
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+DOC = ROOT / "docs" / "RESULTS.md"
+START, END = "<!-- discussion:start -->", "<!-- discussion:end -->"
+
+
+def machine() -> str:
+    mem = ""
+    if Path("/proc/meminfo").is_file():
+        kb = int(re.search(r"MemTotal:\s+(\d+)", Path("/proc/meminfo").read_text()).group(1))
+        mem = f", {kb / 2**20:.0f} GiB RAM"
+    packages = ", ".join(f"{p} {version(p)}" for p in ("torch", "transformers", "lm_eval", "shapiq", "mlflow", "prefect"))
+    return f"{platform.machine()}, {os.cpu_count()} CPU cores{mem}, no GPU; Python {platform.python_version()}; {packages}"
+
+
+def section(title: str, command: str, result: str, body: str | None, images: tuple[str, ...] = ()) -> str:
+    lines = [f"## {title}", "", f"Command: `{command}`", ""]
+    if body is None:
+        lines.append(f"Not run yet: `{result}` is missing.")
+    else:
+        lines.append(body.strip())
+        lines += [f"\n![{Path(i).stem}](../bench/results/{i})" for i in images if (RESULTS / i).is_file()]
+    return "\n".join(lines) + "\n"
+
+
+def read(name: str) -> str | None:
+    path = RESULTS / name
+    return path.read_text() if path.is_file() else None
+
+
+def engine_speed() -> str | None:
+    text = read("engine_speed.json")
+    if text is None:
+        return None
+    r = json.loads(text)
+    return (
+        "| engine | masks/s |\n|---|---|\n"
+        f"| coopprune (skip dropped layers, resume from the deepest shared prefix) | {r['ours_masks_per_s']:.3f} |\n"
+        f"| reference (zero the dropped layers' weights, run the full model) | {r['reference_masks_per_s']:.3f} |\n\n"
+        f"Speed-up {r['speedup']:.2f}x on the same {r['measured_masks']} masks ({r['calibration']}, interleaved per shard); "
+        f"largest utility difference {r['max_abs_utility_diff']:.1e} ({r['date']})."
+    )
+
+
+def main() -> None:
+    old = DOC.read_text() if DOC.is_file() else ""
+    discussion = old[old.index(START) : old.index(END) + len(END)] if START in old and END in old else (
+        f"{START}\n_Discussion: written by hand after a run; kept when this file is regenerated._\n{END}"
+    )
+    parts = [
+        "# Results",
+        "",
+        "SmolLM2-135M-Instruct (30 layers, the bundled default) on this repository's benchmark scripts. Every number "
+        "below is read from `bench/results/`, written by the command shown; `python bench/report.py` regenerates "
+        "this file (the discussion is kept).",
+        "",
+        f"Machine: {machine()}. Generated {time.strftime('%Y-%m-%d')}.",
+        "",
+        discussion,
+        "",
+        section("1. Pruning quality", ".venv/bin/python bench/quality.py", "quality.md", read("quality.md"), ("quality_ppl.png",)),
+        section("2. Estimator accuracy per budget (exact 12-layer subgame)", ".venv/bin/python bench/estimators.py",
+                "estimators.md", read("estimators.md"), ("estimators.png",)),
+        section("2b. Estimator accuracy on a tiny model (L = 8, all 256 coalitions)", ".venv/bin/python bench/estimator_accuracy.py",
+                "estimator_accuracy.md", read("estimator_accuracy.md")),
+        section("3. Cost: mask evaluation engine", ".venv/bin/python bench/engine_speed.py", "engine_speed.json", engine_speed()),
+        section("3b. All methods at k = 6 on one shared sweep", ".venv/bin/python bench/methods_smollm2.py --work DIR",
+                "methods_smollm2.md", read("methods_smollm2.md")),
+    ]
+    DOC.parent.mkdir(exist_ok=True)
+    DOC.write_text("\n".join(parts))
+    print(f"wrote {DOC}")
+
+
+if __name__ == "__main__":
+    main()
