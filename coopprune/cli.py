@@ -126,6 +126,26 @@ def eval_(
 
 
 @app.command()
+def quantize(
+    checkpoint: Annotated[str, typer.Argument(help="Checkpoint folder (pruned or not), hub id or 'default'.")],
+    out: Annotated[Path, typer.Option(help="Where to write the int8 checkpoint.")],
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing output folder.")] = False,
+    trust_remote_code: Annotated[bool, typer.Option(help="Run the model repository's own code.")] = False,
+) -> None:
+    """Int8 dynamic quantization of every linear layer (CPU); loads anywhere a checkpoint does."""
+    from coopprune.models import load_model
+    from coopprune.prune import check_output_dir, count_parameters
+    from coopprune.quantize import quantize_int8, save_quantized
+
+    check_output_dir(out, overwrite)
+    loaded = load_model(checkpoint, trust_remote_code=trust_remote_code)
+    parameters = count_parameters(loaded.model)
+    quantize_int8(loaded.model)
+    save_quantized(loaded.model, loaded.tokenizer, out, overwrite=overwrite)
+    typer.echo(f"int8 checkpoint of {checkpoint} ({parameters / 1e6:.1f} M parameters) written to {out}")
+
+
+@app.command()
 def sweep(
     params: Annotated[Path, typer.Option(help="Parameters file.")] = Path("params.yaml"),
     out: Annotated[Path | None, typer.Option(help="Mask dataset folder (default: <output_dir>/masks).")] = None,

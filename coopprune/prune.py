@@ -16,6 +16,7 @@ import coopprune
 from coopprune.atomic import atomic_dir, write_json
 from coopprune.errors import CoopPruneError
 from coopprune.models import LoadedModel
+from coopprune.quantize import has_quantized_layers, write_quantized
 from coopprune.sampling import normalize_layers
 
 
@@ -81,8 +82,11 @@ def save_pruned(
     """
     out = check_output_dir(out_dir, overwrite)
     with atomic_dir(out, overwrite=overwrite) as tmp:
-        loaded.model.save_pretrained(tmp, safe_serialization=True)
-        loaded.tokenizer.save_pretrained(tmp)
+        if has_quantized_layers(loaded.model):  # int8 layers need their own safetensors layout
+            write_quantized(loaded.model, loaded.tokenizer, Path(tmp))
+        else:
+            loaded.model.save_pretrained(tmp, safe_serialization=True)
+            loaded.tokenizer.save_pretrained(tmp)
         write_json(Path(tmp) / "pruning.json", asdict(record))
         if extra is not None:
             extra(Path(tmp))

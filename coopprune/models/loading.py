@@ -9,6 +9,7 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass
+from typing import Any
 from pathlib import Path
 
 import torch
@@ -16,6 +17,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTra
 
 from coopprune.errors import CoopPruneError
 from coopprune.models.architectures import Architecture, architecture_for
+from coopprune.quantize import is_quantized, load_quantized
 
 DEFAULT_SOURCE = "default"
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -88,13 +90,16 @@ def load_model(
     location, config = load_config(source, revision, trust_remote_code)
     architecture = architecture_for(config)
     try:
-        model = AutoModelForCausalLM.from_pretrained(
-            location,
-            revision=revision,
-            trust_remote_code=trust_remote_code,
-            dtype=_DTYPES[dtype],
-            use_safetensors=True,
-        )
+        if is_quantized(location):
+            model = load_quantized(location, trust_remote_code=trust_remote_code)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(
+                location,
+                revision=revision,
+                trust_remote_code=trust_remote_code,
+                dtype=_DTYPES[dtype],
+                use_safetensors=True,
+            )
         tokenizer = AutoTokenizer.from_pretrained(location, revision=revision, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as exc:
         raise CoopPruneError(f"cannot load model from {source}: {str(exc).splitlines()[0]}") from exc
@@ -106,8 +111,23 @@ def model_fingerprint(model: PreTrainedModel) -> str:
     """sha256 of the config and every weight: what made a result, independent of where it was loaded."""
     config = {k: v for k, v in model.config.to_dict().items() if not k.startswith("_") and k != "transformers_version"}
     digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode())
-    for name, tensor in sorted(model.state_dict().items()):
+    for name, value in sorted(model.state_dict().items()):
         digest.update(name.encode())
-        digest.update(str(tensor.dtype).encode())
-        digest.update(tensor.detach().contiguous().cpu().reshape(-1).view(torch.uint8).numpy().tobytes())
+        _hash_value(digest, value)
     return digest.hexdigest()
+
+
+def _hash_value(digest: Any, value: object) -> None:
+    """Tensors by their bytes; int8-quantized ones by values, scale and zero point; packed tuples item by item."""
+    if isinstance(value, (tuple, list)):
+        for item in value:
+            _hash_value(digest, item)
+    elif isinstance(value, torch.Tensor):
+        digest.update(str(value.dtype).encode())
+        if value.is_quantized:  # per-channel int8: values, then each row's scale and zero point
+            for part in (value.q_per_channel_scales(), value.q_per_channel_zero_points()):
+                digest.update(part.contiguous().numpy().tobytes())
+            value = value.int_repr()
+        digest.update(value.detach().contiguous().cpu().reshape(-1).view(torch.uint8).numpy().tobytes())
+    else:
+        digest.update(str(value).encode())
