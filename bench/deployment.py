@@ -1,0 +1,145 @@
+"""What a user of the pruned model gets: pruning plus int8 quantization, and inference speed per k.
+
+Quantization (k = 6, the paper's method ``semivalue``), both orders, against the base model in fp32:
+  - prune then quantize: the fp32 selection of bench/quality.py, then int8 dynamic quantization;
+  - quantize then prune: int8 first, then the game (its own Stage-1 sweep) on the quantized model.
+  Each: held-out perplexity (BoolQ, 64 x 128 tokens), zero-shot mean (``--limit`` items per task),
+  tokens/s and peak memory. Every quantized checkpoint is saved and loaded back before measuring.
+Inference gain: tokens/s at batch 1 and 8 (128 new tokens) and peak memory of the base model and
+of the pruned model at each k (the quality bench's semivalue selections), each in a fresh process.
+
+Needs bench/quality.py's selections (``--stages select``) in the same ``--work``; cells are cached.
+
+    python bench/deployment.py [--work bench/work/quality] [--stages quantization inference]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from coopprune import pipeline
+from coopprune.atomic import write_json
+from coopprune.models import load_model
+from coopprune.prune import count_parameters, make_record, prune_layers, save_pruned
+from coopprune.quantize import quantize_int8, save_quantized
+from coopprune.speed import measure_speed_isolated
+from coopprune.surrogate import SurrogateConfig
+
+RESULTS = Path(__file__).parent / "results"
+TASKS = ["piqa", "hellaswag", "winogrande", "arc_easy", "arc_challenge", "boolq", "openbookqa"]
+
+
+def pruned_checkpoint(work: Path, method: str, k: int) -> Path:
+    """The fp32 checkpoint of a quality-bench selection (written once)."""
+    out = work / "checkpoints" / f"{method}-{k}"
+    if not (out / "pruning.json").is_file():
+        selection = json.loads((work / "select" / f"{method}.json").read_text())
+        loaded = load_model("default")
+        before = count_parameters(loaded.model)
+        removed = prune_layers(loaded, selection["removed"][str(k)])
+        save_pruned(loaded, out, make_record(loaded, removed, method, before), overwrite=True)
+    return out
+
+
+def quantized(source: Path, out: Path) -> Path:
+    if not (out / "quantization.json").is_file():
+        loaded = load_model(str(source))
+        quantize_int8(loaded.model)
+        save_quantized(loaded.model, loaded.tokenizer, out, overwrite=True)
+    return out
+
+
+def measure(checkpoint: str, cache: Path, limit: int, zero_shot: bool = True) -> dict[str, Any]:
+    """Perplexity, zero-shot mean and speed of a saved checkpoint (loaded back from disk)."""
+    if cache.is_file():
+        return json.loads(cache.read_text())
+    from coopprune.zeroshot import zero_shot as run_zero_shot
+
+    loaded = load_model(checkpoint)
+    result: dict[str, Any] = {"checkpoint": checkpoint, "layers": loaded.num_layers}
+    result["ppl128"] = pipeline.evaluate_perplexity(checkpoint, "boolq", 128, 64, progress=False).perplexity
+    if zero_shot:
+        zs = run_zero_shot(loaded.model, loaded.tokenizer, TASKS, limit, 0, 8)
+        result["zero_shot_mean"] = zs.mean
+        result["zero_shot"] = {t: r.value for t, r in zs.tasks.items()}
+    speed = measure_speed_isolated(checkpoint, (1, 8), new_tokens=128)
+    result["tokens_per_s"] = {str(b): v for b, v in speed.tokens_per_second.items()}
+    result["peak_rss_mb"] = speed.peak_rss_mb
+    result["disk_mb"] = sum(p.stat().st_size for p in Path(checkpoint).rglob("*") if p.is_file()) / 2**20 \
+        if Path(checkpoint).is_dir() else None
+    write_json(cache, result)
+    print(f"measured {checkpoint}: {result}", flush=True)
+    return result
+
+
+def quantization(work: Path, limit: int) -> list[dict[str, Any]]:
+    folder = work / "deployment"
+    rows = [{"model": "base fp32", **measure(str(_base_folder()), folder / "base.json", limit)}]
+    fp32 = pruned_checkpoint(work, "semivalue", 6)
+    rows.append({"model": "pruned k=6 fp32", **measure(str(fp32), folder / "pruned-fp32.json", limit)})
+    pq = quantized(fp32, work / "checkpoints" / "semivalue-6-int8")
+    rows.append({"model": "prune then quantize (int8)", **measure(str(pq), folder / "prune-then-quantize.json", limit)})
+    q = quantized(_base_folder(), work / "checkpoints" / "base-int8")
+    qp = work / "checkpoints" / "int8-semivalue-6"
+    if not (qp / "pruning.json").is_file():
+        start = time.perf_counter()
+        result = pipeline.prune(str(q), qp, "semivalue", remove=6, budget=200, overwrite=True,
+                                estimator_options={"surrogate": SurrogateConfig(), "bootstrap": 10})
+        print(f"game on the int8 model: removed {result.removed_layers} in {time.perf_counter() - start:.0f}s", flush=True)
+    removed = json.loads((qp / "pruning.json").read_text())["removed_layers"]
+    rows.append({"model": "quantize then prune (game on int8)", "removed": removed,
+                 **measure(str(qp), folder / "quantize-then-prune.json", limit)})
+    rows.append({"model": "base int8 (no pruning)", **measure(str(q), folder / "base-int8.json", limit)})
+    return rows
+
+
+def _base_folder() -> Path:
+    from coopprune.fetch import fetch_default_model
+
+    return Path(fetch_default_model())
+
+
+def inference(work: Path, ks: list[int]) -> list[dict[str, Any]]:
+    folder = work / "deployment"
+    rows = [{"model": "base", "k": 0, **measure(str(_base_folder()), folder / "speed-base.json", 0, zero_shot=False)}]
+    for k in ks:
+        ckpt = pruned_checkpoint(work, "semivalue", k)
+        rows.append({"model": f"semivalue k={k}", "k": k, **measure(str(ckpt), folder / f"speed-{k}.json", 0, zero_shot=False)})
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--work", type=Path, default=Path("bench/work/quality"))
+    parser.add_argument("--stages", nargs="+", default=["quantization", "inference"])
+    parser.add_argument("--limit", type=int, default=200)
+    parser.add_argument("--ks", type=int, nargs="+", default=[3, 6, 9, 12])
+    args = parser.parse_args()
+    out: dict[str, Any] = {"date": time.strftime("%Y-%m-%d")}
+    lines = []
+    if "quantization" in args.stages:
+        out["quantization"] = rows = quantization(args.work, args.limit)
+        lines += ["| model | layers | PPL@128 | zero-shot mean | tokens/s b=1 | tokens/s b=8 | peak RSS MB | disk MB |",
+                  "|---|---|---|---|---|---|---|---|"]
+        lines += [f"| {r['model']} | {r['layers']} | {r['ppl128']:.2f} | {r['zero_shot_mean']:.3f} | "
+                  f"{r['tokens_per_s']['1']:.1f} | {r['tokens_per_s']['8']:.1f} | {r['peak_rss_mb']:.0f} | "
+                  f"{r['disk_mb'] or 0:.0f} |" for r in rows]
+    if "inference" in args.stages:
+        out["inference"] = rows = inference(args.work, args.ks)
+        base = rows[0]["tokens_per_s"]
+        lines += ["", "| model | layers | tokens/s b=1 | tokens/s b=8 | speed-up b=1 / b=8 | peak RSS MB |", "|---|---|---|---|---|---|"]
+        lines += [f"| {r['model']} | {r['layers']} | {r['tokens_per_s']['1']:.1f} | {r['tokens_per_s']['8']:.1f} | "
+                  f"{r['tokens_per_s']['1'] / base['1']:.2f}x / {r['tokens_per_s']['8'] / base['8']:.2f}x | "
+                  f"{r['peak_rss_mb']:.0f} |" for r in rows]
+    RESULTS.mkdir(exist_ok=True)
+    write_json(RESULTS / "deployment.json", out)
+    (RESULTS / "deployment.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
