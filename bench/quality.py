@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -53,10 +54,11 @@ PPL_WINDOWS = {128: 64, 512: 16}  # the same 8,192 tokens of BoolQ passages at b
 class Bench:
     """The shared model, calibration and sweep, and the cached cells under ``work``."""
 
-    def __init__(self, work: Path, ks: list[int], n_windows: int = 10) -> None:
-        self.work, self.ks = work, ks
-        self.params = Params.from_dict({"calibration": {"n_windows": n_windows}, "output_dir": str(work)})
-        self.loaded = load_model("default")
+    def __init__(self, work: Path, ks: list[int], n_windows: int = 10, model: str = "default") -> None:
+        self.work, self.ks, self.model = work, ks, model
+        self.params = Params.from_dict({"model": {"source": model}, "calibration": {"n_windows": n_windows},
+                                        "output_dir": str(work)})
+        self.loaded = load_model(model)
         c = self.params.calibration
         self.windows = calibration_windows(self.loaded.tokenizer, load_texts(c.source), c.n_windows, c.window, c.seed)
         self.n_layers = len(self.loaded.architecture.layers(self.loaded.model))
@@ -144,11 +146,13 @@ def parameters_kept(bench: Bench, selection: dict[str, Any], k: int) -> int:
     return bench.total_params - sum(bench.layer_params[i] for i in removed)
 
 
-def perplexities(bench: Bench, selections: dict[str, dict[str, Any]]) -> dict[str, dict[str, float]]:
+def perplexities(bench: Bench, selections: dict[str, dict[str, Any]], compute: bool = True) -> dict[str, float]:
     """Held-out perplexity of every cell at both window lengths, through the engine on the base model
     (skipping a layer is exactly the pruned model; sublayer cells skip halves)."""
     cache = bench.work / "ppl.json"
     done = json.loads(cache.read_text()) if cache.is_file() else {}
+    if not compute:
+        return done
     docs = load_texts(bench.params.evaluation.text)
     for window, n in PPL_WINDOWS.items():
         ids = evaluation_windows(bench.loaded.tokenizer, docs, window, n).input_ids
@@ -169,7 +173,7 @@ def perplexities(bench: Bench, selections: dict[str, dict[str, Any]]) -> dict[st
 
 
 def pruned_model(bench: Bench, selection: dict[str, Any] | None, k: int):  # noqa: ANN201 - a LoadedModel
-    loaded = load_model("default")
+    loaded = load_model(bench.model)
     if selection is None:
         return loaded
     removed = selection["removed"][str(k)]
@@ -180,7 +184,9 @@ def pruned_model(bench: Bench, selection: dict[str, Any] | None, k: int):  # noq
     return loaded
 
 
-def zero_shots(bench: Bench, selections: dict[str, dict[str, Any]], ks: list[int], limit: int) -> dict[str, Any]:
+def zero_shots(
+    bench: Bench, selections: dict[str, dict[str, Any]], ks: list[int], limit: int, compute: bool = True
+) -> dict[str, Any]:
     from coopprune.zeroshot import zero_shot
 
     folder = bench.work / f"zeroshot-{limit}"
@@ -188,6 +194,8 @@ def zero_shots(bench: Bench, selections: dict[str, dict[str, Any]], ks: list[int
     out = {}
     for m, k in cells:
         cache = folder / f"{m}-{k}.json"
+        if not cache.is_file() and not compute:
+            continue
         if not cache.is_file():
             loaded = pruned_model(bench, None if m == "base" else selections[m], k)
             start = time.perf_counter()
@@ -199,15 +207,19 @@ def zero_shots(bench: Bench, selections: dict[str, dict[str, Any]], ks: list[int
     return out
 
 
-def calibration_size(bench: Bench, ks: list[int], budget: int, sizes: tuple[int, ...] = (10, 64)) -> list[dict[str, Any]]:
+def calibration_size(
+    bench: Bench, ks: list[int], budget: int, sizes: tuple[int, ...] = (10, 64), compute: bool = True
+) -> list[dict[str, Any]]:
     """The paper's question: does more calibration text change what shapley-adjusted removes?
     Both arms get ``budget`` new real evaluations and no sweep (their own permutation chains)."""
     rows = []
     ids = evaluation_windows(bench.loaded.tokenizer, load_texts(bench.params.evaluation.text), 128, PPL_WINDOWS[128]).input_ids
     for n_windows in sizes:
         cache = bench.work / "calibration" / f"{n_windows}.json"
+        if not cache.is_file() and not compute:
+            continue
         if not cache.is_file():
-            arm = bench if n_windows == bench.params.calibration.n_windows else Bench(bench.work, ks, n_windows)
+            arm = bench if n_windows == bench.params.calibration.n_windows else Bench(bench.work, ks, n_windows, bench.model)
             game = LayerGame(arm.evaluator(), progress=True)
             start = time.perf_counter()
             c = get_estimator("shapley-adjusted", surrogate=SurrogateConfig(), bootstrap=0).estimate(game, budget=budget, seed=0)
@@ -227,6 +239,7 @@ def log_to_mlflow(table: list[dict[str, Any]]) -> None:
     """One MLflow run per cell (found again by its ``cell`` tag and updated, never duplicated)."""
     import mlflow
 
+    mlflow.set_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db"))  # as `make run`
     mlflow.set_experiment("coopprune-quality")
     for row in table:
         cell = f"{row['method']}/k{row['k']}"
@@ -298,7 +311,7 @@ def write_tables(rows: list[dict[str, Any]], calibration: list[dict[str, Any]]) 
         lines += ["", "| k | method | " + " | ".join(TASKS) + " | mean |", "|---|---|" + "---|" * (len(TASKS) + 1)]
         lines += [f"| {r['k']} | {r['method']} | " + " | ".join(fmt(r.get(f"acc_{t}"), 3) for t in TASKS)
                   + f" | {fmt(r['zero_shot_mean'], 3)} |" for r in zs_rows]
-    if calibration:
+    if len(calibration) == 2:
         lines += ["", "| calibration | new passes | selection s | " + " | ".join(f"removed at k={k} | PPL@128 at k={k}" for k in calibration[0]["ppl128"]) + " |",
                   "|---|---|---|" + "---|---|" * len(calibration[0]["ppl128"])]
         lines += [f"| {c['n_windows']} x 128 | {c['evaluations']} | {c['seconds']:.0f} | "
@@ -306,8 +319,12 @@ def write_tables(rows: list[dict[str, Any]], calibration: list[dict[str, Any]]) 
     (RESULTS / "quality.md").write_text("\n".join(lines) + "\n")
     methods = [m for m in dict.fromkeys(r["method"] for r in rows) if m != "base"]
     base = next(r for r in rows if r["method"] == "base")
-    plot_lines({m: ([0] + [r["k"] for r in rows if r["method"] == m],
-                    [base["ppl128"]] + [r["ppl128"] for r in rows if r["method"] == m]) for m in methods},
+    if base.get("ppl128") is None:
+        print("\n".join(lines))
+        return
+    plot_lines({m: ([0] + [r["k"] for r in rows if r["method"] == m and r.get("ppl128")],
+                    [base["ppl128"]] + [r["ppl128"] for r in rows if r["method"] == m and r.get("ppl128")])
+                for m in methods},
                RESULTS / "quality_ppl.png", xlabel="layers removed (of 30)", ylabel="held-out perplexity (128-token windows)",
                title="SmolLM2-135M: perplexity vs layers removed", logy=True)
     print("\n".join(lines))
@@ -316,20 +333,23 @@ def write_tables(rows: list[dict[str, Any]], calibration: list[dict[str, Any]]) 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", type=Path, default=Path("bench/work/quality"))
+    parser.add_argument("--model", default="default", help="checkpoint (a tiny one smoke-tests this script)")
     parser.add_argument("--ks", type=int, nargs="+", default=[3, 6, 9, 12])
     parser.add_argument("--methods", nargs="+", default=METHODS)
     parser.add_argument("--stages", nargs="+", default=["select", "ppl", "zeroshot", "calibration"])
     parser.add_argument("--zero-shot-ks", type=int, nargs="+", default=[6, 12])
     parser.add_argument("--limit", type=int, default=200, help="zero-shot items per task (seeded subset)")
     parser.add_argument("--calibration-budget", type=int, default=200)
+    parser.add_argument("--calibration-ks", type=int, nargs="+", default=[6, 12])
     parser.add_argument("--no-mlflow", action="store_true")
     args = parser.parse_args()
-    bench = Bench(args.work, args.ks)
+    bench = Bench(args.work, args.ks, model=args.model)
     cached = {m: json.loads(f.read_text()) for m in args.methods if (f := args.work / "select" / f"{m}.json").is_file()}
     selections = {m: select(bench, m) for m in args.methods} if "select" in args.stages else cached
-    ppl = perplexities(bench, selections) if "ppl" in args.stages else {}
-    zs = zero_shots(bench, selections, args.zero_shot_ks, args.limit) if "zeroshot" in args.stages else {}
-    calibration = calibration_size(bench, [6, 12], args.calibration_budget) if "calibration" in args.stages else []
+    # a stage not asked for still contributes the cells it cached earlier, so the tables stay complete
+    ppl = perplexities(bench, selections, compute="ppl" in args.stages)
+    zs = zero_shots(bench, selections, args.zero_shot_ks, args.limit, compute="zeroshot" in args.stages)
+    calibration = calibration_size(bench, args.calibration_ks, args.calibration_budget, compute="calibration" in args.stages)
     rows = average_random(build_table(bench, selections, ppl, zs))
     write_tables(rows, calibration)
     if not args.no_mlflow:
