@@ -100,7 +100,9 @@ def select(bench: Bench, method: str) -> dict[str, Any]:
         game = LayerGame(bench.evaluator(), store=bench.own_store(method), progress=True)
         c = get_estimator(method, **surrogate).estimate(game, budget=sweep_masks, seed=0, k=k_max)
         removed = {k: select_layers(c.values, k) for k in ks}
-        evaluations, details = c.evaluations, {"values": c.values.tolist(), "stability_at_kmax": c.details.get("bottom_k_stability")}
+        evaluations = c.evaluations
+        details = {"values": c.values.tolist(), "ci_low": c.ci_low.tolist(), "ci_high": c.ci_high.tolist(),
+                   "bottom_k_stability_at_kmax": c.details.get("bottom_k_stability")}
     elif method == "iterative":  # the paper's method in rounds of 3, the game re-run on the pruned model
         game = LayerGame(bench.evaluator(), store=bench.own_store(method), progress=True)
         s = select_players(game, get_estimator("semivalue", **surrogate), k_max, per_round=3, budget=sweep_masks)
@@ -330,6 +332,17 @@ def write_tables(rows: list[dict[str, Any]], calibration: list[dict[str, Any]]) 
     print("\n".join(lines))
 
 
+def plot_selections(selections: dict[str, dict[str, Any]], k: int = 6) -> None:
+    """Contributions with bootstrap intervals of the game-theoretic selections, removed set at k in red."""
+    from coopprune.plots import plot_contributions
+
+    for m, s in selections.items():
+        if s.get("ci_low") is not None:
+            plot_contributions(np.array(s["values"]), np.array(s["ci_low"]), np.array(s["ci_high"]), s["removed"][str(k)],
+                               RESULTS / f"contributions_{m}.png", names=[str(i) for i in range(len(s["values"]))],
+                               title=f"{m}: contributions with 95% bootstrap intervals (red: removed at k={k})")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", type=Path, default=Path("bench/work/quality"))
@@ -352,6 +365,7 @@ def main() -> None:
     calibration = calibration_size(bench, args.calibration_ks, args.calibration_budget, compute="calibration" in args.stages)
     rows = average_random(build_table(bench, selections, ppl, zs))
     write_tables(rows, calibration)
+    plot_selections(selections)
     if not args.no_mlflow:
         log_to_mlflow(rows)
 
