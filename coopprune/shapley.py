@@ -7,7 +7,7 @@ Conventions: coalition column j is player j; a value function maps bool [n, play
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import numpy as np
 
@@ -47,6 +47,21 @@ def random_permutations(n_players: int, count: int, rng: np.random.Generator, an
     both = np.empty((2 * len(half), n_players), dtype=np.int64)
     both[0::2], both[1::2] = half, half[:, ::-1]
     return both[:count]
+
+
+def balanced_permutations(n_players: int, rng: np.random.Generator) -> Iterator[np.ndarray]:
+    """Endless antithetic pairs whose orders put every player at every position equally often.
+
+    Blocks of n cyclic shifts of one random order (shifts in random order), each followed by its
+    reverse. Every order is still uniformly distributed, so means over them stay unbiased; the
+    balance removes the variance of which positions (coalition sizes) each player happened to
+    draw (bench/estimator_accuracy.py measures what it buys shapley-adjusted).
+    """
+    while True:
+        base = rng.permutation(n_players)
+        for shift in rng.permutation(n_players):
+            order = np.roll(base, int(shift))
+            yield np.stack([order, order[::-1]])
 
 
 def chain_coalitions(permutations: np.ndarray) -> np.ndarray:

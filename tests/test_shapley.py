@@ -11,6 +11,7 @@ from coopprune.game import FunctionGame
 from coopprune.select import select_layers
 from coopprune.shapley import (
     all_coalitions,
+    balanced_permutations,
     chain_coalitions,
     chain_marginals,
     exact_shapley,
@@ -69,6 +70,16 @@ def test_exact_shapley_matches_shapiq_to_1e9():
         theirs = ExactComputer(value, n_players=n)("SV").get_n_order_values(1)
         assert np.abs(ours - theirs).max() < 1e-9
         assert math.isclose(ours.sum(), table[-1] - table[0], abs_tol=1e-9)  # efficiency
+
+
+def test_balanced_permutations_put_every_player_at_every_position():
+    n = 6
+    pairs = balanced_permutations(n, np.random.default_rng(0))
+    block = np.stack([next(pairs) for _ in range(n)])  # [n, 2, n]
+    assert (np.sort(block, axis=2) == np.arange(n)).all()  # every row is an order of all players
+    assert (block[:, 1] == block[:, 0, ::-1]).all()  # antithetic partner
+    for orders in (block[:, 0], block[:, 1]):
+        assert all(sorted(orders[:, pos]) == list(range(n)) for pos in range(n))
 
 
 def test_closed_forms_and_chains():
@@ -226,8 +237,8 @@ def test_adjusted_budget_too_small_is_a_clear_error():
 def test_tiny_real_model_adjusted_shapley_ranks_like_exact_at_96_evaluations():
     """L = 8: exact Shapley from all 256 coalitions through the engine, vs 96 real evaluations.
 
-    Per seed, adjusted Spearman at 96 evaluations ranges about 0.8-0.95, so the test bounds the
-    mean; bench/estimator_accuracy.py measures the whole budget curve.
+    Per seed, adjusted Spearman at 96 evaluations ranges about 0.75-1.0, so the test bounds the
+    mean over seeds; bench/estimator_accuracy.py measures the whole budget curve.
     """
     import torch
     from scipy.stats import spearmanr
@@ -253,5 +264,5 @@ def test_tiny_real_model_adjusted_shapley_ranks_like_exact_at_96_evaluations():
 
     adjusted = [spearman("shapley-adjusted", seed, bootstrap=0) for seed in range(5)]
     permutation = [spearman("permutation", seed) for seed in range(5)]
-    assert np.mean(adjusted) >= 0.88, adjusted
+    assert np.mean(adjusted) >= 0.9, adjusted
     assert np.mean(adjusted) > np.mean(permutation) + 0.05, (adjusted, permutation)

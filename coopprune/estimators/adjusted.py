@@ -15,7 +15,7 @@ from coopprune.errors import CoopPruneError
 from coopprune.estimators.base import Contributions, register
 from coopprune.estimators.surrogate_based import DEFAULT_BUDGET, SurrogateEstimator
 from coopprune.game import Game
-from coopprune.shapley import chain_coalitions, chain_marginals, random_permutations, surrogate_shapley
+from coopprune.shapley import balanced_permutations, chain_coalitions, chain_marginals, surrogate_shapley
 from coopprune.surrogate import Surrogate, evaluate_surrogate
 
 MAX_PERMUTATIONS = 10_000
@@ -27,14 +27,15 @@ class AdjustedShapley(SurrogateEstimator):
     folds = 2
 
     def draw_chains(self, game: Game, budget: int, seed: int) -> np.ndarray:
-        """Antithetic permutation pairs, as many as ``budget`` new real evaluations allow."""
+        """Position-balanced antithetic pairs, as many as ``budget`` new real evaluations allow."""
         n = game.n_players
         rng = np.random.default_rng([seed, 0xAD])
         seen = {mask_to_bits(m) for m in game.known()[0]}
         perms: list[np.ndarray] = []
         new = 0
+        pairs = balanced_permutations(n, rng)
         while len(perms) < MAX_PERMUTATIONS:
-            pair = random_permutations(n, 2, rng)
+            pair = next(pairs)
             keys = {mask_to_bits(c) for c in chain_coalitions(pair).reshape(-1, n)} - seen
             if new + len(keys) > budget:
                 break
