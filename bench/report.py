@@ -84,12 +84,12 @@ def main() -> None:
         section("2b. Estimator accuracy on a tiny model (L = 8, all 256 coalitions)", ".venv/bin/python bench/estimator_accuracy.py",
                 "estimator_accuracy.md", read("estimator_accuracy.md")),
         section("3. Cost: mask evaluation engine", ".venv/bin/python bench/engine_speed.py", "engine_speed.json", engine_speed()),
+        section("3b. All methods at k = 6 on one shared sweep", ".venv/bin/python bench/methods_smollm2.py --work DIR",
+                "methods_smollm2.md", read("methods_smollm2.md")),
         section("3c. Cost: where one `make run` spends its time", "make run && PREFECT_HOME=.prefect .venv/bin/python bench/profile_run.py",
                 "run_profile.md", read("run_profile.md")),
         section("4-5. Pruning plus quantization; inference gain", ".venv/bin/python bench/deployment.py",
                 "deployment.md", read("deployment.md")),
-        section("3b. All methods at k = 6 on one shared sweep", ".venv/bin/python bench/methods_smollm2.py --work DIR",
-                "methods_smollm2.md", read("methods_smollm2.md")),
     ]
     DOC.parent.mkdir(exist_ok=True)
     DOC.write_text("\n".join(parts))

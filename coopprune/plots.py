@@ -109,7 +109,8 @@ def plot_lines(
     """One line per named series of (x, y) points: the benchmark curves (quality vs k, accuracy vs budget)."""
     fig = Figure(figsize=(6.5, 4))
     ax = fig.add_subplot()
-    for (name, (x, y)), color in zip(series.items(), _palette(len(series))):
+    colors = colormaps["tab10"].colors if len(series) <= 10 else _palette(len(series))  # lines must be told apart
+    for (name, (x, y)), color in zip(series.items(), colors):
         ax.plot(x, y, marker="o", ms=3, lw=1.2, color=color, label=name)
     if logx:
         ax.set_xscale("log", base=2)
