@@ -294,6 +294,8 @@ def average_random(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def fmt(v: Any, digits: int = 2) -> str:
     if v is None:
         return ""
+    if isinstance(v, float) and v.is_integer() and abs(v) < 1e4 and digits == 2:
+        return str(int(v))  # counts averaged over seeds (random) stay counts
     if isinstance(v, float):
         return f"{v:.3g}" if abs(v) >= 1e4 else f"{v:.{digits}f}"
     return str(v)
