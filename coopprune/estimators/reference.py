@@ -11,6 +11,7 @@ original sample; if a shapiq release changes its internals, the intervals are le
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -24,6 +25,9 @@ from coopprune.shapley import MAX_EXACT_PLAYERS, chain_marginals, exact_shapley
 Calls = list[tuple[np.ndarray, np.ndarray]]  # (coalitions, values) of each value-function call
 
 
+Resample = Callable[[np.ndarray | None], np.ndarray]  # draw counts per unit (None: as drawn) -> estimate
+
+
 class _Shapiq(Estimator):
     uses_budget = True
 
@@ -33,12 +37,9 @@ class _Shapiq(Estimator):
     def approximator(self, n_players: int, seed: int):  # noqa: ANN201 - a shapiq Approximator
         raise NotImplementedError
 
-    def replicate(self, approximator: Any, calls: Calls, counts: np.ndarray | None) -> np.ndarray:
-        """The estimate recomputed from the recorded sample, reweighted by ``counts`` (None: as drawn)."""
-        raise NotImplementedError
-
-    def units(self, approximator: Any, calls: Calls) -> int:
-        """How many independent draws the sample holds (what the bootstrap resamples)."""
+    def resampler(self, approximator: Any, calls: Calls) -> tuple[int, Resample]:
+        """How many independent draws the recorded sample holds, and the estimate reweighted by
+        draw counts; everything that does not depend on the counts is computed once here."""
         raise NotImplementedError
 
     def _estimate(self, game: Game, budget: int | None, seed: int, k: int | None) -> Contributions:
@@ -54,14 +55,13 @@ class _Shapiq(Estimator):
         details: dict[str, Any] = {}
         replicates = None
         if self.bootstrap >= 2 and game.n_players > 1:
-            n_units = self.units(approximator, calls)
+            n_units, resample = self.resampler(approximator, calls)
             scale = float(np.abs(values).max()) or 1.0  # shapiq's solver differs from ours in the 7th digit
-            same = np.allclose(self.replicate(approximator, calls, None), values, rtol=1e-4, atol=1e-5 * scale)
+            same = np.allclose(resample(None), values, rtol=1e-4, atol=1e-5 * scale)
             if n_units >= 2 and same:
                 rng = np.random.default_rng([seed, 0xB007])
                 replicates = np.stack([
-                    self.replicate(approximator, calls, rng.multinomial(n_units, np.full(n_units, 1 / n_units)))
-                    for _ in range(self.bootstrap)
+                    resample(rng.multinomial(n_units, np.full(n_units, 1 / n_units))) for _ in range(self.bootstrap)
                 ])
             else:
                 details["bootstrap_skipped"] = "the recorded sample does not reproduce shapiq's estimate"
@@ -92,14 +92,14 @@ class PermutationSampling(_Shapiq):
 
         return PermutationSamplingSV(n_players, random_state=seed)
 
-    def units(self, approximator: Any, calls: Calls) -> int:
-        return len(permutation_chains(approximator.n, calls)[0])
+    def resampler(self, approximator: Any, calls: Calls) -> tuple[int, Resample]:
+        marginals = chain_marginals(*permutation_chains(approximator.n, calls))  # [P, n], one row per order
 
-    def replicate(self, approximator: Any, calls: Calls, counts: np.ndarray | None) -> np.ndarray:
-        orders, chain = permutation_chains(approximator.n, calls)
-        marginals = chain_marginals(orders, chain)
-        weights = np.ones(len(orders)) if counts is None else counts
-        return weights @ marginals / weights.sum()
+        def resample(counts: np.ndarray | None) -> np.ndarray:
+            weights = np.ones(len(marginals)) if counts is None else counts
+            return weights @ marginals / weights.sum()
+
+        return len(marginals), resample
 
 
 @register
@@ -111,36 +111,36 @@ class KernelShap(_Shapiq):
 
         return KernelSHAP(n_players, random_state=seed)
 
-    def units(self, approximator: Any, calls: Calls) -> int:
-        sampler = approximator._sampler
-        return int(sampler.coalitions_counter[sampler.is_coalition_sampled].sum())
-
-    def replicate(self, approximator: Any, calls: Calls, counts: np.ndarray | None) -> np.ndarray:
-        """shapiq's weighted least squares with the sampled coalitions' draw counts replaced by ``counts``."""
+    def resampler(self, approximator: Any, calls: Calls) -> tuple[int, Resample]:
+        """shapiq's weighted least squares, with the sampled coalitions' draw counts replaced by resampled ones."""
         from shapiq.approximator.regression.base import _get_regression_matrices, solve_regression
 
         sampler = approximator._sampler
         coalitions, values = sampler.coalitions_matrix, calls[-1][1]
         sampled, counter = sampler.is_coalition_sampled, sampler.coalitions_counter.astype(float)
-        adjustment = sampler.sampling_adjustment_weights
-        if counts is not None:  # multinomial over the individual draws, folded back per coalition
-            draws = np.repeat(np.flatnonzero(sampled), counter[sampled].astype(int))
-            new = np.bincount(np.repeat(draws, counts), minlength=len(counter)).astype(float)
-            adjustment = adjustment.copy()
-            adjustment[sampled] *= new[sampled] / counter[sampled]
-        keep = adjustment > 0
         matrix, weights = _get_regression_matrices(
             kernel_weights=approximator._init_kernel_weights(1),
             regression_coefficient_weight=approximator._get_regression_coefficient_weights(
                 max_order=approximator.max_order, index=approximator.approximation_index
             ),
-            sampling_adjustment_weights=adjustment[keep],
-            coalitions_matrix=coalitions[keep],
+            sampling_adjustment_weights=sampler.sampling_adjustment_weights,
+            coalitions_matrix=coalitions,
             max_order=approximator.max_order,
             n=approximator.n,
         )
-        empty = float(values[coalitions.sum(axis=1) == 0][0])
-        return solve_regression(matrix, values[keep] - empty, weights)[1:]
+        response = values - float(values[coalitions.sum(axis=1) == 0][0])
+        draws = np.repeat(np.flatnonzero(sampled), counter[sampled].astype(int))  # one entry per individual draw
+
+        def resample(counts: np.ndarray | None) -> np.ndarray:
+            w = weights
+            if counts is not None:  # multinomial over the individual draws, folded back per coalition
+                new = np.bincount(np.repeat(draws, counts), minlength=len(counter)).astype(float)
+                w = weights.copy()
+                w[sampled] *= new[sampled] / counter[sampled]
+            keep = w > 0
+            return solve_regression(matrix[keep], response[keep], w[keep])[1:]
+
+        return len(draws), resample
 
 
 @register
