@@ -28,9 +28,10 @@ from coopprune.prune import count_parameters, make_record, prune_layers, save_pr
 from coopprune.quantize import quantize_int8, save_quantized
 from coopprune.speed import measure_speed_isolated
 from coopprune.surrogate import SurrogateConfig
+from coopprune.zeroshot import TASKS as TASK_SPECS
 
 RESULTS = Path(__file__).parent / "results"
-TASKS = ["piqa", "hellaswag", "winogrande", "arc_easy", "arc_challenge", "boolq", "openbookqa"]
+TASKS = list(TASK_SPECS)  # the seven bundled tasks, in the library's order
 
 
 def pruned_checkpoint(work: Path, method: str, k: int) -> Path:

@@ -42,12 +42,13 @@ from coopprune.select import select_layers, select_within_cost
 from coopprune.strategy import select_players
 from coopprune.sublayers import SublayerEvaluator, sublayer_parameters, zero_half_layers
 from coopprune.surrogate import SurrogateConfig
+from coopprune.zeroshot import TASKS as TASK_SPECS
 
 RESULTS = Path(__file__).parent / "results"
 METHODS = ["semivalue", "shapley-adjusted", "iterative", "sublayers", "bi", "angular", "ppl", "sleb", "last",
            "random-0", "random-1", "random-2"]
 SURROGATE = ("semivalue", "shapley-adjusted", "iterative", "sublayers")
-TASKS = ["piqa", "hellaswag", "winogrande", "arc_easy", "arc_challenge", "boolq", "openbookqa"]
+TASKS = list(TASK_SPECS)  # the seven bundled tasks, in the library's order
 PPL_WINDOWS = {128: 64, 512: 16}  # the same 8,192 tokens of BoolQ passages at both lengths
 
 
