@@ -3,8 +3,10 @@
 Quantization (k = 6, the paper's method ``semivalue``), both orders, against the base model in fp32:
   - prune then quantize: the fp32 selection of bench/quality.py, then int8 dynamic quantization;
   - quantize then prune: int8 first, then the game (its own Stage-1 sweep) on the quantized model.
-  Each: held-out perplexity (BoolQ, 64 x 128 tokens), zero-shot mean (``--limit`` items per task),
-  tokens/s and peak memory. Every quantized checkpoint is saved and loaded back before measuring.
+  Each: held-out perplexity (BoolQ, 64 x 128 tokens), zero-shot mean (``--limit`` items per task;
+  the fp32 models' come from bench/quality.py's cache), tokens/s and peak memory. The int8 base model
+  is a reference row (perplexity and speed only). Every quantized checkpoint is saved and loaded back
+  before measuring.
 Inference gain: tokens/s at batch 1 and 8 (128 new tokens) and peak memory of the base model and
 of the pruned model at each k (the quality bench's semivalue selections), each in a fresh process.
 
@@ -54,24 +56,43 @@ def quantized(source: Path, out: Path) -> Path:
     return out
 
 
-def measure(checkpoint: str, cache: Path, limit: int, zero_shot: bool = True) -> dict[str, Any]:
-    """Perplexity, zero-shot mean and speed of a saved checkpoint (loaded back from disk)."""
+def measure(
+    checkpoint: str,
+    cache: Path,
+    limit: int,
+    perplexity: bool = True,
+    zero_shot: bool = True,
+    zero_shot_from: Path | None = None,
+) -> dict[str, Any]:
+    """Speed of a saved checkpoint (loaded back from disk) and, as asked, its perplexity and zero-shot
+    mean. ``zero_shot_from``: the quality bench's result for the same weights at the same ``limit``,
+    reused instead of evaluated again (five minutes a model)."""
     if cache.is_file():
         return json.loads(cache.read_text())
     from coopprune.zeroshot import zero_shot as run_zero_shot
 
     loaded = load_model(checkpoint)
     result: dict[str, Any] = {"checkpoint": checkpoint, "layers": loaded.num_layers}
-    result["ppl128"] = pipeline.evaluate_perplexity(checkpoint, "boolq", 128, 64, progress=False).perplexity
-    if zero_shot:
+    if perplexity:
+        result["ppl128"] = pipeline.evaluate_perplexity(checkpoint, "boolq", 128, 64, progress=False).perplexity
+    if zero_shot and zero_shot_from is not None and zero_shot_from.is_file():
+        zs = json.loads(zero_shot_from.read_text())
+        result["zero_shot_mean"] = zs["mean"]
+        result["zero_shot"] = {t: r["value"] for t, r in zs["tasks"].items()}
+        result["zero_shot_reused"] = str(zero_shot_from)
+    elif zero_shot:
         zs = run_zero_shot(loaded.model, loaded.tokenizer, TASKS, limit, 0, 8)
         result["zero_shot_mean"] = zs.mean
         result["zero_shot"] = {t: r.value for t, r in zs.tasks.items()}
+    del loaded  # the speed run is a fresh process; do not hold a second copy meanwhile
     speed = measure_speed_isolated(checkpoint, (1, 8), new_tokens=128)
     result["tokens_per_s"] = {str(b): v for b, v in speed.tokens_per_second.items()}
     result["peak_rss_mb"] = speed.peak_rss_mb
-    result["disk_mb"] = sum(p.stat().st_size for p in Path(checkpoint).rglob("*") if p.is_file()) / 2**20 \
-        if Path(checkpoint).is_dir() else None
+    result["disk_mb"] = (
+        sum(p.stat().st_size for p in Path(checkpoint).rglob("*") if p.is_file()) / 2**20
+        if Path(checkpoint).is_dir()
+        else None
+    )
     write_json(cache, result)
     print(f"measured {checkpoint}: {result}", flush=True)
     return result
@@ -79,23 +100,54 @@ def measure(checkpoint: str, cache: Path, limit: int, zero_shot: bool = True) ->
 
 def quantization(work: Path, limit: int) -> list[dict[str, Any]]:
     folder = work / "deployment"
-    rows = [{"model": "base fp32", **measure(str(_base_folder()), folder / "base.json", limit)}]
+    reuse = work / f"zeroshot-{limit}"
+    rows = [
+        {
+            "model": "base fp32",
+            **measure(str(_base_folder()), folder / "base.json", limit, zero_shot_from=reuse / "base-0.json"),
+        }
+    ]
     fp32 = pruned_checkpoint(work, "semivalue", 6)
-    rows.append({"model": "pruned k=6 fp32", **measure(str(fp32), folder / "pruned-fp32.json", limit)})
+    rows.append(
+        {
+            "model": "pruned k=6 fp32",
+            **measure(str(fp32), folder / "pruned-fp32.json", limit, zero_shot_from=reuse / "semivalue-6.json"),
+        }
+    )
     pq = quantized(fp32, work / "checkpoints" / "semivalue-6-int8")
     rows.append({"model": "prune then quantize (int8)", **measure(str(pq), folder / "prune-then-quantize.json", limit)})
     q = quantized(_base_folder(), work / "checkpoints" / "base-int8")
     qp = work / "checkpoints" / "int8-semivalue-6"
     if not (qp / "pruning.json").is_file():
         start = time.perf_counter()
-        result = pipeline.prune(str(q), qp, "semivalue", remove=6, budget=200, overwrite=True,
-                                estimator_options={"surrogate": SurrogateConfig(), "bootstrap": 10})
-        print(f"game on the int8 model: removed {result.removed_layers} in {time.perf_counter() - start:.0f}s", flush=True)
+        result = pipeline.prune(
+            str(q),
+            qp,
+            "semivalue",
+            remove=6,
+            budget=200,
+            overwrite=True,
+            estimator_options={"surrogate": SurrogateConfig(), "bootstrap": 10},
+        )
+        print(
+            f"game on the int8 model: removed {result.removed_layers} in {time.perf_counter() - start:.0f}s", flush=True
+        )
     removed = json.loads((qp / "pruning.json").read_text())["removed_layers"]
-    rows.append({"model": "quantize then prune (game on int8)", "removed": removed,
-                 **measure(str(qp), folder / "quantize-then-prune.json", limit)})
-    rows.append({"model": "base int8 (no pruning)", **measure(str(q), folder / "base-int8.json", limit)})
+    rows.append(
+        {
+            "model": "quantize then prune (game on int8)",
+            "removed": removed,
+            **measure(str(qp), folder / "quantize-then-prune.json", limit),
+        }
+    )
+    rows.append(
+        {"model": "base int8 (no pruning)", **measure(str(q), folder / "base-int8.json", limit, zero_shot=False)}
+    )
     return rows
+
+
+def fmt(value: float | None, digits: int) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
 
 
 def _base_folder() -> Path:
@@ -106,10 +158,22 @@ def _base_folder() -> Path:
 
 def inference(work: Path, ks: list[int]) -> list[dict[str, Any]]:
     folder = work / "deployment"
-    rows = [{"model": "base", "k": 0, **measure(str(_base_folder()), folder / "speed-base.json", 0, zero_shot=False)}]
+    rows = [
+        {
+            "model": "base",
+            "k": 0,
+            **measure(str(_base_folder()), folder / "speed-base.json", 0, perplexity=False, zero_shot=False),
+        }
+    ]
     for k in ks:
         ckpt = pruned_checkpoint(work, "semivalue", k)
-        rows.append({"model": f"semivalue k={k}", "k": k, **measure(str(ckpt), folder / f"speed-{k}.json", 0, zero_shot=False)})
+        rows.append(
+            {
+                "model": f"semivalue k={k}",
+                "k": k,
+                **measure(str(ckpt), folder / f"speed-{k}.json", 0, perplexity=False, zero_shot=False),
+            }
+        )
     return rows
 
 
@@ -120,22 +184,40 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=200)
     parser.add_argument("--ks", type=int, nargs="+", default=[3, 6, 9, 12])
     args = parser.parse_args()
-    out: dict[str, Any] = {"date": time.strftime("%Y-%m-%d")}
-    lines = []
+    # a stage not run keeps the rows it published earlier, so running one stage never drops the other
+    previous = json.loads((RESULTS / "deployment.json").read_text()) if (RESULTS / "deployment.json").is_file() else {}
+    out: dict[str, Any] = {**previous, "date": time.strftime("%Y-%m-%d")}
     if "quantization" in args.stages:
-        out["quantization"] = rows = quantization(args.work, args.limit)
-        lines += ["| model | layers | PPL@128 | zero-shot mean | tokens/s b=1 | tokens/s b=8 | peak RSS MB | disk MB |",
-                  "|---|---|---|---|---|---|---|---|"]
-        lines += [f"| {r['model']} | {r['layers']} | {r['ppl128']:.2f} | {r['zero_shot_mean']:.3f} | "
-                  f"{r['tokens_per_s']['1']:.1f} | {r['tokens_per_s']['8']:.1f} | {r['peak_rss_mb']:.0f} | "
-                  f"{r['disk_mb'] or 0:.0f} |" for r in rows]
+        out["quantization"] = quantization(args.work, args.limit)
     if "inference" in args.stages:
-        out["inference"] = rows = inference(args.work, args.ks)
+        out["inference"] = inference(args.work, args.ks)
+    lines = []
+    if "quantization" in out:
+        rows = out["quantization"]
+        lines += [
+            "| model | layers | PPL@128 | zero-shot mean | tokens/s b=1 | tokens/s b=8 | peak RSS MB | disk MB |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {r['model']} | {r['layers']} | {r['ppl128']:.2f} | {fmt(r.get('zero_shot_mean'), 3)} | "
+            f"{r['tokens_per_s']['1']:.1f} | {r['tokens_per_s']['8']:.1f} | {r['peak_rss_mb']:.0f} | "
+            f"{r['disk_mb'] or 0:.0f} |"
+            for r in rows
+        ]
+    if "inference" in out:
+        rows = out["inference"]
         base = rows[0]["tokens_per_s"]
-        lines += ["", "| model | layers | tokens/s b=1 | tokens/s b=8 | speed-up b=1 / b=8 | peak RSS MB |", "|---|---|---|---|---|---|"]
-        lines += [f"| {r['model']} | {r['layers']} | {r['tokens_per_s']['1']:.1f} | {r['tokens_per_s']['8']:.1f} | "
-                  f"{r['tokens_per_s']['1'] / base['1']:.2f}x / {r['tokens_per_s']['8'] / base['8']:.2f}x | "
-                  f"{r['peak_rss_mb']:.0f} |" for r in rows]
+        lines += [
+            "",
+            "| model | layers | tokens/s b=1 | tokens/s b=8 | speed-up b=1 / b=8 | peak RSS MB |",
+            "|---|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {r['model']} | {r['layers']} | {r['tokens_per_s']['1']:.1f} | {r['tokens_per_s']['8']:.1f} | "
+            f"{r['tokens_per_s']['1'] / base['1']:.2f}x / {r['tokens_per_s']['8'] / base['8']:.2f}x | "
+            f"{r['peak_rss_mb']:.0f} |"
+            for r in rows
+        ]
     RESULTS.mkdir(exist_ok=True)
     write_json(RESULTS / "deployment.json", out)
     (RESULTS / "deployment.md").write_text("\n".join(lines) + "\n")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -44,6 +45,7 @@ async def latest_profile(flow_name: str = "prune_release") -> dict:
         key=lambda r: (r["start"] is None, r["start"]),
     )
     return {"flow_run": run.name, "state": run.state_name, "total_seconds": total, "date": str(run.start_time),
+            "prefect_home": os.environ.get("PREFECT_HOME", "~/.prefect"),
             "tasks": [{"task": r["task"], "runs": r["runs"], "seconds": round(r["seconds"], 1),
                        "share": round(r["seconds"] / total, 3) if total else None} for r in rows]}
 
@@ -52,8 +54,8 @@ def main() -> None:
     profile = asyncio.run(latest_profile())
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "run_profile.json").write_text(json.dumps(profile, indent=2) + "\n")
-    lines = [f"Flow run {profile['flow_run']} ({profile['state']}, {profile['date'][:19]}): "
-             f"{profile['total_seconds'] / 60:.1f} min in all", "", "| task | runs | seconds | share |", "|---|---|---|---|"]
+    lines = [f"Flow run {profile['flow_run']} ({profile['state']}, {profile['date'][:19]}, read from "
+             f"{profile['prefect_home']}): {profile['total_seconds'] / 60:.1f} min in all", "", "| task | runs | seconds | share |", "|---|---|---|---|"]
     lines += [f"| {t['task']} | {t['runs']} | {t['seconds']:.0f} | {t['share']:.0%} |" for t in profile["tasks"]]
     (RESULTS / "run_profile.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines), f"\n(saved {time.strftime('%H:%M:%S')})")
