@@ -21,6 +21,7 @@ app = typer.Typer(
 
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace an existing output folder.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
+Device = Annotated[str, typer.Option(help="Where the forward passes run: cpu, cuda, cuda:N, mps or auto.")]
 TrustRemoteCode = Annotated[
     bool, typer.Option("--trust-remote-code", help="Allow model code from the hub (off: checkpoints are data).")
 ]
@@ -75,6 +76,7 @@ def prune(
     masks: Annotated[Path | None, typer.Option(help="Mask dataset (from `coopprune sweep`) to reuse and extend.")] = None,
     bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples for intervals (surrogate refits; permutation/kernelshap: 200 free resamples; 0 turns intervals off).")] = 10,
     surrogate: Annotated[str, typer.Option(help="Surrogate recipe: adam (default, measured) or paper (SGD).")] = "adam",
+    device: Device = "cpu",
     overwrite: Overwrite = False,
     trust_remote_code: TrustRemoteCode = False,
     quiet: Quiet = False,
@@ -96,7 +98,7 @@ def prune(
     result = pipeline.prune(
         model, out, method, remove, ratio, calib, n_windows, window, seed, _parse_layers(protect), utility,
         budget, overwrite=overwrite, trust_remote_code=trust_remote_code, progress=not quiet,
-        iterative=iterative, masks=masks, estimator_options=options, players=players,
+        iterative=iterative, masks=masks, estimator_options=options, players=players, device=device,
     )
     typer.echo(f"removed layers {result.removed_layers} using {result.evaluations} real forward passes")
     typer.echo(str(result.out_dir))
@@ -110,13 +112,14 @@ def eval_(
     max_windows: Annotated[int | None, typer.Option(help="Evaluate at most this many windows.")] = None,
     batch_size: Annotated[int, typer.Option(help="Windows per forward pass.")] = 8,
     json_out: Annotated[Path | None, typer.Option("--json", help="Also write the result here.")] = None,
+    device: Device = "cpu",
     quiet: Quiet = False,
 ) -> None:
     """Perplexity on held-out text, with the window length stated."""
     from coopprune import pipeline
     from coopprune.atomic import write_json
 
-    result = pipeline.evaluate_perplexity(checkpoint, ppl_text, window, max_windows, batch_size, not quiet)
+    result = pipeline.evaluate_perplexity(checkpoint, ppl_text, window, max_windows, batch_size, not quiet, device)
     if json_out:
         write_json(json_out, asdict(result))
     typer.echo(

@@ -20,7 +20,8 @@ class ModelParams(_Section):
     source: str = "default"  # "default" = bundled SmolLM2-135M-Instruct; hub id, folder or .gguf
     revision: str | None = None
     trust_remote_code: bool = False
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"  # loaded, scored and saved in this dtype
+    device: str = Field("cpu", pattern=r"^(cpu|auto|mps|cuda(:\d+)?)$")  # where the game's forward passes run
 
 
 class CalibrationParams(_Section):

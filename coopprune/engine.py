@@ -91,6 +91,7 @@ class MaskEvaluator:
         self.architecture = architecture
         self.layers = list(architecture.layers(model))
         self.n_layers = len(self.layers)
+        windows = windows.to(model.device)  # once, not per mask
         self.batches = [windows[i : i + batch_size] for i in range(0, len(windows), batch_size)]
         self.tokens = int(windows.shape[0] * (windows.shape[1] - 1))
         self.share_prefixes = share_prefixes

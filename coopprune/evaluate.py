@@ -41,7 +41,7 @@ def perplexity(model: PreTrainedModel, windows: Windows, batch_size: int = 8, pr
     nll = 0.0
     with torch.inference_mode():
         for start in tqdm(range(0, len(ids), batch_size), desc="perplexity", disable=not progress, leave=False):
-            batch = ids[start : start + batch_size]
+            batch = ids[start : start + batch_size].to(model.device)
             nll += float(token_nll(model(input_ids=batch, use_cache=False).logits, batch))
     tokens = windows.n_windows * (windows.length - 1)
     loss = nll / tokens

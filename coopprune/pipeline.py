@@ -81,6 +81,8 @@ def prune(
     estimator_seed: int | None = None,
     players: str = "layers",
     decision_only: bool = False,
+    dtype: str = "float32",
+    device: str = "cpu",
 ) -> PruneResult:
     """Score every layer with ``method``, remove the least-contributing ones, save the checkpoint.
 
@@ -111,7 +113,7 @@ def prune(
     if not docs:
         raise CoopPruneError(f"calibration text is empty: {calib}")
 
-    loaded = load_model(model, trust_remote_code=trust_remote_code)
+    loaded = load_model(model, trust_remote_code=trust_remote_code, dtype=dtype, device=device)
     windows = calibration_windows(loaded.tokenizer, docs, n_windows, window, seed)
     if store is not None:
         check_store(store, loaded.fingerprint, windows.fingerprint)
@@ -180,9 +182,12 @@ REPORT_FILES = ("contributions.csv", "contributions.png", "surrogate")
 
 def apply_decision(
     model: str, decision_dir: str | Path, out_dir: str | Path, overwrite: bool = False,
-    trust_remote_code: bool = False,
+    trust_remote_code: bool = False, dtype: str = "float32",
 ) -> PruneResult:
-    """Prune ``model`` as a ``decision_only`` run decided, and save it with that run's report."""
+    """Prune ``model`` as a ``decision_only`` run decided, and save it with that run's report.
+
+    ``dtype`` must be the one the decision was made in (the base model's fingerprint is checked).
+    """
     import shutil
 
     decision_dir = Path(decision_dir)
@@ -190,7 +195,7 @@ def apply_decision(
         raise CoopPruneError(f"no {DECISION_FILE} in {decision_dir}: run the contributions step first")
     decision = json.loads((decision_dir / DECISION_FILE).read_text())
     out = check_output_dir(out_dir, overwrite)
-    loaded = load_model(model, trust_remote_code=trust_remote_code)
+    loaded = load_model(model, trust_remote_code=trust_remote_code, dtype=dtype)
     if loaded.fingerprint != decision["base_fingerprint"]:
         raise CoopPruneError(f"{decision_dir} was decided on a different model (fingerprint differs)")
     params_before = count_parameters(loaded.model)
@@ -241,11 +246,11 @@ def check_store(store: MaskDataset, model_fingerprint: str, calibration_fingerpr
 
 def evaluate_perplexity(
     checkpoint: str, text: str = "boolq", window: int = 128, max_windows: int | None = 64, batch_size: int = 8,
-    progress: bool = True,
+    progress: bool = True, device: str = "cpu",
 ) -> PerplexityResult:
     """Perplexity of a checkpoint (or hub id) on held-out text with ``window``-token windows."""
     docs = load_texts(text)
-    return held_out_perplexity(load_model(checkpoint), docs, window, max_windows, batch_size, progress)
+    return held_out_perplexity(load_model(checkpoint, device=device), docs, window, max_windows, batch_size, progress)
 
 
 def held_out_perplexity(
@@ -273,7 +278,7 @@ def sweep_setup(params: Params) -> SweepSetup:
         protected=params.game.protected,
         seed=params.sampling.seed,
     )
-    loaded = load_model(params.model.source, params.model.revision, params.model.trust_remote_code, params.model.dtype)
+    loaded = load_base(params)
     c = params.calibration
     windows = load_calibration(loaded, c.source, c.n_windows, c.window, c.seed)
     evaluator = MaskEvaluator(loaded.model, loaded.architecture, windows.input_ids, c.batch_size)
@@ -365,7 +370,7 @@ def benchmark(params: Params, checkpoint: str | Path, out_file: str | Path | Non
     from coopprune.zeroshot import zero_shot
 
     e, b = params.evaluation, params.benchmark
-    loaded = load_model(str(checkpoint))  # once, for perplexity and zero-shot
+    loaded = load_model(str(checkpoint), device=params.model.device)  # once, for perplexity and zero-shot
     ppl = held_out_perplexity(loaded, load_texts(e.text), e.window, e.max_windows, e.batch_size, progress=False)
     result: dict[str, Any] = {"checkpoint": str(checkpoint), "perplexity": asdict(ppl)}
     if b.tasks:
@@ -377,6 +382,12 @@ def benchmark(params: Params, checkpoint: str | Path, out_file: str | Path | Non
     if out_file is not None:
         write_json(Path(out_file), result)
     return result
+
+
+def load_base(params: Params) -> LoadedModel:
+    """The base model as params configure it: the one the sweep, the game and the curve run on."""
+    m = params.model
+    return load_model(m.source, m.revision, m.trust_remote_code, m.dtype, m.device)
 
 
 def prune_from_params(
@@ -394,6 +405,7 @@ def prune_from_params(
         trust_remote_code=params.model.trust_remote_code, progress=progress, iterative=p.iterative,
         masks=dataset.path, estimator_options=estimator_options(params, dataset.manifest.identity.n_layers),
         estimator_seed=params.sampling.seed, decision_only=decision_only,
+        dtype=params.model.dtype, device=params.model.device,
     )
 
 
@@ -415,7 +427,7 @@ def perplexity_curve(params: Params, pruned_dir: str | Path) -> list[dict[str, A
     record = json.loads((Path(pruned_dir) / "pruning.json").read_text())
     order = removal_order(record)
     e = params.evaluation
-    loaded = load_model(params.model.source, params.model.revision, params.model.trust_remote_code, params.model.dtype)
+    loaded = load_base(params)
     windows = evaluation_windows(loaded.tokenizer, load_texts(e.text), e.window, e.max_windows)
     evaluator = MaskEvaluator(loaded.model, loaded.architecture, windows.input_ids, e.batch_size)
     masks = np.ones((len(order) + 1, evaluator.n_players), dtype=bool)
@@ -446,7 +458,7 @@ def run_stage(params: Params, stage: str, progress: bool = True) -> dict[str, An
         return {"path": str(result.out_dir), "removed_players": result.removed_layers, "evaluations": result.evaluations}
     if stage == "prune":
         result = apply_decision(params.model.source, out / "contributions", out / "pruned", overwrite=True,
-                                trust_remote_code=params.model.trust_remote_code)
+                                trust_remote_code=params.model.trust_remote_code, dtype=params.model.dtype)
         return {"path": str(result.out_dir), "removed_layers": result.removed_layers, "evaluations": result.evaluations}
     if stage == "benchmark":
         return benchmark_release(params)

@@ -8,6 +8,7 @@ from contextlib import redirect_stderr, redirect_stdout
 from unittest import mock
 
 import pytest
+import torch
 from transformers import AutoModelForCausalLM, BertConfig
 
 from coopprune.cli import main
@@ -119,6 +120,8 @@ def bad_gguf(tmp_path):
         ("bad_gguf", "model.gguf"),
         ("unknown_method", "unknown method 'magic'"),
         ("k_and_ratio", "exactly one"),
+        ("no_cuda", "no CUDA device"),
+        ("unknown_device", "unknown device 'tpu'"),
     ],
 )
 def test_bad_input(case, pattern, tiny_checkpoint, text_file, tmp_path, unsupported, bad_gguf):
@@ -142,7 +145,11 @@ def test_bad_input(case, pattern, tiny_checkpoint, text_file, tmp_path, unsuppor
         "bad_gguf": prune_args(bad_gguf, out, "-k", "1", "--calib", str(text_file)),
         "unknown_method": prune_args(tiny_checkpoint, out, "-k", "1", "--method", "magic"),
         "k_and_ratio": prune_args(tiny_checkpoint, out, "-k", "1", "--ratio", "0.5"),
+        "no_cuda": prune_args(tiny_checkpoint, out, "-k", "1", "--calib", str(text_file), "--device", "cuda"),
+        "unknown_device": prune_args(tiny_checkpoint, out, "-k", "1", "--calib", str(text_file), "--device", "tpu"),
     }[case]
+    if case == "no_cuda" and torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA device")
     proc = cli(*args)
     assert_user_error(proc, pattern)
     assert not out.exists(), "nothing half-written"
@@ -172,6 +179,7 @@ def test_corrupt_mask_dataset_through_cli(tiny_checkpoint, text_file, tmp_path):
         ("game: {utility: accuracy}\n", "game.utility"),
         ("sampling: {remove: [1], remove_ratios: [0.1]}\n", "either remove or remove_ratios"),
         ("prune: {remove: 3, ratio: 0.1}\n", "exactly one of remove or ratio"),
+        ("model: {device: gpu}\n", "model.device"),
         ("[1, 2\n", "not valid YAML"),
     ],
 )

@@ -51,3 +51,41 @@ def test_decision_then_apply_equals_one_shot_prune(players, tiny_checkpoint, tex
     assert (tmp_path / "applied" / "contributions.csv").read_text() == (tmp_path / "direct" / "contributions.csv").read_text()
     with pytest.raises(CoopPruneError, match="run the contributions step first"):
         pipeline.apply_decision(str(tiny_checkpoint), tmp_path / "nowhere", tmp_path / "x")
+
+
+def test_stages_in_bfloat16_agree_on_the_model(tiny_checkpoint, text_file, tmp_path):
+    """``model.dtype`` reaches every stage: the contributions step reuses the bf16 sweep (same
+    fingerprint) and the pruned checkpoint is written in the dtype the decision was made in."""
+    from safetensors.torch import load_file
+
+    params = Params.from_dict(
+        {
+            "model": {"source": str(tiny_checkpoint), "dtype": "bfloat16", "device": "cpu"},
+            "calibration": {"source": str(text_file), "n_windows": 4, "window": 16},
+            "sampling": {"remove": [1, 3], "per_stratum": 6, "shard_size": 4},
+            "prune": {"remove": 2},
+            "benchmark": {"tasks": [], "speed": False},
+            "output_dir": str(tmp_path / "run"),
+        }
+    )
+    for stage in ("sweep", "surrogate", "contributions"):
+        pipeline.run_stage(params, stage, progress=False)
+    result = pipeline.run_stage(params, "prune", progress=False)
+    assert len(result["removed_layers"]) == 2
+    weights = load_file(tmp_path / "run" / "pruned" / "model.safetensors")
+    assert {str(t.dtype) for t in weights.values()} == {"torch.bfloat16"}
+
+
+def test_unavailable_device_is_one_clear_error(tiny_checkpoint):
+    import torch
+
+    from coopprune.errors import CoopPruneError
+    from coopprune.models import load_model
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present")
+    with pytest.raises(CoopPruneError, match="no CUDA device"):
+        load_model(str(tiny_checkpoint), device="cuda")
+    with pytest.raises(CoopPruneError, match="unknown device"):
+        load_model(str(tiny_checkpoint), device="gpu0")
+    assert load_model(str(tiny_checkpoint), device="auto").model.device.type == "cpu"

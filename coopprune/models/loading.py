@@ -83,10 +83,16 @@ def load_model(
     revision: str | None = None,
     trust_remote_code: bool = False,
     dtype: str = "float32",
+    device: str = "cpu",
 ) -> LoadedModel:
-    """Load model + tokenizer in eval mode; fp32 by default (faster than bf16 on CPUs)."""
+    """Load model + tokenizer in eval mode; fp32 by default (faster than bf16 on CPUs).
+
+    ``device``: where the model runs (``cpu``, ``cuda``, ``cuda:N``, ``mps`` or ``auto``); the
+    fingerprint is taken before the move, so it names the weights wherever they run.
+    """
     if dtype not in _DTYPES:
         raise CoopPruneError(f"unknown dtype '{dtype}'; choose one of {', '.join(_DTYPES)}")
+    target = resolve_device(device)
     location, config = load_config(source, revision, trust_remote_code)
     architecture = architecture_for(config)
     try:
@@ -104,7 +110,31 @@ def load_model(
     except (OSError, ValueError) as exc:
         raise CoopPruneError(f"cannot load model from {source}: {str(exc).splitlines()[0]}") from exc
     model.eval()
-    return LoadedModel(model, tokenizer, architecture, source, model_fingerprint(model))
+    fingerprint = model_fingerprint(model)
+    if target.type != "cpu":
+        if is_quantized(location):
+            raise CoopPruneError(f"{source} is int8-quantized (PyTorch dynamic quantization): it runs on the CPU only")
+        model.to(target)
+    return LoadedModel(model, tokenizer, architecture, source, fingerprint)
+
+
+def resolve_device(device: str) -> torch.device:
+    """The torch device for ``device``; ``auto`` is the first CUDA device if there is one, else the CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        target = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise CoopPruneError(f"unknown device '{device}'; use cpu, cuda, cuda:N, mps or auto") from None
+    if target.type == "cuda" and not torch.cuda.is_available():
+        raise CoopPruneError(f"device '{device}' asked for, but torch sees no CUDA device here")
+    if target.type == "cuda" and (target.index or 0) >= torch.cuda.device_count():
+        raise CoopPruneError(f"device '{device}' asked for, but torch sees {torch.cuda.device_count()} CUDA device(s)")
+    if target.type == "mps" and not torch.backends.mps.is_available():
+        raise CoopPruneError(f"device '{device}' asked for, but torch sees no MPS device here")
+    if target.type not in ("cpu", "cuda", "mps"):
+        raise CoopPruneError(f"unknown device '{device}'; use cpu, cuda, cuda:N, mps or auto")
+    return target
 
 
 def model_fingerprint(model: PreTrainedModel) -> str:
