@@ -61,6 +61,30 @@ def engine_speed() -> str | None:
     )
 
 
+def engine_on_accelerators() -> str | None:
+    runs = [json.loads(f.read_text()) for f in sorted(RESULTS.glob("engine_speed_*.json"))]
+    if not runs:
+        return None
+    lines = [
+        "| device | dtype | calibration | coopprune masks/s | reference masks/s | speed-up | "
+        "max utility diff vs CPU fp32 | Spearman vs CPU fp32 (masks) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in runs:
+        rho = r.get("spearman_vs_cpu_fp32")
+        lines.append(
+            f"| {r.get('device_name') or r['device']} | {r['dtype']} | {r['calibration']} | {r['ours_masks_per_s']:.1f} | "
+            f"{r['reference_masks_per_s']:.1f} | {r['speedup']:.2f}x | {r.get('max_abs_utility_diff_vs_cpu_fp32', 0):.1e} | "
+            f"{'-' if rho is None else f'{rho:.3f}'} ({r.get('check_masks', 0)}) |"
+        )
+    model = runs[0]["model"]
+    return "\n".join(lines) + (
+        f"\n\nModel: {model} (SmolLM2-135M's config, seeded random weights and random tokens: the GPU machine could "
+        f"not download the checkpoint; speed depends on shapes, not values). {runs[0]['measured_masks']} masks of the "
+        f"paper's strata per run; torch {runs[0]['torch']}; {runs[0]['date']}. tests/test_device.py passed on the same machine."
+    )
+
+
 def main() -> None:
     old = DOC.read_text() if DOC.is_file() else ""
     discussion = old[old.index(START) : old.index(END) + len(END)] if START in old and END in old else (
@@ -88,6 +112,8 @@ def main() -> None:
                 "methods_smollm2.md", read("methods_smollm2.md")),
         section("3c. Cost: where one `make run` spends its time", "make run && PREFECT_HOME=.prefect .venv/bin/python bench/profile_run.py",
                 "run_profile.md", read("run_profile.md")),
+        section("3d. The engine on a GPU", ".venv/bin/python bench/engine_speed.py --device cuda --random-weights "
+                "config.json [--dtype bfloat16] [--n-windows 64]", "engine_speed_cuda_*.json", engine_on_accelerators()),
         section("4-5. Pruning plus quantization; inference gain", ".venv/bin/python bench/deployment.py",
                 "deployment.md", read("deployment.md")),
     ]
