@@ -274,6 +274,9 @@ def zs_fields(result: dict[str, Any] | None) -> dict[str, float]:
         return {}
     fields = {"zero_shot_mean": result["mean"]}
     fields |= {f"acc_{t}": v["value"] for t, v in result["tasks"].items()}
+    errors = [v[f"{v['metric']}_stderr"] for v in result["tasks"].values()]
+    if all(e is not None for e in errors):  # the mean of independent task means: sqrt(sum se^2) / n
+        fields["zero_shot_mean_se"] = float(np.sqrt(np.sum(np.square(errors))) / len(errors))
     return fields
 
 
@@ -319,6 +322,11 @@ def write_tables(rows: list[dict[str, Any]], calibration: list[dict[str, Any]]) 
         lines += ["", "| k | method | " + " | ".join(TASKS) + " | mean |", "|---|---|" + "---|" * (len(TASKS) + 1)]
         lines += [f"| {r['k']} | {r['method']} | " + " | ".join(fmt(r.get(f"acc_{t}"), 3) for t in TASKS)
                   + f" | {fmt(r['zero_shot_mean'], 3)} |" for r in zs_rows]
+        lines += ["", "Headline metric per task (acc_norm for PIQA, HellaSwag, ARC, OpenBookQA; acc for WinoGrande and "
+                  f"BoolQ) on the same seeded 200 items per task for every model. Standard error of a mean over 7 tasks: "
+                  f"about {np.mean([r['zero_shot_mean_se'] for r in zs_rows if 'zero_shot_mean_se' in r]):.3f}; a difference "
+                  "between two models' means below about 0.02 is within one standard error of that difference "
+                  "(unpaired; the shared items make it somewhat tighter)."]
     if len(calibration) == 2:
         lines += ["", "| calibration | new passes | selection s | " + " | ".join(f"removed at k={k} | PPL@128 at k={k}" for k in calibration[0]["ppl128"]) + " |",
                   "|---|---|---|" + "---|---|" * len(calibration[0]["ppl128"])]
@@ -336,6 +344,13 @@ def write_tables(rows: list[dict[str, Any]], calibration: list[dict[str, Any]]) 
                 for m in methods},
                RESULTS / "quality_ppl.png", xlabel="layers removed (of 30)", ylabel="held-out perplexity (128-token windows)",
                title="SmolLM2-135M: perplexity vs layers removed", logy=True)
+    if base.get("zero_shot_mean") is not None:  # every method with zero-shot cells, random as its mean
+        zs = {m: ([0] + [r["k"] for r in zs_rows if r["method"] == m], [base["zero_shot_mean"]]
+                  + [r["zero_shot_mean"] for r in zs_rows if r["method"] == m])
+              for m in dict.fromkeys(r["method"] for r in zs_rows) if m != "base"}
+        plot_lines({m: xy for m, xy in zs.items() if len(xy[0]) > 1}, RESULTS / "quality_zeroshot.png",
+                   xlabel="layers removed (of 30)", ylabel="zero-shot mean accuracy (7 tasks)",
+                   title="SmolLM2-135M: zero-shot accuracy vs layers removed")
     print("\n".join(lines))
 
 

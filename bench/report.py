@@ -102,7 +102,7 @@ def main() -> None:
         discussion,
         "",
         section("1. Pruning quality", ".venv/bin/python bench/quality.py", "quality.md", read("quality.md"),
-                ("quality_ppl.png", "contributions_semivalue.png", "contributions_shapley-adjusted.png")),
+                ("quality_ppl.png", "quality_zeroshot.png", "contributions_semivalue.png", "contributions_shapley-adjusted.png")),
         section("2. Estimator accuracy per budget (exact 12-layer subgame)", ".venv/bin/python bench/estimators.py",
                 "estimators.md", read("estimators.md"), ("estimators.png",)),
         section("2b. Estimator accuracy on a tiny model (L = 8, all 256 coalitions)", ".venv/bin/python bench/estimator_accuracy.py",
