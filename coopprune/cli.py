@@ -58,7 +58,7 @@ def prune(
     method: Annotated[
         str,
         typer.Option(
-            help="semivalue (paper), shapley, shapley-adjusted; peers: bi, angular, ppl, sleb, last, random; "
+            help="semivalue (paper), semivalue-search (its surrogate searched for the best set), shapley, shapley-adjusted; peers: bi, angular, ppl, sleb, last, random; "
             "reference Shapley estimators: permutation, kernelshap, exact."
         ),
     ] = "semivalue",

@@ -183,6 +183,35 @@ def test_backup_game_single_removal_picks_the_wrong_pair():
         assert select_layers(result.values, 2) == sorted(best_pair), method
 
 
+def redundant_pair_game(n=8):
+    """Layers 0 and 1 back each other up: either alone costs almost nothing, both together a lot.
+    Both rank lowest on average, yet the best pair to remove keeps one of them."""
+    w = np.r_[0.01, 0.01, 0.12 + 0.02 * np.arange(n - 2)]
+
+    def value(masks):
+        removed = ~np.asarray(masks, bool)
+        return 1.0 - removed @ w - 0.15 * (removed[:, 0] & removed[:, 1])
+
+    return value
+
+
+def test_semivalue_search_removes_the_best_set_where_ranking_does_not():
+    value, n = redundant_pair_game(), 8
+    utility = {p: value(~np.isin(np.arange(n), p)[None])[0] for p in combinations(range(n), 2)}
+    ranked = get_estimator("semivalue", surrogate=FAST, bootstrap=0).estimate(FunctionGame(n, value), budget=128, seed=0)
+    assert select_layers(ranked.values, 2) == [0, 1]  # the average hides the redundancy
+    game = FunctionGame(n, value)
+    found = get_estimator("semivalue-search", surrogate=FAST, bootstrap=5, verify=4).estimate(game, 128, seed=0, k=2)
+    assert utility[tuple(found.removal)] == pytest.approx(max(utility.values()))
+    search = found.details["search"]
+    assert search["ranked_bottom_k"] == [0, 1] and search["chosen_real"] > search["ranked_bottom_k_real"]
+    assert len(search["verified"]) <= 4 and found.evaluations <= 128 + 4
+    again = get_estimator("semivalue-search", surrogate=FAST, bootstrap=5, verify=4).estimate(
+        FunctionGame(n, value), 128, seed=0, k=2
+    )
+    assert again.removal == found.removal
+
+
 def test_estimates_are_seeded_and_report_intervals_and_stability():
     rng = np.random.default_rng(5)
     value = pairwise(rng.uniform(0.05, 0.2, size=8), rng.normal(scale=0.05, size=(8, 8)))

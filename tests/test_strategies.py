@@ -122,11 +122,12 @@ def test_iterative_selection_removes_k_over_rounds():
         ("shapley-adjusted", {"budget": 48}),
         ("ppl", {"players": "sublayers"}),
         ("shapley", {"players": "sublayers", "budget": 40}),
+        ("semivalue-search", {"budget": 30}),
     ],
 )
 def test_prune_strategies_end_to_end(method, extra, tiny_checkpoint, text_file, tmp_path):
     out = tmp_path / "out"
-    options = FAST if method in ("semivalue", "shapley", "shapley-adjusted") else {}
+    options = FAST if method in ("semivalue", "semivalue-search", "shapley", "shapley-adjusted") else {}
     result = pipeline.prune(
         str(tiny_checkpoint), out, method, remove=2, calib=str(text_file), n_windows=4, window=24,
         progress=False, estimator_options=options, **extra,
