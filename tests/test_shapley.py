@@ -203,6 +203,7 @@ def test_semivalue_search_removes_the_best_set_where_ranking_does_not():
     game = FunctionGame(n, value)
     found = get_estimator("semivalue-search", surrogate=FAST, bootstrap=5, verify=4).estimate(game, 128, seed=0, k=2)
     assert utility[tuple(found.removal)] == pytest.approx(max(utility.values()))
+    assert all(type(i) is int for i in found.removal)  # plain ints: the removal is written to JSON
     search = found.details["search"]
     assert search["ranked_bottom_k"] == [0, 1] and search["chosen_real"] > search["ranked_bottom_k_real"]
     assert len(search["verified"]) <= 4 and found.evaluations <= 128 + 4

@@ -87,7 +87,7 @@ class SemivalueSearch(Semivalue):
         rng = np.random.default_rng([seed, 0x5EA2C4])
         movable = [i for i in range(n) if i not in set(protected)]
         starts = [ranked] + [tuple(select_layers(r, k, protected)) for r in (result.replicates if result.replicates is not None else [])]
-        starts += [tuple(rng.choice(movable, size=k, replace=False)) for _ in range(self.restarts)]
+        starts += [tuple(int(i) for i in rng.choice(movable, size=k, replace=False)) for _ in range(self.restarts)]
         found = search_removals(self.surrogate.predict, n, k, protected, starts)
         chosen = [s for s, _ in found if s != ranked][: max(self.verify - 1, 0)] + [ranked]
         real = game.value_function(np.stack([removal_mask(n, s) for s in chosen]))
