@@ -6,13 +6,15 @@ Quantization (k = 6, the paper's method ``semivalue``), both orders, against the
   Each: held-out perplexity (BoolQ, 64 x 128 tokens), zero-shot mean (``--limit`` items per task;
   the fp32 models' come from bench/quality.py's cache), tokens/s and peak memory. The int8 base model
   is a reference row (perplexity and speed only). Every quantized checkpoint is saved and loaded back
-  before measuring.
+  before measuring. Two schemes (``--schemes``): the library's default (LM head and MLP output
+  projections kept fp32, whose inputs carry the outliers that per-tensor int8 activations cannot
+  hold) and every linear layer int8.
 Inference gain: tokens/s at batch 1 and 8 (128 new tokens) and peak memory of the base model and
 of the pruned model at each k (the quality bench's semivalue selections), each in a fresh process.
 
 Needs bench/quality.py's selections (``--stages select``) in the same ``--work``; cells are cached.
 
-    python bench/deployment.py [--work bench/work/quality] [--stages quantization inference]
+    python bench/deployment.py [--work bench/work/quality] [--stages quantization inference] [--schemes ...]
 """
 
 from __future__ import annotations
@@ -27,13 +29,18 @@ from coopprune import pipeline
 from coopprune.atomic import write_json
 from coopprune.models import load_model
 from coopprune.prune import count_parameters, make_record, prune_layers, save_pruned
-from coopprune.quantize import quantize_int8, save_quantized
+from coopprune.quantize import KEEP_FLOAT, quantize_int8, save_quantized
 from coopprune.speed import measure_speed_isolated
 from coopprune.surrogate import SurrogateConfig
 from coopprune.zeroshot import TASKS as TASK_SPECS
 
 RESULTS = Path(__file__).parent / "results"
-TASKS = list(TASK_SPECS)  # the seven bundled tasks, in the library's order
+TASKS = list(TASK_SPECS)
+#: which linear layers become int8: the library's default, and every one (the literal recipe)
+SCHEMES = {
+    "default": (KEEP_FLOAT, "int8, LM head and MLP output projections kept fp32"),
+    "all-linear": ((), "int8, every linear layer"),
+}  # the seven bundled tasks, in the library's order
 
 
 def pruned_checkpoint(work: Path, method: str, k: int) -> Path:
@@ -48,10 +55,10 @@ def pruned_checkpoint(work: Path, method: str, k: int) -> Path:
     return out
 
 
-def quantized(source: Path, out: Path) -> Path:
+def quantized(source: Path, out: Path, keep_float: tuple[str, ...]) -> Path:
     if not (out / "quantization.json").is_file():
         loaded = load_model(str(source))
-        quantize_int8(loaded.model)
+        quantize_int8(loaded.model, keep_float)
         save_quantized(loaded.model, loaded.tokenizer, out, overwrite=True)
     return out
 
@@ -98,7 +105,7 @@ def measure(
     return result
 
 
-def quantization(work: Path, limit: int) -> list[dict[str, Any]]:
+def quantization(work: Path, limit: int, schemes: list[str]) -> list[dict[str, Any]]:
     folder = work / "deployment"
     reuse = work / f"zeroshot-{limit}"
     rows = [
@@ -114,35 +121,38 @@ def quantization(work: Path, limit: int) -> list[dict[str, Any]]:
             **measure(str(fp32), folder / "pruned-fp32.json", limit, zero_shot_from=reuse / "semivalue-6.json"),
         }
     )
-    pq = quantized(fp32, work / "checkpoints" / "semivalue-6-int8")
-    rows.append({"model": "prune then quantize (int8)", **measure(str(pq), folder / "prune-then-quantize.json", limit)})
-    q = quantized(_base_folder(), work / "checkpoints" / "base-int8")
-    qp = work / "checkpoints" / "int8-semivalue-6"
-    if not (qp / "pruning.json").is_file():
-        start = time.perf_counter()
-        result = pipeline.prune(
-            str(q),
-            qp,
-            "semivalue",
-            remove=6,
-            budget=200,
-            overwrite=True,
-            estimator_options={"surrogate": SurrogateConfig(), "bootstrap": 10},
+    for scheme in schemes:
+        keep_float, label = SCHEMES[scheme]
+        pq = quantized(fp32, work / "checkpoints" / f"semivalue-6-int8-{scheme}", keep_float)
+        cache = folder / f"prune-then-quantize-{scheme}.json"
+        rows.append({"model": f"prune then quantize ({label})", "scheme": scheme, **measure(str(pq), cache, limit)})
+        q = quantized(_base_folder(), work / "checkpoints" / f"base-int8-{scheme}", keep_float)
+        qp = work / "checkpoints" / f"int8-{scheme}-semivalue-6"
+        if not (qp / "pruning.json").is_file():
+            start = time.perf_counter()
+            result = pipeline.prune(
+                str(q),
+                qp,
+                "semivalue",
+                remove=6,
+                budget=200,
+                overwrite=True,
+                estimator_options={"surrogate": SurrogateConfig(), "bootstrap": 10},
+            )
+            print(f"game on {q}: removed {result.removed_layers} in {time.perf_counter() - start:.0f}s", flush=True)
+        removed = json.loads((qp / "pruning.json").read_text())["removed_layers"]
+        rows.append(
+            {
+                "model": f"quantize then prune ({label}; game on int8)",
+                "scheme": scheme,
+                "removed": removed,
+                **measure(str(qp), folder / f"quantize-then-prune-{scheme}.json", limit),
+            }
         )
-        print(
-            f"game on the int8 model: removed {result.removed_layers} in {time.perf_counter() - start:.0f}s", flush=True
+        cache = folder / f"base-int8-{scheme}.json"
+        rows.append(
+            {"model": f"base, {label}, no pruning", "scheme": scheme, **measure(str(q), cache, limit, zero_shot=False)}
         )
-    removed = json.loads((qp / "pruning.json").read_text())["removed_layers"]
-    rows.append(
-        {
-            "model": "quantize then prune (game on int8)",
-            "removed": removed,
-            **measure(str(qp), folder / "quantize-then-prune.json", limit),
-        }
-    )
-    rows.append(
-        {"model": "base int8 (no pruning)", **measure(str(q), folder / "base-int8.json", limit, zero_shot=False)}
-    )
     return rows
 
 
@@ -183,12 +193,13 @@ def main() -> None:
     parser.add_argument("--stages", nargs="+", default=["quantization", "inference"])
     parser.add_argument("--limit", type=int, default=200)
     parser.add_argument("--ks", type=int, nargs="+", default=[3, 6, 9, 12])
+    parser.add_argument("--schemes", nargs="+", default=list(SCHEMES), choices=list(SCHEMES))
     args = parser.parse_args()
     # a stage not run keeps the rows it published earlier, so running one stage never drops the other
     previous = json.loads((RESULTS / "deployment.json").read_text()) if (RESULTS / "deployment.json").is_file() else {}
     out: dict[str, Any] = {**previous, "date": time.strftime("%Y-%m-%d")}
     if "quantization" in args.stages:
-        out["quantization"] = quantization(args.work, args.limit)
+        out["quantization"] = quantization(args.work, args.limit, args.schemes)
     if "inference" in args.stages:
         out["inference"] = inference(args.work, args.ks)
     lines = []

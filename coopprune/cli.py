@@ -132,18 +132,22 @@ def eval_(
 def quantize(
     checkpoint: Annotated[str, typer.Argument(help="Checkpoint folder (pruned or not), hub id or 'default'.")],
     out: Annotated[Path, typer.Option(help="Where to write the int8 checkpoint.")],
+    all_linear: Annotated[
+        bool, typer.Option(help="Quantize the LM head and MLP output projections too (measured: far worse perplexity).")
+    ] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output folder.")] = False,
     trust_remote_code: Annotated[bool, typer.Option(help="Run the model repository's own code.")] = False,
 ) -> None:
-    """Int8 dynamic quantization of every linear layer (CPU); loads anywhere a checkpoint does."""
+    """Int8 dynamic quantization of the linear layers (CPU), the LM head and MLP output projections
+    kept in float unless --all-linear; loads anywhere a checkpoint does."""
     from coopprune.models import load_model
     from coopprune.prune import check_output_dir, count_parameters
-    from coopprune.quantize import quantize_int8, save_quantized
+    from coopprune.quantize import KEEP_FLOAT, quantize_int8, save_quantized
 
     check_output_dir(out, overwrite)
     loaded = load_model(checkpoint, trust_remote_code=trust_remote_code)
     parameters = count_parameters(loaded.model)
-    quantize_int8(loaded.model)
+    quantize_int8(loaded.model, keep_float=() if all_linear else KEEP_FLOAT)
     save_quantized(loaded.model, loaded.tokenizer, out, overwrite=overwrite)
     typer.echo(f"int8 checkpoint of {checkpoint} ({parameters / 1e6:.1f} M parameters) written to {out}")
 

@@ -9,7 +9,7 @@ import torch
 from coopprune import pipeline
 from coopprune.errors import CoopPruneError
 from coopprune.models import load_model
-from coopprune.quantize import QUANT_FILE, quantize_int8, save_quantized
+from coopprune.quantize import KEEP_FLOAT, QUANT_FILE, quantize_int8, save_quantized
 
 
 def logits(model, ids):
@@ -56,6 +56,27 @@ def test_pruning_and_quantization_compose_in_both_orders(order, tiny_checkpoint,
     if order == "quantize-then-prune":  # the game ran on the quantized model and says so
         record = json.loads((out / "pruning.json").read_text())
         assert record["removed_layers"] == result.removed_layers
+
+
+@pytest.mark.parametrize("keep_float", [KEEP_FLOAT, ()])
+def test_the_layers_kept_in_float_survive_the_round_trip(keep_float, tiny_checkpoint, tmp_path):
+    loaded = load_model(str(tiny_checkpoint))
+    quantize_int8(loaded.model, keep_float)
+    folder = save_quantized(loaded.model, loaded.tokenizer, tmp_path / "int8")
+    modules = json.loads((folder / QUANT_FILE).read_text())["modules"]
+    everything = keep_float == ()
+    assert any(m.endswith(".down_proj") for m in modules) == everything and ("lm_head" in modules) == everything
+    assert any(m.endswith(".q_proj") for m in modules)
+    ids = torch.randint(0, 300, (2, 16), generator=torch.Generator().manual_seed(0))
+    assert torch.equal(logits(load_model(str(folder)).model, ids), logits(loaded.model, ids))
+
+
+def test_a_model_with_nothing_to_quantize_is_a_clear_error(tmp_path):
+    from tiny import save_tiny
+
+    loaded = load_model(str(save_tiny(tmp_path / "gpt2", "gpt2", n_layers=2)))  # Conv1D blocks, a float head
+    with pytest.raises(CoopPruneError, match="no linear layer to quantize"):
+        quantize_int8(loaded.model)
 
 
 def test_saving_an_unquantized_model_as_quantized_is_a_clear_error(tiny_checkpoint, tmp_path):
