@@ -35,12 +35,12 @@ from coopprune.surrogate import SurrogateConfig
 from coopprune.zeroshot import TASKS as TASK_SPECS
 
 RESULTS = Path(__file__).parent / "results"
-TASKS = list(TASK_SPECS)
+TASKS = list(TASK_SPECS)  # the seven bundled tasks, in the library's order
 #: which linear layers become int8: the library's default, and every one (the literal recipe)
 SCHEMES = {
     "default": (KEEP_FLOAT, "int8, LM head and MLP output projections kept fp32"),
     "all-linear": ((), "int8, every linear layer"),
-}  # the seven bundled tasks, in the library's order
+}
 
 
 def pruned_checkpoint(work: Path, method: str, k: int) -> Path:

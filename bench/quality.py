@@ -47,7 +47,7 @@ from coopprune.zeroshot import TASKS as TASK_SPECS
 RESULTS = Path(__file__).parent / "results"
 METHODS = ["semivalue", "semivalue-search", "shapley-adjusted", "iterative", "sublayers", "bi", "angular", "ppl", "sleb",
            "last", "random-0", "random-1", "random-2"]
-SURROGATE = ("semivalue", "semivalue-search", "shapley-adjusted", "iterative", "sublayers")
+READS_SWEEP = ("semivalue", "semivalue-search", "shapley-adjusted", "iterative")  # train on the shared Stage-1 sweep
 TASKS = list(TASK_SPECS)  # the seven bundled tasks, in the library's order
 PPL_WINDOWS = {128: 64, 512: 16}  # the same 8,192 tokens of BoolQ passages at both lengths
 
@@ -93,7 +93,7 @@ def select(bench: Bench, method: str) -> dict[str, Any]:
         return json.loads(cache.read_text())
     k_max, ks = max(bench.ks), bench.ks
     surrogate = {"surrogate": SurrogateConfig(), "bootstrap": 10}
-    sweep_masks = len(bench.sweep()) if method in ("semivalue", "semivalue-search", "shapley-adjusted", "iterative") else 0
+    sweep_masks = len(bench.sweep()) if method in READS_SWEEP else 0
     start = time.perf_counter()
     removed: dict[int, list[int]] = {}
     details: dict[str, Any] = {}

@@ -50,10 +50,8 @@ KEEP_FLOAT = ("lm_head", "down_proj", "fc2", "dense_4h_to_h")
 def quantize_int8(model: PreTrainedModel, keep_float: Sequence[str] = KEEP_FLOAT) -> PreTrainedModel:
     """Replace the ``nn.Linear`` layers by PyTorch's dynamic int8 Linear, in place (CPU inference),
     except those whose name ends in one of ``keep_float`` (``()``: every linear layer)."""
-    names = [
-        name for name, m in model.named_modules()
-        if isinstance(m, nn.Linear) and name.rsplit(".", 1)[-1] not in set(keep_float)
-    ]
+    kept = set(keep_float)
+    names = [name for name, m in model.named_modules() if isinstance(m, nn.Linear) and name.rsplit(".", 1)[-1] not in kept]
     if not names:
         raise CoopPruneError(
             f"no linear layer to quantize (kept in float: {', '.join(keep_float) or 'none'}); "

@@ -56,10 +56,10 @@ def improve_by_swaps(predict: Predict, n_players: int, removed: Sequence[int], m
 
 
 def search_removals(
-    predict: Predict, n_players: int, k: int, protected: Sequence[int], starts: Iterable[Sequence[int]]
+    predict: Predict, n_players: int, movable: Sequence[int], starts: Iterable[Sequence[int]]
 ) -> list[tuple[tuple[int, ...], float]]:
-    """Distinct k-removal sets (the starts and their local optima), best predicted utility first."""
-    movable = [i for i in range(n_players) if i not in set(protected)]
+    """Distinct removal sets (the starts and their local optima, swapping only ``movable`` players),
+    best predicted utility first."""
     pool = {tuple(sorted(s)) for s in starts}
     pool |= {improve_by_swaps(predict, n_players, s, movable) for s in list(pool)}
     sets = sorted(pool)
@@ -86,9 +86,10 @@ class SemivalueSearch(Semivalue):
         ranked = tuple(select_layers(result.values, k, protected))
         rng = np.random.default_rng([seed, 0x5EA2C4])
         movable = [i for i in range(n) if i not in set(protected)]
-        starts = [ranked] + [tuple(select_layers(r, k, protected)) for r in (result.replicates if result.replicates is not None else [])]
+        refits = result.replicates if result.replicates is not None else []
+        starts = [ranked] + [tuple(select_layers(r, k, protected)) for r in refits]
         starts += [tuple(int(i) for i in rng.choice(movable, size=k, replace=False)) for _ in range(self.restarts)]
-        found = search_removals(self.surrogate.predict, n, k, protected, starts)
+        found = search_removals(self.surrogate.predict, n, movable, starts)
         chosen = [s for s, _ in found if s != ranked][: max(self.verify - 1, 0)] + [ranked]
         real = game.value_function(np.stack([removal_mask(n, s) for s in chosen]))
         best = int(np.argmax(real))  # ties: the first, i.e. the higher predicted utility
