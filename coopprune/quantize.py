@@ -57,15 +57,11 @@ def quantize_int8(model: PreTrainedModel, keep_float: Sequence[str] = KEEP_FLOAT
             f"no linear layer to quantize (kept in float: {', '.join(keep_float) or 'none'}); "
             "GPT-2's Conv1D layers are not nn.Linear"
         )
-    _quantize_modules(model, names)
-    return model
-
-
-def _quantize_modules(model: PreTrainedModel, names: Sequence[str]) -> None:
     with _quiet():
         qconfig = torch.ao.quantization.per_channel_dynamic_qconfig  # one scale per output row
         torch.ao.quantization.quantize_dynamic(model, dict.fromkeys(names, qconfig), dtype=torch.qint8, inplace=True)
     model.config.coopprune_quantization = METHOD
+    return model
 
 
 def _quantized_modules(model: nn.Module) -> dict[str, nn.Module]:
@@ -97,13 +93,19 @@ def write_quantized(model: PreTrainedModel, tokenizer: object, folder: Path) -> 
         if bias is not None:
             tensors[f"{name}.bias"] = bias.detach().contiguous()
     inside = tuple(f"{name}." for name in modules)
+    tied: dict[str, str] = {}  # a weight shared by two modules (embedding and float LM head) is written once
+    owner: dict[tuple[int, torch.Size], str] = {}
     for key, value in model.state_dict().items():
         if isinstance(value, torch.Tensor) and not value.is_quantized and not key.startswith(inside):
-            tensors.setdefault(key, value.detach().clone().contiguous())  # clone: tied weights share storage
+            first = owner.setdefault((value.data_ptr(), value.shape), key)
+            if first != key:
+                tied[key] = first
+            else:
+                tensors[key] = value.detach().clone().contiguous()  # clone: views may share storage
     save_file(tensors, str(folder / WEIGHTS_FILE), metadata={"format": "pt", "coopprune": METHOD})
     model.config.save_pretrained(folder)
     tokenizer.save_pretrained(folder)  # type: ignore[attr-defined]
-    write_json(folder / QUANT_FILE, {"method": METHOD, "modules": sorted(modules)})
+    write_json(folder / QUANT_FILE, {"method": METHOD, "modules": sorted(modules), "tied": tied})
 
 
 def save_quantized(model: PreTrainedModel, tokenizer: object, out_dir: str | Path, overwrite: bool = False) -> Path:
@@ -115,7 +117,11 @@ def save_quantized(model: PreTrainedModel, tokenizer: object, out_dir: str | Pat
 
 
 def load_quantized(folder: str | Path, trust_remote_code: bool = False) -> PreTrainedModel:
-    """The model :func:`save_quantized` wrote: float skeleton from the config, quantized, weights restored."""
+    """The model :func:`save_quantized` wrote. The skeleton is built on the meta device, so no float
+    copy of the layers that become int8 is ever allocated (an int8 model loads in less memory than
+    its float original, not more)."""
+    from accelerate import init_empty_weights
+
     folder = Path(folder)
     spec = json.loads((folder / QUANT_FILE).read_text())
     if spec.get("method") != METHOD:
@@ -123,25 +129,43 @@ def load_quantized(folder: str | Path, trust_remote_code: bool = False) -> PreTr
     config = AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code)
     if any(name.rsplit(".", 1)[-1] == "lm_head" for name in spec["modules"]):
         config.tie_word_embeddings = False  # a quantized head no longer shares the embedding's storage
-    model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
-    _quantize_modules(model, spec["modules"])
+    with init_empty_weights():  # parameters on meta; buffers (rotary frequencies) built for real
+        model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
     tensors = load_file(str(folder / WEIGHTS_FILE))
-    modules = _quantized_modules(model)
-    if sorted(modules) != spec["modules"]:
-        raise CoopPruneError(f"{folder}: quantized modules do not match the config's architecture")
-    for name, m in modules.items():
-        with _quiet():
-            weight = torch._make_per_channel_quantized_tensor(
-                tensors.pop(f"{name}.weight_int8"), tensors.pop(f"{name}.weight_scale"),
-                tensors.pop(f"{name}.weight_zero_point"), 0,
-            )
-        m.set_weight_bias(weight, tensors.pop(f"{name}.bias", None))
-    state = model.state_dict()  # the quantized modules' entries, as just set; float ones replaced below
-    inside = tuple(f"{name}." for name in modules)
-    expected = {k for k in state if not k.startswith(inside)}
+    for name in spec["modules"]:
+        model.set_submodule(name, _int8_linear(model, name, tensors, folder))
+    tied: dict[str, str] = spec.get("tied", {})
+    inside = tuple(f"{name}." for name in spec["modules"])
+    state = model.state_dict()  # int8 modules' entries as just set, meta placeholders for the float ones
+    expected = {k for k in state if not k.startswith(inside)} - set(tied)
     if set(tensors) != expected:
         diff = sorted(set(tensors) ^ expected)[:3]
         raise CoopPruneError(f"{folder}: weights do not match the model's architecture (e.g. {diff})")
     state.update(tensors)  # in place: the state dict's version metadata tells torch how to unpack int8 modules
-    model.load_state_dict(state)
+    model.load_state_dict(state, assign=True)  # take the loaded tensors, copy nothing
+    for alias, target in tied.items():
+        parent, _, attr = alias.rpartition(".")
+        setattr(model.get_submodule(parent), attr, model.get_parameter(target))
+    left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    if left:
+        raise CoopPruneError(f"{folder}: no weights for {left[:3]}")
+    model.config.coopprune_quantization = METHOD
     return model.eval()
+
+
+def _int8_linear(model: nn.Module, name: str, tensors: dict[str, torch.Tensor], folder: Path) -> nn.Module:
+    """The dynamic int8 Linear that replaces float module ``name``, from its saved int8 values and scales."""
+    try:
+        shape = model.get_submodule(name)
+    except AttributeError:
+        shape = None
+    if not isinstance(shape, nn.Linear) or f"{name}.weight_int8" not in tensors:
+        raise CoopPruneError(f"{folder}: quantized module {name} does not match the config's architecture")
+    with _quiet():
+        layer = torch.ao.nn.quantized.dynamic.Linear(shape.in_features, shape.out_features, dtype=torch.qint8)
+        weight = torch._make_per_channel_quantized_tensor(
+            tensors.pop(f"{name}.weight_int8"), tensors.pop(f"{name}.weight_scale"),
+            tensors.pop(f"{name}.weight_zero_point"), 0,
+        )
+        layer.set_weight_bias(weight, tensors.pop(f"{name}.bias", None))
+    return layer

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -22,12 +23,13 @@ from coopprune.errors import CoopPruneError
 
 @dataclass(frozen=True)
 class SpeedResult:
-    tokens_per_second: dict[int, float]  # batch size -> generated tokens/s (greedy, KV cache on)
+    tokens_per_second: dict[int, float]  # batch size -> generated tokens/s (greedy, KV cache on), median
     new_tokens: int
     prompt_tokens: int
     peak_rss_mb: float
     parameters: int
     threads: int = field(default_factory=torch.get_num_threads)
+    repeats: int = 1
 
     def to_json(self) -> dict:
         data = asdict(self)
@@ -37,8 +39,12 @@ class SpeedResult:
 
 def measure_speed(
     checkpoint: str | Path, batch_sizes: tuple[int, ...] = (1, 8), new_tokens: int = 32, prompt_tokens: int = 32,
+    repeats: int = 3,
 ) -> SpeedResult:
-    """Generated tokens per second at each batch size (one warm-up, then one timed generate)."""
+    """Generated tokens per second at each batch size: one warm-up, then the median of ``repeats``
+    timed generates, so one stall of a shared core does not become the published number."""
+    if repeats < 1:
+        raise CoopPruneError(f"repeats must be at least 1, got {repeats}")
     from coopprune.models import load_model
 
     loaded = load_model(str(checkpoint))
@@ -52,10 +58,14 @@ def measure_speed(
             kwargs = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, use_cache=True,
                           attention_mask=torch.ones_like(prompt), pad_token_id=0)
             model.generate(prompt, **{**kwargs, "max_new_tokens": 2, "min_new_tokens": 2})  # warm-up
-            start = time.perf_counter()
-            model.generate(prompt, **kwargs)
-            rates[batch] = batch * new_tokens / (time.perf_counter() - start)
-    return SpeedResult(rates, new_tokens, prompt_tokens, peak_rss_mb(), sum(p.numel() for p in model.parameters()))
+            seconds = []
+            for _ in range(repeats):
+                start = time.perf_counter()
+                model.generate(prompt, **kwargs)
+                seconds.append(time.perf_counter() - start)
+            rates[batch] = batch * new_tokens / statistics.median(seconds)
+    parameters = sum(p.numel() for p in model.parameters())
+    return SpeedResult(rates, new_tokens, prompt_tokens, peak_rss_mb(), parameters, repeats=repeats)
 
 
 def peak_rss_mb() -> float:
@@ -71,10 +81,11 @@ def peak_rss_mb() -> float:
 
 def measure_speed_isolated(
     checkpoint: str | Path, batch_sizes: tuple[int, ...] = (1, 8), new_tokens: int = 32, prompt_tokens: int = 32,
+    repeats: int = 3,
 ) -> SpeedResult:
     """``measure_speed`` in a fresh interpreter, so its peak memory is this model's alone."""
     command = [sys.executable, "-m", "coopprune.speed", str(checkpoint), "--new-tokens", str(new_tokens),
-               "--prompt-tokens", str(prompt_tokens), "--batch", *map(str, batch_sizes)]
+               "--prompt-tokens", str(prompt_tokens), "--repeats", str(repeats), "--batch", *map(str, batch_sizes)]
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
         tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
@@ -92,8 +103,9 @@ def _main() -> None:
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--prompt-tokens", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=3, help="timed generates per batch size; the median is kept")
     args = parser.parse_args()
-    result = measure_speed(args.checkpoint, tuple(args.batch), args.new_tokens, args.prompt_tokens)
+    result = measure_speed(args.checkpoint, tuple(args.batch), args.new_tokens, args.prompt_tokens, args.repeats)
     print(json.dumps(result.to_json()))
 
 

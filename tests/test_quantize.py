@@ -5,11 +5,12 @@ import json
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
 from coopprune import pipeline
 from coopprune.errors import CoopPruneError
 from coopprune.models import load_model
-from coopprune.quantize import KEEP_FLOAT, QUANT_FILE, quantize_int8, save_quantized
+from coopprune.quantize import KEEP_FLOAT, QUANT_FILE, WEIGHTS_FILE, quantize_int8, save_quantized
 
 
 def logits(model, ids):
@@ -95,3 +96,42 @@ def test_cli_quantize_then_eval(tiny_checkpoint, text_file, tmp_path):
     proc = cli("eval", str(tmp_path / "int8"), "--ppl-text", str(text_file), "--window", "32", "-q")
     assert proc.returncode == 0 and "perplexity" in proc.stdout, proc.stderr
     assert_user_error(cli("quantize", str(tiny_checkpoint), "--out", str(tmp_path / "int8")), "exists")
+
+
+def test_a_shared_embedding_and_head_is_written_once_and_tied_again(tmp_path):
+    from tiny import save_tiny
+
+    loaded = load_model(str(save_tiny(tmp_path / "gemma2", "gemma2", n_layers=2)))  # ties embedding and LM head
+    assert loaded.model.lm_head.weight is loaded.model.model.embed_tokens.weight
+    quantize_int8(loaded.model)
+    folder = save_quantized(loaded.model, loaded.tokenizer, tmp_path / "int8")
+    assert json.loads((folder / QUANT_FILE).read_text())["tied"] == {"lm_head.weight": "model.embed_tokens.weight"}
+    assert "lm_head.weight" not in load_file(str(folder / WEIGHTS_FILE))
+    reloaded = load_model(str(folder)).model
+    assert reloaded.lm_head.weight is reloaded.model.embed_tokens.weight
+    ids = torch.randint(0, 300, (2, 16), generator=torch.Generator().manual_seed(0))
+    assert torch.equal(logits(reloaded, ids), logits(loaded.model, ids))
+
+
+def test_a_checkpoint_that_stores_the_shared_weight_twice_still_loads(quantized_checkpoint, tmp_path):
+    """Checkpoints written before ties were recorded hold every float key and no ``tied`` entry."""
+    import shutil
+
+    folder, in_memory = quantized_checkpoint
+    old = shutil.copytree(folder, tmp_path / "old")
+    spec = json.loads((old / QUANT_FILE).read_text())
+    spec.pop("tied")
+    (old / QUANT_FILE).write_text(json.dumps(spec))
+    ids = torch.randint(0, 300, (2, 16), generator=torch.Generator().manual_seed(0))
+    assert torch.equal(logits(load_model(str(old)).model, ids), logits(in_memory.model, ids))
+
+
+def test_a_weights_file_that_does_not_match_the_config_is_a_clear_error(quantized_checkpoint, tmp_path):
+    import shutil
+
+    old = shutil.copytree(quantized_checkpoint[0], tmp_path / "broken")
+    tensors = load_file(str(old / WEIGHTS_FILE))
+    tensors.pop("model.norm.weight")
+    save_file(tensors, str(old / WEIGHTS_FILE))
+    with pytest.raises(CoopPruneError, match="do not match"):
+        load_model(str(old))

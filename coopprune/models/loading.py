@@ -158,6 +158,6 @@ def _hash_value(digest: Any, value: object) -> None:
             for part in (value.q_per_channel_scales(), value.q_per_channel_zero_points()):
                 digest.update(part.contiguous().numpy().tobytes())
             value = value.int_repr()
-        digest.update(value.detach().contiguous().cpu().reshape(-1).view(torch.uint8).numpy().tobytes())
+        digest.update(value.detach().contiguous().cpu().reshape(-1).view(torch.uint8).numpy())  # no copy
     else:
         digest.update(str(value).encode())
