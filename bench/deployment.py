@@ -9,9 +9,9 @@ Quantization (k = 6, the paper's method ``semivalue``), both orders, against the
   before measuring. Two schemes (``--schemes``): the library's default (LM head and MLP output
   projections kept fp32, whose inputs carry the outliers that per-tensor int8 activations cannot
   hold) and every linear layer int8.
-Inference gain: tokens/s at batch 1 and 8 (128 new tokens; median of three timed generates) and
-peak memory of the base model and of the pruned model at each k (the quality bench's semivalue
-selections), each in a fresh process.
+Inference gain: tokens/s at batch 1 and 8 (128 new tokens) and peak memory of the base model and
+of the pruned model at each k (the quality bench's semivalue selections): ``--rounds`` fresh
+processes per model, the models interleaved, median and range published.
 
 Needs bench/quality.py's selections (``--stages select``) in the same ``--work``; cells are cached.
 
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -169,31 +170,54 @@ def fmt(value: float | None, digits: int) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
+def _rate(row: dict[str, Any], batch: str) -> str:
+    low, high = row.get("tokens_per_s_range", {}).get(batch, (None, None))
+    spread = "" if low is None else f" ({low:.1f}-{high:.1f})"
+    return f"{row['tokens_per_s'][batch]:.1f}{spread}"
+
+
 def _base_folder() -> Path:
     from coopprune.fetch import fetch_default_model
 
     return Path(fetch_default_model())
 
 
-def inference(work: Path, ks: list[int]) -> list[dict[str, Any]]:
+def inference(work: Path, ks: list[int], rounds: int) -> list[dict[str, Any]]:
+    """Each model in a fresh process, ``rounds`` times, the models interleaved within a round: drift
+    of a shared machine (batch-8 rates of same-size models differed by up to 30 % when each was
+    timed once, one after another) lands on every model alike; the median over rounds is
+    published with its range."""
     folder = work / "deployment"
-    rows = [
-        {
-            "model": "base",
-            "k": 0,
-            **measure(str(_base_folder()), folder / "speed-base.json", 0, perplexity=False, zero_shot=False),
-        }
-    ]
-    for k in ks:
-        ckpt = pruned_checkpoint(work, "semivalue", k)
-        rows.append(
-            {
-                "model": f"semivalue k={k}",
-                "k": k,
-                **measure(str(ckpt), folder / f"speed-{k}.json", 0, perplexity=False, zero_shot=False),
-            }
-        )
+    models = [("base", 0, _base_folder())] + [(f"semivalue k={k}", k, pruned_checkpoint(work, "semivalue", k)) for k in ks]
+    caches = {name: folder / f"inference-{k}.json" for name, k, _ in models}
+    done = {name: json.loads(c.read_text()) if c.is_file() else {"rounds": []} for name, c in caches.items()}
+    for r in range(rounds):
+        for name, k, checkpoint in models:
+            if len(done[name]["rounds"]) > r:
+                continue
+            speed = measure_speed_isolated(checkpoint, (1, 8), new_tokens=128, repeats=1)
+            done[name]["rounds"].append({"tokens_per_s": {str(b): v for b, v in speed.tokens_per_second.items()},
+                                         "peak_rss_mb": speed.peak_rss_mb})
+            done[name]["layers"] = _layers(checkpoint)
+            write_json(caches[name], done[name])
+            print(f"round {r + 1}/{rounds} {name}: {speed.tokens_per_second}", flush=True)
+    rows = []
+    for name, k, checkpoint in models:
+        measured = done[name]["rounds"][:rounds]
+        rates = {b: [m["tokens_per_s"][b] for m in measured] for b in ("1", "8")}
+        rows.append({
+            "model": name, "k": k, "checkpoint": str(checkpoint), "layers": done[name]["layers"], "rounds": len(measured),
+            "tokens_per_s": {b: statistics.median(v) for b, v in rates.items()},
+            "tokens_per_s_range": {b: [min(v), max(v)] for b, v in rates.items()},
+            "peak_rss_mb": statistics.median(m["peak_rss_mb"] for m in measured),
+        })
     return rows
+
+
+def _layers(checkpoint: Path) -> int:
+    from transformers import AutoConfig
+
+    return int(AutoConfig.from_pretrained(checkpoint).num_hidden_layers)
 
 
 def main() -> None:
@@ -203,6 +227,7 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=200)
     parser.add_argument("--ks", type=int, nargs="+", default=[3, 6, 9, 12])
     parser.add_argument("--schemes", nargs="+", default=list(SCHEMES), choices=list(SCHEMES))
+    parser.add_argument("--rounds", type=int, default=3, help="inference: fresh-process measurements per model")
     args = parser.parse_args()
     # a stage not run keeps the rows it published earlier, so running one stage never drops the other
     previous = json.loads((RESULTS / "deployment.json").read_text()) if (RESULTS / "deployment.json").is_file() else {}
@@ -210,7 +235,7 @@ def main() -> None:
     if "quantization" in args.stages:
         out["quantization"] = quantization(args.work, args.limit, args.schemes)
     if "inference" in args.stages:
-        out["inference"] = inference(args.work, args.ks)
+        out["inference"] = inference(args.work, args.ks, args.rounds)
     lines = []
     if "quantization" in out:
         rows = out["quantization"]
@@ -229,15 +254,16 @@ def main() -> None:
         base = rows[0]["tokens_per_s"]
         lines += [
             "",
-            "| model | layers | tokens/s b=1 | tokens/s b=8 | speed-up b=1 / b=8 | peak RSS MB |",
+            "| model | layers | tokens/s b=1 (range) | tokens/s b=8 (range) | speed-up b=1 / b=8 | peak RSS MB |",
             "|---|---|---|---|---|---|",
         ]
         lines += [
-            f"| {r['model']} | {r['layers']} | {r['tokens_per_s']['1']:.1f} | {r['tokens_per_s']['8']:.1f} | "
+            f"| {r['model']} | {r['layers']} | {_rate(r, '1')} | {_rate(r, '8')} | "
             f"{r['tokens_per_s']['1'] / base['1']:.2f}x / {r['tokens_per_s']['8'] / base['8']:.2f}x | "
             f"{r['peak_rss_mb']:.0f} |"
             for r in rows
         ]
+        lines += ["", f"Median of {rows[0].get('rounds', 1)} fresh-process measurements per model, models interleaved."]
     RESULTS.mkdir(exist_ok=True)
     write_json(RESULTS / "deployment.json", out)
     (RESULTS / "deployment.md").write_text("\n".join(lines) + "\n")

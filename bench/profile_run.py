@@ -4,7 +4,10 @@ Reads the latest ``prune_release`` flow run from the Prefect database of ``PREFE
 (``make run`` uses ``.prefect``), sums the task runs by task (the mask shards together) and
 saves the table. Run ``make run`` first; this measures nothing itself.
 
-    PREFECT_HOME=.prefect python bench/profile_run.py
+    PREFECT_HOME=.prefect PREFECT_SERVER_ANALYTICS_ENABLED=false python bench/profile_run.py
+
+(without the second variable Prefect's telemetry may print a "database is locked" traceback
+while the table is read; the table is still right)
 """
 
 from __future__ import annotations

@@ -110,7 +110,7 @@ def main() -> None:
         section("3. Cost: mask evaluation engine", ".venv/bin/python bench/engine_speed.py", "engine_speed.json", engine_speed()),
         section("3b. All methods at k = 6 on one shared sweep", ".venv/bin/python bench/methods_smollm2.py --work DIR",
                 "methods_smollm2.md", read("methods_smollm2.md")),
-        section("3c. Cost: where one `make run` spends its time", "make run && PREFECT_HOME=.prefect .venv/bin/python bench/profile_run.py",
+        section("3c. Cost: where one `make run` spends its time", "make run && PREFECT_HOME=.prefect PREFECT_SERVER_ANALYTICS_ENABLED=false .venv/bin/python bench/profile_run.py",
                 "run_profile.md", read("run_profile.md")),
         section("3d. The engine on a GPU", ".venv/bin/python bench/engine_speed.py --device cuda --random-weights "
                 "config.json [--dtype bfloat16] [--n-windows 64]", "engine_speed_cuda_*.json", engine_on_accelerators()),

@@ -99,18 +99,19 @@ def test_cli_quantize_then_eval(tiny_checkpoint, text_file, tmp_path):
 
 
 def test_a_shared_embedding_and_head_is_written_once_and_tied_again(tmp_path):
-    from tiny import save_tiny
+    from tiny import tiny_model, tiny_tokenizer
 
-    loaded = load_model(str(save_tiny(tmp_path / "gemma2", "gemma2", n_layers=2)))  # ties embedding and LM head
-    assert loaded.model.lm_head.weight is loaded.model.model.embed_tokens.weight
-    quantize_int8(loaded.model)
-    folder = save_quantized(loaded.model, loaded.tokenizer, tmp_path / "int8")
+    model = tiny_model("llama", n_layers=2)
+    model.config.tie_word_embeddings = True  # as SmolLM2: the LM head is the embedding matrix
+    model.lm_head.weight = model.model.embed_tokens.weight
+    quantize_int8(model)
+    folder = save_quantized(model, tiny_tokenizer(), tmp_path / "int8")
     assert json.loads((folder / QUANT_FILE).read_text())["tied"] == {"lm_head.weight": "model.embed_tokens.weight"}
     assert "lm_head.weight" not in load_file(str(folder / WEIGHTS_FILE))
     reloaded = load_model(str(folder)).model
     assert reloaded.lm_head.weight is reloaded.model.embed_tokens.weight
     ids = torch.randint(0, 300, (2, 16), generator=torch.Generator().manual_seed(0))
-    assert torch.equal(logits(reloaded, ids), logits(loaded.model, ids))
+    assert torch.equal(logits(reloaded, ids), logits(model, ids))
 
 
 def test_a_checkpoint_that_stores_the_shared_weight_twice_still_loads(quantized_checkpoint, tmp_path):
