@@ -11,6 +11,7 @@ modules bit for bit. ``coopprune.models.load_model`` reads such folders transpar
 from __future__ import annotations
 
 import json
+import threading
 import warnings
 from contextlib import contextmanager
 from collections.abc import Iterator, Sequence
@@ -25,6 +26,11 @@ from coopprune.atomic import atomic_dir, write_json
 from coopprune.errors import CoopPruneError
 
 QUANT_FILE = "quantization.json"
+#: accelerate's ``init_empty_weights`` patches ``nn.Module.register_parameter`` for the whole
+#: process while the skeleton is built: loads overlapping in threads (a Prefect thread runner
+#: evaluating shards of an int8 model) would put each other's parameters on the meta device, and
+#: the last to leave could restore the patch. So int8 loads run one at a time.
+_LOAD_LOCK = threading.Lock()
 WEIGHTS_FILE = "model.safetensors"
 METHOD = "int8-dynamic"
 
@@ -120,9 +126,13 @@ def load_quantized(folder: str | Path, trust_remote_code: bool = False) -> PreTr
     """The model :func:`save_quantized` wrote. The skeleton is built on the meta device, so no float
     copy of the layers that become int8 is ever allocated (an int8 model loads in less memory than
     its float original, not more)."""
+    with _LOAD_LOCK:
+        return _load_quantized(Path(folder), trust_remote_code)
+
+
+def _load_quantized(folder: Path, trust_remote_code: bool) -> PreTrainedModel:
     from accelerate import init_empty_weights
 
-    folder = Path(folder)
     spec = json.loads((folder / QUANT_FILE).read_text())
     if spec.get("method") != METHOD:
         raise CoopPruneError(f"{folder}: unknown quantization '{spec.get('method')}', expected {METHOD}")

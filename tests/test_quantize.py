@@ -136,3 +136,14 @@ def test_a_weights_file_that_does_not_match_the_config_is_a_clear_error(quantize
     save_file(tensors, str(old / WEIGHTS_FILE))
     with pytest.raises(CoopPruneError, match="do not match"):
         load_model(str(old))
+
+
+def test_loads_overlapping_in_threads_leave_torch_unpatched(quantized_checkpoint):
+    from concurrent.futures import ThreadPoolExecutor
+
+    register = torch.nn.Module.register_parameter
+    with ThreadPoolExecutor(4) as pool:
+        models = list(pool.map(lambda _: load_model(str(quantized_checkpoint[0])).model, range(4)))
+    assert torch.nn.Module.register_parameter is register
+    assert not any(p.is_meta for m in models for p in m.parameters())
+    assert not torch.nn.Linear(2, 2).weight.is_meta
