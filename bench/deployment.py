@@ -198,7 +198,6 @@ def inference(work: Path, ks: list[int], rounds: int) -> list[dict[str, Any]]:
             speed = measure_speed_isolated(checkpoint, (1, 8), new_tokens=128, repeats=1)
             done[name]["rounds"].append({"tokens_per_s": {str(b): v for b, v in speed.tokens_per_second.items()},
                                          "peak_rss_mb": speed.peak_rss_mb})
-            done[name]["layers"] = _layers(checkpoint)
             write_json(caches[name], done[name])
             print(f"round {r + 1}/{rounds} {name}: {speed.tokens_per_second}", flush=True)
     rows = []
@@ -206,18 +205,13 @@ def inference(work: Path, ks: list[int], rounds: int) -> list[dict[str, Any]]:
         measured = done[name]["rounds"][:rounds]
         rates = {b: [m["tokens_per_s"][b] for m in measured] for b in ("1", "8")}
         rows.append({
-            "model": name, "k": k, "checkpoint": str(checkpoint), "layers": done[name]["layers"], "rounds": len(measured),
+            "model": name, "k": k, "checkpoint": str(checkpoint), "layers": pipeline.model_depth(str(checkpoint)),
+            "rounds": len(measured),
             "tokens_per_s": {b: statistics.median(v) for b, v in rates.items()},
             "tokens_per_s_range": {b: [min(v), max(v)] for b, v in rates.items()},
             "peak_rss_mb": statistics.median(m["peak_rss_mb"] for m in measured),
         })
     return rows
-
-
-def _layers(checkpoint: Path) -> int:
-    from transformers import AutoConfig
-
-    return int(AutoConfig.from_pretrained(checkpoint).num_hidden_layers)
 
 
 def main() -> None:

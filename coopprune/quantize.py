@@ -26,13 +26,13 @@ from coopprune.atomic import atomic_dir, write_json
 from coopprune.errors import CoopPruneError
 
 QUANT_FILE = "quantization.json"
+WEIGHTS_FILE = "model.safetensors"
+METHOD = "int8-dynamic"
 #: accelerate's ``init_empty_weights`` patches ``nn.Module.register_parameter`` for the whole
 #: process while the skeleton is built: loads overlapping in threads (a Prefect thread runner
 #: evaluating shards of an int8 model) would put each other's parameters on the meta device, and
 #: the last to leave could restore the patch. So int8 loads run one at a time.
 _LOAD_LOCK = threading.Lock()
-WEIGHTS_FILE = "model.safetensors"
-METHOD = "int8-dynamic"
 
 
 @contextmanager
