@@ -4,6 +4,7 @@ A dropped layer is skipped, not zeroed: the model runs on a view of its kept lay
 exactly the pruned model's logits and saves the dropped layers' compute. Masks are evaluated in
 lexicographic order so consecutive masks share a prefix of decisions; the output of every layer
 is cached per depth and the next mask resumes from the deepest layer it shares with the last.
+What the logits are reduced to (NLL of the text, or KL to the base model) is the ``objective``.
 """
 
 from __future__ import annotations
@@ -20,11 +21,12 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 
 from coopprune.models.architectures import Architecture
+from coopprune.objective import NextTokenNLL, Objective, token_nll  # noqa: F401  (token_nll: re-exported)
 
 
 @dataclass(frozen=True)
 class MaskResult:
-    """Mean next-token NLL of one mask over the calibration windows."""
+    """Mean per-token objective of one mask over the calibration windows (NLL, or KL to the base)."""
 
     loss: float
     tokens: int
@@ -33,18 +35,6 @@ class MaskResult:
     @property
     def perplexity(self) -> float:
         return math.exp(self.loss) if math.isfinite(self.loss) and self.loss < 700 else math.inf
-
-
-def token_nll(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
-    """Summed next-token negative log-likelihood, the quantity every utility is built on.
-
-    The last position has no target and is ignored rather than sliced off: slicing would copy
-    the whole [N, T, vocab] logits tensor on every mask.
-    """
-    labels = torch.cat([input_ids[:, 1:], torch.full_like(input_ids[:, :1], -100)], dim=1)
-    return nn.functional.cross_entropy(
-        logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), ignore_index=-100, reduction="sum"
-    )
 
 
 class _Replay(nn.Module):
@@ -75,6 +65,8 @@ class MaskEvaluator:
 
     ``windows``: LongTensor [N, T] of calibration tokens; ``batch_size`` windows run at once.
     ``share_prefixes=False`` recomputes every mask from the embeddings (used to check and bench).
+    ``objective``: next-token NLL (default) or :class:`~coopprune.objective.KLToBase`, whose base
+    log-probabilities are computed once per batch, on the first evaluation.
     """
 
     def __init__(
@@ -84,6 +76,7 @@ class MaskEvaluator:
         windows: torch.Tensor,
         batch_size: int = 16,
         share_prefixes: bool = True,
+        objective: Objective | None = None,
     ) -> None:
         if windows.ndim != 2 or windows.shape[1] < 2:
             raise ValueError("windows must be a [N, T>=2] token tensor")
@@ -91,11 +84,31 @@ class MaskEvaluator:
         self.architecture = architecture
         self.layers = list(architecture.layers(model))
         self.n_layers = len(self.layers)
-        windows = windows.to(model.device)  # once, not per mask
+        self.batch_size = batch_size
+        self.windows = windows.to(model.device)  # once, not per mask
+        windows = self.windows
+        self.objective = objective or NextTokenNLL()
+        self._references: list[object] | None = None
         self.batches = [windows[i : i + batch_size] for i in range(0, len(windows), batch_size)]
         self.tokens = int(windows.shape[0] * (windows.shape[1] - 1))
         self.share_prefixes = share_prefixes
         self._full_loss: float | None = None
+
+    def subset(self, rows: list[int]) -> MaskEvaluator:
+        """The same model and objective on some of the windows: a cheaper, noisier screen."""
+        return type(self)(self.model, self.architecture, self.windows[rows], self.batch_size,
+                          self.share_prefixes, self.objective)
+
+    def references(self) -> list[object]:
+        """The objective's per-batch view of the base model (its log-probabilities for KL)."""
+        if self._references is None:
+            with torch.inference_mode():
+                self._references = [
+                    self.objective.reference(self.model(input_ids=b, use_cache=False).logits)
+                    if self.objective.needs_reference else None
+                    for b in self.batches
+                ]
+        return self._references
 
     @property
     def n_players(self) -> int:
@@ -132,23 +145,26 @@ class MaskEvaluator:
         cache: list[dict[int, object]] = [{} for _ in self.batches]
         previous: np.ndarray | None = None
         desc = progress if isinstance(progress, str) else "masks"
+        references = self.references()  # before the recorder's hooks go on
         with torch.inference_mode(), self._recording() as recorder:
             for i in tqdm(order, desc=desc, disable=not progress, unit="mask", leave=False):
                 mask = masks[i]
                 shared = _common_prefix(previous, mask) if self.share_prefixes else 0
                 start = time.perf_counter()
-                nll = 0.0
+                total = 0.0
                 for b, batch in enumerate(self.batches):
                     recorder.target = cache[b]
-                    nll += self._run(batch, mask, shared, cache[b])
-                loss = nll / self.tokens
+                    total += self._run(batch, mask, shared, cache[b], references[b])
+                loss = total / self.tokens
                 results[i] = MaskResult(loss=loss, tokens=self.tokens, seconds=time.perf_counter() - start)
                 previous = mask
                 if on_result is not None:
                     on_result(int(i), results[i])
         return results  # type: ignore[return-value]
 
-    def _run(self, input_ids: torch.Tensor, mask: np.ndarray, shared: int, cache: dict[int, object]) -> float:
+    def _run(
+        self, input_ids: torch.Tensor, mask: np.ndarray, shared: int, cache: dict[int, object], reference: object
+    ) -> float:
         kept = np.flatnonzero(mask).tolist()
         resume = [j for j in kept if j < shared]
         todo = [j for j in kept if j >= shared]
@@ -160,7 +176,7 @@ class MaskEvaluator:
             indices.insert(0, last)
         with self.architecture.stack_view(self.model, modules, indices):
             logits = self.model(input_ids=input_ids, use_cache=False).logits
-        return float(token_nll(logits, input_ids))
+        return self.objective.reduce(logits, input_ids, reference)
 
     def _recording(self) -> _Recorder:
         return _Recorder(self.layers, enabled=self.share_prefixes)

@@ -9,6 +9,10 @@ sweep, every estimator and every later run share one pool of real evaluations).
 A subgame (:meth:`LayerGame.subgame`) fixes some layers as removed and plays over the rest; it
 is how iterative pruning re-runs the game on the pruned model while reusing every evaluation of
 earlier rounds (skipping a layer is exactly the physically pruned model).
+
+Cost is counted two ways: ``evaluations`` (real evaluations on the full calibration set) and
+``cost`` (full-calibration passes, where an evaluation on a screen of some windows,
+:meth:`LayerGame.screen`, counts as that fraction of a pass): the budget rule every method obeys.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from coopprune.dataset import MaskDataset, bits_to_mask, mask_to_bits
 from coopprune.engine import MaskEvaluator, MaskResult
 from coopprune.errors import CoopPruneError
 from coopprune.sampling import normalize_layers
-from coopprune.utility import get_utility
+from coopprune.utility import utility_spec
 
 ADHOC_SEED = -1  # ``seed`` of dataset rows evaluated on demand rather than drawn by the sweep plan
 
@@ -34,6 +38,9 @@ class Game:
         self.protected = normalize_layers(protected, n_players, what="protected player")
         self._values: dict[str, float] = {}
         self.evaluations = 0  # real evaluations consumed (cache hits are free)
+        self.cost = 0.0  # full-calibration passes consumed, screens counted as their fraction
+        self.pass_cost = 1.0  # what one evaluation of this game costs, in full passes
+        self.payer: Game | None = None  # a screen charges its cost to the game it screens for
 
     @property
     def n_players(self) -> int:
@@ -76,10 +83,38 @@ class Game:
     def _record(self, mask: np.ndarray, value: float) -> None:
         self._values[mask_to_bits(mask)] = float(value)
         self.evaluations += 1
+        self.spend(self.pass_cost)
+
+    def spend(self, passes: float) -> None:
+        self.cost += passes
+        if self.payer is not None:
+            self.payer.spend(passes)
 
     def charge(self, passes: int) -> None:
         """Count real forward passes a method made outside ``value_function`` (activations, probes)."""
         self.evaluations += passes
+        self.spend(passes)
+
+    @property
+    def n_windows(self) -> int:
+        """Calibration windows behind one evaluation (what :meth:`screen` takes a share of)."""
+        return 1
+
+    def screen(self, rows: Sequence[int]) -> Game:
+        """The game on some of the calibration windows: cheaper and noisier; ``cost`` counts
+        ``len(rows) / n_windows`` of a pass per evaluation and is charged to this game too."""
+        raise CoopPruneError(f"{type(self).__name__} has no cheaper fidelity to screen on")
+
+    def _screen_rows(self, rows: Sequence[int]) -> list[int]:
+        rows = sorted(set(int(r) for r in rows))
+        if not rows or rows[0] < 0 or rows[-1] >= self.n_windows:
+            raise CoopPruneError(f"a screen takes windows in [0, {self.n_windows}), got {rows}")
+        return rows
+
+    def _as_screen(self, game: Game, rows: list[int]) -> Game:
+        game.pass_cost = len(rows) / self.n_windows
+        game.payer = self
+        return game
 
     def known(self) -> tuple[np.ndarray, np.ndarray]:
         """Every coalition evaluated so far (this session or in a store) and its utility."""
@@ -95,9 +130,27 @@ class Game:
 class FunctionGame(Game):
     """A game whose utility is a plain vectorized function: synthetic games, tests, examples."""
 
-    def __init__(self, n_players: int, fn: Callable[[np.ndarray], np.ndarray], protected: Sequence[int] = ()) -> None:
+    def __init__(
+        self,
+        n_players: int,
+        fn: Callable[[np.ndarray], np.ndarray],
+        protected: Sequence[int] = (),
+        windows: int = 1,
+        screen_fn: Callable[[np.ndarray, list[int]], np.ndarray] | None = None,
+    ) -> None:
         super().__init__(n_players, protected)
         self.fn = fn
+        self._windows = windows
+        self.screen_fn = screen_fn  # (masks, window rows) -> utilities on those windows; None: fn
+
+    @property
+    def n_windows(self) -> int:
+        return self._windows
+
+    def screen(self, rows: Sequence[int]) -> Game:
+        rows = self._screen_rows(rows)
+        fn = self.fn if self.screen_fn is None else (lambda m, f=self.screen_fn, r=rows: f(m, r))
+        return self._as_screen(FunctionGame(self.n_players, fn, self.protected), rows)
 
     def _evaluate(self, masks: np.ndarray) -> None:
         for mask, value in zip(masks, np.asarray(self.fn(masks), dtype=float)):
@@ -120,17 +173,22 @@ class LayerGame(Game):
         progress: bool = False,
     ) -> None:
         super().__init__(evaluator.n_players, protected)
+        spec = utility_spec(utility)
+        if spec.objective != evaluator.objective.kind:
+            raise CoopPruneError(f"utility '{utility}' needs the '{spec.objective}' objective; "
+                                 f"the evaluator computes '{evaluator.objective.kind}'")
         self.evaluator = evaluator
         self.utility_name = utility
-        self._utility = get_utility(utility)
+        self.utility_id = utility + evaluator.objective.id_suffix  # what a mask store must hold
+        self._utility = spec.fn
         self.progress = progress
         self.store = store
         if store is not None:
             identity = store.manifest.identity
-            if identity.utility != utility or identity.n_layers != evaluator.n_players:
+            if identity.utility != self.utility_id or identity.n_layers != evaluator.n_players:
                 raise CoopPruneError(
                     f"mask dataset {store.path} holds '{identity.utility}' utilities over {identity.n_layers} players; "
-                    f"this game needs '{utility}' over {evaluator.n_players}"
+                    f"this game needs '{self.utility_id}' over {evaluator.n_players}"
                 )
             for row in store.rows():
                 self._values[mask_to_bits(np.asarray(row["mask"], dtype=bool))] = float(row["utility"])
@@ -138,6 +196,15 @@ class LayerGame(Game):
     @property
     def player_names(self) -> list[str]:
         return self.evaluator.player_names
+
+    @property
+    def n_windows(self) -> int:
+        return len(self.evaluator.windows)
+
+    def screen(self, rows: Sequence[int]) -> Game:
+        """Screen evaluations are kept in memory only: they are a different game (other windows)."""
+        rows = self._screen_rows(rows)
+        return self._as_screen(LayerGame(self.evaluator.subset(rows), self.utility_name, self.protected), rows)
 
     def _evaluate(self, masks: np.ndarray) -> None:
         full = self.evaluator.full_loss
@@ -210,13 +277,26 @@ class SubGame(Game):
         coalitions = np.atleast_2d(np.asarray(coalitions, dtype=bool))
         if coalitions.ndim != 2 or coalitions.shape[1] != self.n_players:
             raise ValueError(f"coalitions must be a bool [n, {self.n_players}] array, got {coalitions.shape}")
-        before = self.parent.evaluations
+        before, cost = self.parent.evaluations, self.parent.cost
         values = self.parent.value_function(self.lift(coalitions))
         self.evaluations += self.parent.evaluations - before
+        self.spend(self.parent.cost - cost)  # a screen of this subgame passes it on to its payer
         return values
+
+    @property
+    def n_windows(self) -> int:
+        return self.parent.n_windows
+
+    def screen(self, rows: Sequence[int]) -> Game:
+        """The parent's screen, minus the same removed players (its parent pays the parent)."""
+        removed = [i for i in range(self.parent.n_players) if i not in set(self._index)]
+        screened = SubGame(self.parent.screen(rows), removed)
+        screened.payer = self
+        return screened
 
     def charge(self, passes: int) -> None:
         self.evaluations += passes
+        self.cost += passes
         self.parent.charge(passes)
 
     def known(self) -> tuple[np.ndarray, np.ndarray]:

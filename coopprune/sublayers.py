@@ -78,9 +78,11 @@ class SublayerEvaluator(MaskEvaluator):
     def player_names(self) -> list[str]:
         return sublayer_names(range(self.n_layers))
 
-    def _run(self, input_ids: torch.Tensor, mask: np.ndarray, shared: int, cache: dict[int, object]) -> float:
+    def _run(
+        self, input_ids: torch.Tensor, mask: np.ndarray, shared: int, cache: dict[int, object], reference: object
+    ) -> float:
         with self._stand_ins(np.asarray(mask, dtype=bool).reshape(-1, 2)):
-            return super()._run(input_ids, layer_mask(mask), shared // 2, cache)
+            return super()._run(input_ids, layer_mask(mask), shared // 2, cache, reference)
 
     @contextlib.contextmanager
     def _stand_ins(self, pairs: np.ndarray) -> Iterator[None]:

@@ -1,9 +1,16 @@
-"""Utilities of a coalition, computed from its calibration loss and the full model's loss."""
+"""Utilities of a coalition, computed from the mean per-token objective of the masked model.
+
+Two objectives feed them (``coopprune.objective``): next-token NLL on the calibration text
+(``ppl_ratio``, ``loglik_diff``) and the KL divergence of the masked model's next-token
+distribution from the base model's (``kl``). The utility's *id* names both, so a mask store of
+KL utilities is never read as one of PPL ratios (nor a top-K KL store as an exact one).
+"""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from coopprune.errors import CoopPruneError
 
@@ -21,11 +28,35 @@ def loglik_diff(loss: float, full_loss: float) -> float:
     return full_loss - loss if math.isfinite(loss) else math.nan
 
 
-UTILITIES: dict[str, Callable[[float, float], float]] = {"ppl_ratio": ppl_ratio, "loglik_diff": loglik_diff}
+def kl_utility(loss: float, full_loss: float) -> float:
+    """exp(-KL(base || masked)) in (0, 1]: 1 for the full model (whose KL is 0 by definition).
+
+    Scores how far the whole next-token distribution moved, not only the probability of the
+    observed token, which is what held-out text rewards (measured in docs/RESULTS.md).
+    """
+    return math.exp(-max(loss, 0.0)) if math.isfinite(loss) else math.nan
 
 
-def get_utility(name: str) -> Callable[[float, float], float]:
+@dataclass(frozen=True)
+class Utility:
+    name: str
+    objective: str  # "nll" or "kl": what the engine reduces the logits to
+    fn: Callable[[float, float], float]
+
+
+UTILITIES: dict[str, Utility] = {
+    u.name: u
+    for u in (Utility("ppl_ratio", "nll", ppl_ratio), Utility("loglik_diff", "nll", loglik_diff), Utility("kl", "kl", kl_utility))
+}
+
+
+def utility_spec(utility_id: str) -> Utility:
+    """The utility behind an id such as ``ppl_ratio``, ``kl`` or ``kl@top1024``."""
     try:
-        return UTILITIES[name]
+        return UTILITIES[utility_id.split("@", 1)[0]]
     except KeyError:
-        raise CoopPruneError(f"unknown utility '{name}'; choose one of {', '.join(UTILITIES)}") from None
+        raise CoopPruneError(f"unknown utility '{utility_id}'; choose one of {', '.join(UTILITIES)}") from None
+
+
+def get_utility(utility_id: str) -> Callable[[float, float], float]:
+    return utility_spec(utility_id).fn

@@ -1,0 +1,109 @@
+"""What the engine reduces a masked model's logits to: one sum over the predicted positions.
+
+* :class:`NextTokenNLL`: the negative log-likelihood of the calibration text (the paper's game).
+* :class:`KLToBase`: KL(base || masked) of the next-token distributions, EvoPress's fitness. The
+  base model's log-probabilities are computed once per batch of windows and kept; the KL is one
+  more reduction over logits the engine computes anyway, so prefix sharing works unchanged.
+  ``top_k``: keep only the base model's K most likely tokens per position plus the rest of its
+  mass as one "tail" outcome. That is the exact KL between the two distributions coarsened to
+  K + 1 outcomes, a lower bound of the full KL (data-processing inequality), for K/V of the memory;
+  its error is measured by ``bench/kl_topk.py``.
+
+Every sum skips the last position (it has no next token), like :func:`token_nll`, so a mean per
+token is ``sum / (N * (T - 1))`` for every objective.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import torch
+from torch import nn
+
+from coopprune.errors import CoopPruneError
+
+#: Exact KL keeps [windows, T - 1, vocab] float32 base log-probabilities; above this, top-K.
+FULL_KL_MAX_BYTES = 2 << 30
+DEFAULT_TOP_K = 1024
+
+
+def token_nll(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+    """Summed next-token negative log-likelihood.
+
+    The last position has no target and is ignored rather than sliced off: slicing would copy
+    the whole [N, T, vocab] logits tensor on every mask.
+    """
+    labels = torch.cat([input_ids[:, 1:], torch.full_like(input_ids[:, :1], -100)], dim=1)
+    return nn.functional.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), ignore_index=-100, reduction="sum"
+    )
+
+
+class Objective(ABC):
+    kind: str  # the utility family it serves: "nll" or "kl"
+    needs_reference = False
+
+    @property
+    def id_suffix(self) -> str:
+        """Appended to the utility name in a mask store's identity when it changes the numbers."""
+        return ""
+
+    def reference(self, logits: torch.Tensor) -> object:
+        """What the base model's logits on one batch leave for :meth:`reduce` (once per batch)."""
+        return None
+
+    @abstractmethod
+    def reduce(self, logits: torch.Tensor, input_ids: torch.Tensor, reference: object) -> float: ...
+
+
+class NextTokenNLL(Objective):
+    kind = "nll"
+
+    def reduce(self, logits: torch.Tensor, input_ids: torch.Tensor, reference: object) -> float:
+        return float(token_nll(logits, input_ids))
+
+
+class KLToBase(Objective):
+    """Summed KL(base || masked) over the predicted positions; ``top_k=None`` is exact."""
+
+    kind = "kl"
+    needs_reference = True
+
+    def __init__(self, top_k: int | None = None) -> None:
+        if top_k is not None and top_k < 1:
+            raise CoopPruneError(f"KL top-K needs K >= 1, got {top_k}")
+        self.top_k = top_k
+
+    @property
+    def id_suffix(self) -> str:
+        return "" if self.top_k is None else f"@top{self.top_k}"
+
+    def reference(self, logits: torch.Tensor) -> object:
+        logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+        if self.top_k is None or self.top_k >= logp.shape[-1]:
+            return logp
+        values, index = logp.topk(self.top_k, dim=-1)
+        tail = torch.log1p(-values.exp().sum(-1).clamp(max=1 - 1e-7))  # log of the mass outside the top K
+        return values, index.to(torch.int32), tail
+
+    def reduce(self, logits: torch.Tensor, input_ids: torch.Tensor, reference: object) -> float:
+        logq = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+        if isinstance(reference, torch.Tensor):
+            return float(nn.functional.kl_div(logq, reference, log_target=True, reduction="sum"))
+        values, index, tail = reference  # type: ignore[misc]
+        lq = logq.gather(-1, index.long())
+        head = (values.exp() * (values - lq)).sum()
+        q_tail = (1 - lq.exp().sum(-1)).clamp(min=1e-30)
+        return float(head + (tail.exp() * (tail - q_tail.log())).sum())
+
+
+def objective_for(kind: str, n_tokens: int = 0, vocab: int = 0, top_k: int | None = None) -> Objective:
+    """The objective a utility family needs. For KL, ``top_k=None`` means exact when the base
+    log-probabilities of ``n_tokens`` positions fit in :data:`FULL_KL_MAX_BYTES`, else top-1024."""
+    if kind == "nll":
+        return NextTokenNLL()
+    if kind == "kl":
+        if top_k is None and n_tokens * vocab * 4 > FULL_KL_MAX_BYTES:
+            top_k = DEFAULT_TOP_K
+        return KLToBase(top_k)
+    raise CoopPruneError(f"unknown objective '{kind}'")
