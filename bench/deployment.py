@@ -33,7 +33,7 @@ from coopprune.models import load_model
 from coopprune.prune import count_parameters, make_record, prune_layers, save_pruned
 from coopprune.quantize import KEEP_FLOAT, quantize_int8, save_quantized
 from coopprune.speed import measure_speed_isolated
-from coopprune.surrogate import SurrogateConfig
+from coopprune.config import Params
 from coopprune.zeroshot import TASKS as TASK_SPECS
 
 RESULTS = Path(__file__).parent / "results"
@@ -140,15 +140,9 @@ def quantization(work: Path, limit: int, schemes: list[str]) -> list[dict[str, A
         qp = work / "checkpoints" / f"int8-{scheme}-semivalue-6"
         if not (qp / "pruning.json").is_file():
             start = time.perf_counter()
-            result = pipeline.prune(
-                str(q),
-                qp,
-                "semivalue",
-                remove=6,
-                budget=200,
-                overwrite=True,
-                estimator_options={"surrogate": SurrogateConfig(), "bootstrap": 10},
-            )
+            params = Params.from_dict({"model": {"source": str(q)}, "game": {"utility": "ppl_ratio"},
+                                       "prune": {"method": "semivalue", "remove": 6, "budget": 200}})
+            result = pipeline.prune(pipeline.PruneRequest.from_params(params, qp, overwrite=True))
             print(f"game on {q}: removed {result.removed_layers} in {time.perf_counter() - start:.0f}s", flush=True)
         removed = json.loads((qp / "pruning.json").read_text())["removed_layers"]
         rows.append(

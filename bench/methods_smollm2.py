@@ -22,11 +22,10 @@ import numpy as np
 
 from coopprune import pipeline
 from coopprune.config import Params
-from coopprune.surrogate import SurrogateConfig
+from coopprune.sampling import PAPER_REMOVE_RATIOS
 
 RESULTS = Path(__file__).parent / "results"
 METHODS = ["semivalue", "shapley", "shapley-adjusted", "bi", "angular", "ppl", "sleb", "last", "random"]
-SURROGATE = ("semivalue", "shapley", "shapley-adjusted")
 
 
 def main() -> None:
@@ -42,7 +41,8 @@ def main() -> None:
     work = args.work or Path(tempfile.mkdtemp(prefix="coopprune-methods-"))
     params = Params.from_dict({
         "model": {"source": args.model},
-        "sampling": {"per_stratum": args.per_stratum},
+        "game": {"utility": "ppl_ratio"},  # the paper's game, as this table was measured
+        "sampling": {"per_stratum": args.per_stratum, "remove_ratios": list(PAPER_REMOVE_RATIOS)},
         "output_dir": str(work),
     })
     c = params.calibration
@@ -64,16 +64,16 @@ def main() -> None:
             if cell.is_file():  # finished cells are cached: a long run completes over several calls
                 runs.append(json.loads(cell.read_text()))
                 continue
-            options = {"surrogate": SurrogateConfig(), "bootstrap": 10} if method in SURROGATE else {}
             if (out / "pruning.json").is_file():  # pruned by an earlier, interrupted call
                 seconds = json.loads((out / "pruning.json").read_text())["scores"]["seconds"]
             else:
                 t = time.perf_counter()
-                pipeline.prune(
-                    args.model, out, method, remove=args.k, calib=c.source, n_windows=c.n_windows, window=c.window,
-                    seed=c.seed, budget=budget, overwrite=True, progress=False, masks=store.path,
-                    estimator_options=options, estimator_seed=seed if method == "random" else params.sampling.seed,
-                )
+                cell_params = params.model_copy(update={
+                    "prune": params.prune.model_copy(update={"method": method, "remove": args.k, "budget": budget}),
+                    "sampling": params.sampling.model_copy(update={"seed": seed if method == "random" else params.sampling.seed}),
+                })
+                pipeline.prune(pipeline.PruneRequest.from_params(cell_params, out, masks=store.path, overwrite=True,
+                                                                 progress=False))
                 seconds = time.perf_counter() - t
             ppl = pipeline.evaluate_perplexity(str(out), "boolq", 128, args.eval_windows, progress=False).perplexity
             record = json.loads((out / "pruning.json").read_text())

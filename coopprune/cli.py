@@ -36,6 +36,19 @@ def _parse_layers(text: str | None) -> list[int]:
         raise CoopPruneError(f"--protect takes comma-separated layer indices, got '{text}'") from None
 
 
+def _parse_options(items: list[str] | None) -> dict[str, object]:
+    """``NAME=VALUE`` pairs; values are read as YAML scalars (8, 0.5, true, null), else kept as text."""
+    import yaml
+
+    options: dict[str, object] = {}
+    for item in items or []:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise CoopPruneError(f"--option takes NAME=VALUE, got '{item}'")
+        options[name.strip()] = yaml.safe_load(value)
+    return options
+
+
 @app.command("fetch-default")
 def fetch_default(
     data: Annotated[bool, typer.Option(help="Also fetch the benchmark and text data.")] = True,
@@ -58,16 +71,16 @@ def prune(
     method: Annotated[
         str,
         typer.Option(
-            help="semivalue (paper), semivalue-search (its surrogate searched for the best set), shapley, shapley-adjusted; peers: bi, angular, ppl, sleb, last, random; "
+            help="game-search (default: the surrogate screens a set search), semivalue (paper), semivalue-search, shapley, shapley-adjusted; peers: evopress, sleb, bi, angular, ppl, last, random; "
             "reference Shapley estimators: permutation, kernelshap, exact."
         ),
-    ] = "semivalue",
+    ] = "game-search",
     calib: Annotated[str, typer.Option("--calib", help="Calibration text: file, folder, hf:NAME:SPLIT, lambada.")] = "lambada",
     n_windows: Annotated[int, typer.Option(help="Calibration windows.")] = 10,
     window: Annotated[int, typer.Option(help="Tokens per calibration window.")] = 128,
     seed: Annotated[int, typer.Option(help="Seed for every random choice.")] = 0,
     protect: Annotated[str | None, typer.Option(help="Layers never removed, e.g. '0,-1'.")] = None,
-    utility: Annotated[str, typer.Option(help="ppl_ratio (paper) or loglik_diff.")] = "ppl_ratio",
+    utility: Annotated[str, typer.Option(help="kl (KL to the base model, default), ppl_ratio (paper) or loglik_diff.")] = "kl",
     budget: Annotated[int | None, typer.Option(help="Real model evaluations per round (Shapley methods; default 200).")] = None,
     iterative: Annotated[int | None, typer.Option(help="Remove this many layers per round, re-running the game.")] = None,
     players: Annotated[
@@ -76,6 +89,7 @@ def prune(
     masks: Annotated[Path | None, typer.Option(help="Mask dataset (from `coopprune sweep`) to reuse and extend.")] = None,
     bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples for intervals (surrogate refits; permutation/kernelshap: 200 free resamples; 0 turns intervals off).")] = 10,
     surrogate: Annotated[str, typer.Option(help="Surrogate recipe: adam (default, measured) or paper (SGD).")] = "adam",
+    option: Annotated[list[str] | None, typer.Option("--option", "-o", help="A method setting, NAME=VALUE (repeatable), e.g. -o per_round=8.")] = None,
     device: Device = "cpu",
     overwrite: Overwrite = False,
     trust_remote_code: TrustRemoteCode = False,
@@ -83,23 +97,19 @@ def prune(
 ) -> None:
     """Remove the K least-contributing layers and save a standard checkpoint with pruning.json."""
     from coopprune import pipeline
+    from coopprune.config import Params
 
-    from coopprune.estimators import ESTIMATORS
-    from coopprune.estimators.surrogate_based import SurrogateEstimator
-    from coopprune.surrogate import SurrogateConfig
-
-    options = {}
-    if method in ESTIMATORS and issubclass(ESTIMATORS[method], SurrogateEstimator):
-        if surrogate not in ("adam", "paper"):
-            raise CoopPruneError(f"--surrogate must be adam or paper, got '{surrogate}'")
-        options = {"surrogate": SurrogateConfig(recipe=surrogate, seed=seed), "bootstrap": bootstrap}
-    elif method in ("permutation", "kernelshap"):
-        options = {"bootstrap": 0} if bootstrap == 0 else {}  # 200 free resamples of what shapiq evaluated
-    result = pipeline.prune(
-        model, out, method, remove, ratio, calib, n_windows, window, seed, _parse_layers(protect), utility,
-        budget, overwrite=overwrite, trust_remote_code=trust_remote_code, progress=not quiet,
-        iterative=iterative, masks=masks, estimator_options=options, players=players, device=device,
-    )
+    params = Params.from_dict({
+        "model": {"source": model, "trust_remote_code": trust_remote_code, "device": device},
+        "calibration": {"source": calib, "n_windows": n_windows, "window": window, "seed": seed},
+        "game": {"utility": utility, "protected": _parse_layers(protect) or []},
+        "sampling": {"seed": seed},
+        "surrogate": {"recipe": surrogate, "seed": seed},
+        "prune": {"method": method, "remove": remove, "ratio": ratio, "iterative": iterative, "budget": budget,
+                  "bootstrap": bootstrap, "players": players, "options": {method: _parse_options(option)}},
+    }, where="options")
+    request = pipeline.PruneRequest.from_params(params, out, masks=masks, overwrite=overwrite, progress=not quiet)
+    result = pipeline.prune(request)
     typer.echo(f"removed layers {result.removed_layers} using {result.evaluations} real forward passes")
     typer.echo(str(result.out_dir))
 

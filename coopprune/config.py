@@ -3,11 +3,12 @@ unknown key, wrong type or impossible value, before a model is loaded."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from coopprune.errors import CoopPruneError
 
@@ -21,7 +22,14 @@ class ModelParams(_Section):
     revision: str | None = None
     trust_remote_code: bool = False
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"  # loaded, scored and saved in this dtype
-    device: str = Field("cpu", pattern=r"^(cpu|auto|mps|cuda(:\d+)?)$")  # where the game's forward passes run
+    device: str = "cpu"  # where the game's forward passes run: cpu, auto, mps, cuda or cuda:N
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, value: str) -> str:
+        if not re.fullmatch(r"cpu|auto|mps|cuda(:\d+)?", value):
+            raise ValueError(f"unknown device '{value}'; use cpu, cuda, cuda:N, mps or auto")
+        return value
 
 
 class CalibrationParams(_Section):
@@ -33,8 +41,9 @@ class CalibrationParams(_Section):
 
 
 class GameParams(_Section):
-    utility: Literal["ppl_ratio", "loglik_diff"] = "ppl_ratio"
+    utility: Literal["kl", "ppl_ratio", "loglik_diff"] = "kl"
     protected: list[int] = []
+    kl_top_k: int | None = Field(None, ge=512)  # None: exact KL where the base log-probs fit in 2 GiB, else top-1024
 
 
 class SamplingParams(_Section):
@@ -67,12 +76,30 @@ class SurrogateParams(_Section):
 
 
 class PruneParams(_Section):
-    method: str = "semivalue"
+    method: str = "game-search"
     remove: int | None = 6
     ratio: float | None = None
     iterative: int | None = Field(None, ge=1)  # layers per round; None = one shot
-    budget: int | None = Field(None, ge=1)  # real evaluations; None = the sweep's masks
+    budget: int | None = Field(None, ge=1)  # real evaluations; None = the method's default (sweep-based: the sweep's masks)
     bootstrap: int = Field(10, ge=0)  # surrogate refits for intervals and bottom-k stability
+    players: Literal["layers", "sublayers"] = "layers"
+    #: each method's own settings, by method name (e.g. ``game-search: {per_round: 8}``): switching
+    #: ``method`` keeps the others' settings for later, and only the chosen method's are used
+    options: dict[str, dict[str, Any]] = {}
+
+    @model_validator(mode="after")
+    def _known_options(self) -> PruneParams:
+        from coopprune.estimators import ESTIMATORS
+
+        for method, options in self.options.items():
+            if method not in ESTIMATORS:
+                raise ValueError(f"options for unknown method '{method}'; choose one of {', '.join(sorted(ESTIMATORS))}")
+            ESTIMATORS[method].check_options(options)
+        return self
+
+    @property
+    def method_options(self) -> dict[str, Any]:
+        return dict(self.options.get(self.method, {}))
 
     @model_validator(mode="after")
     def _known_method(self) -> PruneParams:
@@ -172,5 +199,5 @@ class Params(_Section):
         except ValidationError as exc:
             err = exc.errors()[0]
             key = ".".join(str(p) for p in err["loc"]) or "(top level)"
-            msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+            msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, ")
             raise CoopPruneError(f"{where}: {key}: {msg}") from None

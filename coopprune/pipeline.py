@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from dataclasses import asdict, dataclass
@@ -9,10 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from coopprune.atomic import atomic_dir, write_csv, write_json
 from coopprune.calibration import Windows, calibration_windows, evaluation_windows, load_texts, text_fingerprint
-from coopprune.config import Params
+from coopprune.config import CalibrationParams, GameParams, ModelParams, Params, PruneParams, SamplingParams, SurrogateParams
 from coopprune.engine import MaskEvaluator
 from coopprune.errors import CoopPruneError
 from coopprune.dataset import Manifest, MaskDataset
@@ -22,6 +24,7 @@ from coopprune.game import LayerGame
 from coopprune.models import LoadedModel, load_model
 from coopprune.models.loading import load_config
 from coopprune.models.architectures import architecture_for
+from coopprune.objective import objective_for
 from coopprune.prune import check_output_dir, count_parameters, make_record, prune_layers, save_pruned
 from coopprune.sampling import PAPER_REMOVE_RATIOS, StrataPlan, normalize_layers, removal_count
 from coopprune.report import write_report
@@ -29,6 +32,7 @@ from coopprune.strategy import Selection, select_by_cost, select_players
 from coopprune.sublayers import SublayerEvaluator, check_sublayers, sublayer_parameters, zero_half_layers
 from coopprune.surrogate import Surrogate, SurrogateConfig, fit_validated
 from coopprune.sweep import plan_manifest, run_shard, run_sweep
+from coopprune.utility import utility_spec
 
 
 def model_depth(source: str, revision: str | None = None, trust_remote_code: bool = False, with_architecture: bool = False):
@@ -58,71 +62,79 @@ class PruneResult:
         return self.selection.evaluations if self.selection is not None else self.recorded_evaluations
 
 
-def prune(
-    model: str,
-    out_dir: str | Path,
-    method: str = "ppl",
-    remove: int | None = None,
-    ratio: float | None = None,
-    calib: str = "lambada",
-    n_windows: int = 10,
-    window: int = 128,
-    seed: int = 0,
-    protected: list[int] | None = None,
-    utility: str = "ppl_ratio",
-    budget: int | None = None,
-    batch_size: int = 10,
-    overwrite: bool = False,
-    trust_remote_code: bool = False,
-    progress: bool = True,
-    iterative: int | None = None,
-    masks: str | Path | None = None,
-    estimator_options: dict[str, Any] | None = None,
-    estimator_seed: int | None = None,
-    players: str = "layers",
-    decision_only: bool = False,
-    dtype: str = "float32",
-    device: str = "cpu",
-) -> PruneResult:
-    """Score every layer with ``method``, remove the least-contributing ones, save the checkpoint.
+@dataclass(frozen=True)
+class PruneRequest:
+    """One pruning job: the params' sections it reads, plus where it writes. The single way into
+    :func:`prune`; the CLI, the flow and the benches build it (``from_params``) instead of passing
+    two dozen keywords."""
 
-    ``iterative``: layers removed per round (the game is re-run on the pruned model between
+    out_dir: Path
+    model: ModelParams = ModelParams()
+    calibration: CalibrationParams = CalibrationParams()
+    game: GameParams = GameParams()
+    sampling: SamplingParams = SamplingParams()
+    surrogate: SurrogateParams = SurrogateParams()
+    prune: PruneParams = PruneParams()
+    masks: Path | None = None  # a mask dataset of the same model and calibration to reuse and extend
+    overwrite: bool = False
+    decision_only: bool = False  # contributions report + decision.json, no checkpoint (two DVC stages)
+    progress: bool = True
+
+    @classmethod
+    def from_params(cls, params: Params, out_dir: str | Path, **fields: Any) -> PruneRequest:
+        return cls(out_dir=Path(out_dir), model=params.model, calibration=params.calibration, game=params.game,
+                   sampling=params.sampling, surrogate=params.surrogate, prune=params.prune, **fields)
+
+
+def build_evaluator(loaded: LoadedModel, windows: torch.Tensor, batch_size: int, game: GameParams,
+                    sublayers: bool = False) -> MaskEvaluator:
+    """The engine on these windows, reducing logits to what the game's utility needs."""
+    vocab = int(loaded.model.get_output_embeddings().weight.shape[0])
+    tokens = int(windows.shape[0] * (windows.shape[1] - 1))
+    objective = objective_for(utility_spec(game.utility).objective, tokens, vocab, game.kl_top_k)
+    return (SublayerEvaluator if sublayers else MaskEvaluator)(
+        loaded.model, loaded.architecture, windows, batch_size, objective=objective)
+
+
+def prune(request: PruneRequest) -> PruneResult:
+    """Score every layer with the method, remove the least-contributing ones, save the checkpoint.
+
+    ``prune.iterative``: layers removed per round (the game is re-run on the pruned model between
     rounds). ``masks``: a mask dataset of the same model and calibration (e.g. the sweep's) whose
     evaluations are reused and extended. ``decision_only``: write the contributions report and
     ``decision.json`` to ``out_dir`` instead of a checkpoint (``apply_decision`` prunes later:
     the two DVC stages). Every argument is checked before weights are read.
     """
-    out = check_output_dir(out_dir, overwrite)
-    estimator = get_estimator(method, **(estimator_options or {}))
-    if players not in ("layers", "sublayers"):
-        raise CoopPruneError(f"--players must be layers or sublayers, got '{players}'")
-    sublayers = players == "sublayers"
-    if sublayers and iterative is not None:
+    r, p, c, m = request, request.prune, request.calibration, request.model
+    out = check_output_dir(r.out_dir, r.overwrite)
+    sublayers = p.players == "sublayers"
+    if sublayers and p.iterative is not None:
         raise CoopPruneError("iterative pruning works on layer players; use one shot with --players sublayers")
-    n_layers, architecture = model_depth(model, trust_remote_code=trust_remote_code, with_architecture=True)
+    n_layers, architecture = model_depth(m.source, m.revision, m.trust_remote_code, with_architecture=True)
+    estimator = get_estimator(p.method, **estimator_options(r, n_layers))
     if sublayers:
         check_sublayers(architecture)
-    k = removal_count(n_layers, remove, ratio)
-    prot = normalize_layers(protected or [], n_layers)
+    k = removal_count(n_layers, p.remove, p.ratio)
+    prot = normalize_layers(r.game.protected, n_layers)
     if k > n_layers - len(prot):
         raise CoopPruneError(f"cannot remove {k} layers: protected layers {list(prot)} leave {n_layers - len(prot)}")
-    if iterative is not None and not 1 <= iterative <= k:
-        raise CoopPruneError(f"--iterative takes a number of layers per round in [1, {k}], got {iterative}")
-    store = MaskDataset.open(masks) if masks is not None else None
-    docs = load_texts(calib)
+    if p.iterative is not None and not 1 <= p.iterative <= k:
+        raise CoopPruneError(f"--iterative takes a number of layers per round in [1, {k}], got {p.iterative}")
+    budget = p.budget
+    estimator.check(2 * n_layers if sublayers else n_layers, p.iterative or k, budget)
+    store = MaskDataset.open(r.masks) if r.masks is not None else None
+    docs = load_texts(c.source)
     if not docs:
-        raise CoopPruneError(f"calibration text is empty: {calib}")
+        raise CoopPruneError(f"calibration text is empty: {c.source}")
 
-    loaded = load_model(model, trust_remote_code=trust_remote_code, dtype=dtype, device=device)
-    windows = calibration_windows(loaded.tokenizer, docs, n_windows, window, seed)
+    loaded = load_model(m.source, m.revision, m.trust_remote_code, m.dtype, m.device)
+    windows = calibration_windows(loaded.tokenizer, docs, c.n_windows, c.window, c.seed)
     if store is not None:
         check_store(store, loaded.fingerprint, windows.fingerprint)
-    evaluator = (SublayerEvaluator if sublayers else MaskEvaluator)(
-        loaded.model, loaded.architecture, windows.input_ids, batch_size
-    )
+    evaluator = build_evaluator(loaded, windows.input_ids, c.batch_size, r.game, sublayers)
     protected_players = [2 * i + h for i in prot for h in (0, 1)] if sublayers else list(prot)
-    game = LayerGame(evaluator, utility, protected=protected_players, store=store, progress=progress)
-    estimator_seed = seed if estimator_seed is None else estimator_seed
+    game = LayerGame(evaluator, r.game.utility, protected=protected_players, store=store, progress=r.progress)
+    estimator_seed = r.sampling.seed
     names = game.player_names
     params_before = count_parameters(loaded.model)
     extra_scores: dict[str, Any] = {}
@@ -130,7 +142,7 @@ def prune(
         costs = sublayer_parameters(loaded.model, loaded.architecture)
         max_cost = round(k * sum(costs) / n_layers)  # k average layers' worth of parameters
         selection = select_by_cost(game, estimator, costs, max_cost, budget, estimator_seed)
-        removed_layers = [] if decision_only else zero_half_layers(loaded.model, loaded.architecture, selection.removed)
+        removed_layers = [] if r.decision_only else zero_half_layers(loaded.model, loaded.architecture, selection.removed)
         extra_scores = {
             "players": "sublayers",
             "removed_players": [names[i] for i in selection.removed],
@@ -139,38 +151,39 @@ def prune(
             "note": "half-removed layers are stored with zeroed output projections (exact; the dead weights stay on disk)",
         }
     else:
-        selection = select_players(game, estimator, k, per_round=iterative, budget=budget, seed=estimator_seed)
+        selection = select_players(game, estimator, k, per_round=p.iterative, budget=budget, seed=estimator_seed)
         removed_layers = selection.removed
     scores = {
         "evaluations": selection.evaluations,
+        "passes": round(sum(rnd.contributions.passes for rnd in selection.rounds), 3),
         "seconds": round(selection.seconds, 3),
         **extra_scores,
-        "rounds": [{"players": r.players, "removed": r.removed, **r.contributions.to_json()} for r in selection.rounds],
+        "rounds": [{"players": rnd.players, "removed": rnd.removed, **rnd.contributions.to_json()} for rnd in selection.rounds],
     }
     run_params = {
-        "calibration": {"source": calib, "n_windows": n_windows, "window": window, "seed": seed,
+        "calibration": {"source": c.source, "n_windows": c.n_windows, "window": c.window, "seed": c.seed,
                         "fingerprint": windows.fingerprint},
-        "utility": utility,
-        "players": players,
+        "utility": game.utility_id,
+        "players": p.players,
         "protected": list(prot),
         "budget": budget,
-        "iterative": iterative,
-        "masks": str(masks) if masks is not None else None,
-        "estimator_options": {k: str(v) for k, v in (estimator_options or {}).items()},
+        "iterative": p.iterative,
+        "masks": str(r.masks) if r.masks is not None else None,
+        "estimator_options": {key: str(v) for key, v in estimator_options(r, n_layers).items()},
     }
     surrogate = getattr(estimator, "surrogate", None)
-    if decision_only:
-        decision = {"method": method, "removed_players": selection.removed, "sublayers": sublayers,
+    if r.decision_only:
+        decision = {"method": p.method, "removed_players": selection.removed, "sublayers": sublayers,
                     "base_fingerprint": loaded.fingerprint, "scores": scores, "params": run_params}
-        with atomic_dir(out, overwrite=overwrite) as tmp:
+        with atomic_dir(out, overwrite=r.overwrite) as tmp:
             write_report(tmp, selection, names, surrogate)
             write_json(tmp / DECISION_FILE, decision)
         return PruneResult(out, selection.removed, selection)
     if removed_layers:
         prune_layers(loaded, removed_layers)
-    record = make_record(loaded, removed_layers, method, params_before, scores=scores, params=run_params)
+    record = make_record(loaded, removed_layers, p.method, params_before, scores=scores, params=run_params)
     save_pruned(
-        loaded, out, record, overwrite=overwrite,
+        loaded, out, record, overwrite=r.overwrite,
         extra=lambda folder: write_report(folder, selection, names, surrogate),
     )
     return PruneResult(out, removed_layers, selection)
@@ -219,20 +232,23 @@ def apply_decision(
     return PruneResult(out, removed, None, decision["scores"]["evaluations"])
 
 
-def estimator_options(params: Params, n_layers: int) -> dict[str, Any]:
-    """Constructor options of the configured method, from params (surrogate methods only take any)."""
-    from coopprune.estimators.surrogate_based import SurrogateEstimator
-    from coopprune.surrogate import SurrogateConfig
+def estimator_options(request: PruneRequest, n_layers: int) -> dict[str, Any]:
+    """Constructor options of the configured method: surrogate settings for the surrogate methods,
+    free resamples off for the reference estimators with ``bootstrap: 0``, then ``prune.options``."""
+    import inspect
 
-    if not issubclass(ESTIMATORS[params.prune.method], SurrogateEstimator):
-        return {}
-    s = params.sampling
-    ratios = s.remove_ratios if s.remove is None else [r / n_layers for r in s.remove]
-    return {
-        "surrogate": SurrogateConfig(**params.surrogate.model_dump()),
-        "remove_ratios": tuple(ratios) if ratios is not None else PAPER_REMOVE_RATIOS,
-        "bootstrap": params.prune.bootstrap,
-    }
+    from coopprune.estimators.surrogate_based import SurrogateEstimator
+
+    cls, p, s = ESTIMATORS[request.prune.method], request.prune, request.sampling
+    options: dict[str, Any] = {}
+    if issubclass(cls, SurrogateEstimator):
+        ratios = s.remove_ratios if s.remove is None else [r / n_layers for r in s.remove]
+        options = {"surrogate": SurrogateConfig(**request.surrogate.model_dump()),
+                   "remove_ratios": tuple(ratios) if ratios is not None else PAPER_REMOVE_RATIOS,
+                   "bootstrap": p.bootstrap}
+    elif p.bootstrap == 0 and "bootstrap" in inspect.signature(cls.__init__).parameters:
+        options = {"bootstrap": 0}  # else 200 free resamples of what shapiq evaluated
+    return {**options, **p.method_options}
 
 
 def check_store(store: MaskDataset, model_fingerprint: str, calibration_fingerprint: str) -> None:
@@ -281,9 +297,10 @@ def sweep_setup(params: Params) -> SweepSetup:
     loaded = load_base(params)
     c = params.calibration
     windows = load_calibration(loaded, c.source, c.n_windows, c.window, c.seed)
-    evaluator = MaskEvaluator(loaded.model, loaded.architecture, windows.input_ids, c.batch_size)
+    evaluator = build_evaluator(loaded, windows.input_ids, c.batch_size, params.game)
     manifest = plan_manifest(
-        evaluator, plan, loaded.fingerprint, windows.fingerprint, params.game.utility, params.sampling.shard_size
+        evaluator, plan, loaded.fingerprint, windows.fingerprint,
+        params.game.utility + evaluator.objective.id_suffix, params.sampling.shard_size
     )
     return SweepSetup(evaluator, manifest)
 
@@ -394,19 +411,16 @@ def prune_from_params(
     params: Params, dataset: MaskDataset | None = None, progress: bool = True, decision_only: bool = False
 ) -> PruneResult:
     """``prune`` as configured in params, reusing (and extending) the sweep's mask dataset;
-    ``decision_only`` writes ``<output_dir>/contributions`` for ``apply_decision`` instead."""
+    ``decision_only`` writes ``<output_dir>/contributions`` for ``apply_decision`` instead.
+    Methods whose budget is a sweep's size get the sweep's unless ``prune.budget`` says."""
     dataset = dataset or merge_sweep(masks_dir(params))
-    c, p = params.calibration, params.prune
     out = Path(params.output_dir) / ("contributions" if decision_only else "pruned")
-    return prune(
-        params.model.source, out, p.method, p.remove, p.ratio,
-        c.source, c.n_windows, c.window, c.seed, params.game.protected, params.game.utility,
-        budget=p.budget or len(dataset.manifest.plan), batch_size=c.batch_size, overwrite=True,
-        trust_remote_code=params.model.trust_remote_code, progress=progress, iterative=p.iterative,
-        masks=dataset.path, estimator_options=estimator_options(params, dataset.manifest.identity.n_layers),
-        estimator_seed=params.sampling.seed, decision_only=decision_only,
-        dtype=params.model.dtype, device=params.model.device,
-    )
+    prune_params = params.prune
+    if prune_params.budget is None and ESTIMATORS[prune_params.method].budget_is_sweep:
+        prune_params = prune_params.model_copy(update={"budget": len(dataset.manifest.plan)})
+    request = PruneRequest.from_params(params, out, masks=dataset.path, overwrite=True, progress=progress,
+                                       decision_only=decision_only)
+    return prune(dataclasses.replace(request, prune=prune_params))
 
 
 def removal_order(record: dict[str, Any]) -> list[int]:

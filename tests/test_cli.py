@@ -122,6 +122,9 @@ def bad_gguf(tmp_path):
         ("k_and_ratio", "exactly one"),
         ("no_cuda", "no CUDA device"),
         ("unknown_device", "unknown device 'tpu'"),
+        ("search_budget", "cannot buy one round"),
+        ("unknown_option", "no option 'per_rnd'"),
+        ("bad_option", "NAME=VALUE"),
     ],
 )
 def test_bad_input(case, pattern, tiny_checkpoint, text_file, tmp_path, unsupported, bad_gguf):
@@ -147,6 +150,9 @@ def test_bad_input(case, pattern, tiny_checkpoint, text_file, tmp_path, unsuppor
         "k_and_ratio": prune_args(tiny_checkpoint, out, "-k", "1", "--ratio", "0.5"),
         "no_cuda": prune_args(tiny_checkpoint, out, "-k", "1", "--calib", str(text_file), "--device", "cuda"),
         "unknown_device": prune_args(tiny_checkpoint, out, "-k", "1", "--calib", str(text_file), "--device", "tpu"),
+        "search_budget": prune_args(tiny_checkpoint, out, "-k", "1", "--calib", str(text_file), "--budget", "3"),
+        "unknown_option": prune_args(tiny_checkpoint, out, "-k", "1", "--calib", str(text_file), "-o", "per_rnd=3"),
+        "bad_option": prune_args(tiny_checkpoint, out, "-k", "1", "--calib", str(text_file), "-o", "per_round"),
     }[case]
     if case == "no_cuda" and torch.cuda.is_available():
         pytest.skip("this machine has a CUDA device")

@@ -8,6 +8,7 @@ import torch
 from coopprune import pipeline
 from coopprune.engine import MaskEvaluator
 from coopprune.models import load_model
+from tiny import prune_request
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -27,8 +28,8 @@ def test_engine_on_cuda_matches_the_cpu(tiny_checkpoint):
 @pytest.mark.parametrize("method", ["ppl", "bi", "semivalue"])
 def test_prune_on_cuda_saves_a_cpu_checkpoint(method, tiny_checkpoint, text_file, tmp_path):
     common = dict(remove=2, calib=str(text_file), n_windows=4, window=16, progress=False, budget=30)
-    on_gpu = pipeline.prune(str(tiny_checkpoint), tmp_path / "gpu", method, device="cuda", **common)
-    on_cpu = pipeline.prune(str(tiny_checkpoint), tmp_path / "cpu", method, **common)
+    on_gpu = pipeline.prune(prune_request(tiny_checkpoint, tmp_path / "gpu", method, device="cuda", **common))
+    on_cpu = pipeline.prune(prune_request(tiny_checkpoint, tmp_path / "cpu", method, **common))
     assert on_gpu.removed_layers == on_cpu.removed_layers
     reloaded = load_model(str(tmp_path / "gpu"))
     assert reloaded.num_layers == load_model(str(tiny_checkpoint)).num_layers - 2

@@ -43,10 +43,12 @@ class FakeGame:
         self.layers = list(range(self.n_players))
         self.protected_players = tuple(protected)
         self.evaluations = 0
+        self.cost = 0.0  # full-calibration passes, as Game counts them
 
     def value_function(self, coalitions):
         coalitions = np.asarray(coalitions, dtype=bool)
         self.evaluations += len(coalitions)
+        self.cost += len(coalitions)
         return coalitions @ self.weights + 10.0 * (coalitions[:, 0] | coalitions[:, 1])
 
     def charge(self, passes):

@@ -7,6 +7,7 @@ import pytest
 from coopprune import pipeline
 from coopprune.config import Params
 from coopprune.dataset import MaskDataset
+from tiny import prune_request
 
 
 def test_run_on_tiny_model(tiny_checkpoint, text_file, tmp_path):
@@ -15,7 +16,7 @@ def test_run_on_tiny_model(tiny_checkpoint, text_file, tmp_path):
             "model": {"source": str(tiny_checkpoint)},
             "calibration": {"source": str(text_file), "n_windows": 4, "window": 24},
             "sampling": {"remove": [1, 3], "per_stratum": 5, "shard_size": 4},
-            "prune": {"remove": 2},
+            "prune": {"remove": 2, "method": "semivalue"},
             "evaluation": {"text": str(text_file), "window": 24, "max_windows": 5},
             "output_dir": str(tmp_path / "run"),
         }
@@ -40,8 +41,8 @@ def test_decision_then_apply_equals_one_shot_prune(players, tiny_checkpoint, tex
     from coopprune.errors import CoopPruneError
 
     common = dict(method="ppl", remove=2, calib=str(text_file), n_windows=4, window=16, progress=False, players=players)
-    direct = pipeline.prune(str(tiny_checkpoint), tmp_path / "direct", **common)
-    decided = pipeline.prune(str(tiny_checkpoint), tmp_path / "decision", decision_only=True, **common)
+    direct = pipeline.prune(prune_request(tiny_checkpoint, tmp_path / "direct", **common))
+    decided = pipeline.prune(prune_request(tiny_checkpoint, tmp_path / "decision", decision_only=True, **common))
     assert decided.evaluations == direct.evaluations
     assert (tmp_path / "decision" / "decision.json").is_file() and not (tmp_path / "decision" / "config.json").exists()
     applied = pipeline.apply_decision(str(tiny_checkpoint), tmp_path / "decision", tmp_path / "applied")

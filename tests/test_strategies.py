@@ -19,12 +19,11 @@ from coopprune.models.loading import LoadedModel
 from coopprune.prune import count_parameters, make_record, prune_layers, save_pruned
 from coopprune.strategy import select_players
 from coopprune.sublayers import SublayerEvaluator, zero_half_layers
-from coopprune.surrogate import SurrogateConfig
-from tiny import N_LAYERS, tiny_model, tiny_tokenizer
+from tiny import N_LAYERS, prune_request, tiny_model, tiny_tokenizer
 
 SPLITTABLE = ["llama", "qwen2", "gemma3_text", "gpt2", "gpt_neox"]
 IDS = torch.randint(0, 300, (3, 24), generator=torch.Generator().manual_seed(1))
-FAST = {"surrogate": SurrogateConfig(epochs=200), "bootstrap": 3}
+FAST = {"epochs": 200, "bootstrap": 3}
 
 
 def _reloaded_logits(model, out):
@@ -128,10 +127,10 @@ def test_iterative_selection_removes_k_over_rounds():
 def test_prune_strategies_end_to_end(method, extra, tiny_checkpoint, text_file, tmp_path):
     out = tmp_path / "out"
     options = FAST if method in ("semivalue", "semivalue-search", "shapley", "shapley-adjusted") else {}
-    result = pipeline.prune(
-        str(tiny_checkpoint), out, method, remove=2, calib=str(text_file), n_windows=4, window=24,
-        progress=False, estimator_options=options, **extra,
-    )
+    result = pipeline.prune(prune_request(
+        tiny_checkpoint, out, method, remove=2, calib=str(text_file), n_windows=4, window=24,
+        progress=False, **options, **extra,
+    ))
     record = json.loads((out / "pruning.json").read_text())
     assert record["scores"]["evaluations"] == result.evaluations > 0
     assert (out / "contributions.csv").read_text().startswith("round,player,name,contribution")
@@ -156,15 +155,16 @@ def test_game_store_never_evaluates_a_coalition_twice(tiny_checkpoint, text_file
     params = Params.from_dict({
         "model": {"source": str(tiny_checkpoint)},
         "calibration": {"source": str(text_file), "n_windows": 4, "window": 24},
+        "game": {"utility": "ppl_ratio"},
         "sampling": {"remove": [1, 2], "per_stratum": 4, "shard_size": 4},
     })
     dataset = pipeline.sweep(params, tmp_path / "masks", progress=False)
     kwargs = dict(calib=str(text_file), n_windows=4, window=24, progress=False, masks=dataset.path)
-    first = pipeline.prune(str(tiny_checkpoint), tmp_path / "a", "ppl", remove=1, **kwargs)
+    first = pipeline.prune(prune_request(tiny_checkpoint, tmp_path / "a", "ppl", remove=1, **kwargs))
     assert first.evaluations == N_LAYERS + 1 - sum(1 for m in dataset.arrays()[0] if m.sum() >= N_LAYERS - 1)
     stored = MaskDataset.open(dataset.path)
     assert len(stored) == 8 + first.evaluations
-    second = pipeline.prune(str(tiny_checkpoint), tmp_path / "b", "ppl", remove=1, **kwargs)
+    second = pipeline.prune(prune_request(tiny_checkpoint, tmp_path / "b", "ppl", remove=1, **kwargs))
     assert second.evaluations == 0 and second.removed_layers == first.removed_layers
     masks, _ = stored.arrays()
     assert len({m.tobytes() for m in masks}) == len(masks)

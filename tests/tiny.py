@@ -114,3 +114,23 @@ def write_text(path: Path, n_docs: int = 60) -> Path:
         for i in range(n_docs):
             fh.write(json.dumps({"text": f"{CORPUS[i % 5]} Document {i} ends here."}) + "\n")
     return path
+
+
+def prune_request(model, out, method="ppl", *, remove=None, calib="lambada", n_windows=10, window=128, seed=0,
+                  utility="ppl_ratio", budget=None, iterative=None, players="layers", masks=None, epochs=None,
+                  bootstrap=10, options=None, device="cpu", **fields):
+    """A :class:`~coopprune.pipeline.PruneRequest` from the keywords the tests vary (PPL-ratio
+    utility unless a test asks for another, so older expectations keep their meaning)."""
+    from coopprune.config import Params
+    from coopprune.pipeline import PruneRequest
+
+    params = Params.from_dict({
+        "model": {"source": str(model), "device": device},
+        "calibration": {"source": str(calib), "n_windows": n_windows, "window": window, "seed": seed},
+        "game": {"utility": utility},
+        "sampling": {"seed": seed},
+        "surrogate": {"epochs": epochs},
+        "prune": {"method": method, "remove": remove, "ratio": None if remove is not None else 0.3, "budget": budget,
+                  "iterative": iterative, "players": players, "bootstrap": bootstrap, "options": {method: options or {}}},
+    })
+    return PruneRequest.from_params(params, out, masks=masks, **fields)

@@ -1,7 +1,7 @@
 """Contribution estimators, one file each; importing the package registers them all."""
 
-from coopprune.estimators import adjusted, ppl, reference, search, semivalue, shapley  # noqa: F401  (registration)
-from coopprune.estimators import angular, block_influence, last, random_removal, sleb  # noqa: F401  (peers)
+from coopprune.estimators import adjusted, game_search, ppl, reference, search, semivalue, shapley  # noqa: F401  (registration)
+from coopprune.estimators import angular, block_influence, evopress, last, random_removal, sleb  # noqa: F401  (peers)
 from coopprune.estimators.base import ESTIMATORS, Contributions, Estimator, get_estimator
 
 __all__ = ["ESTIMATORS", "Contributions", "Estimator", "get_estimator"]

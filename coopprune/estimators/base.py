@@ -33,6 +33,7 @@ class Contributions:
     ci_high: np.ndarray | None = None
     removal: list[int] | None = None  # set-based methods: the exact players to remove for k
     details: dict[str, Any] = field(default_factory=dict)
+    passes: float = 0.0  # full-calibration passes: evaluations plus screens at their fraction
     replicates: np.ndarray | None = field(default=None, repr=False)  # bootstrap values [B, players]
 
     def summarize_replicates(self, k: int | None, protected: tuple[int, ...]) -> None:
@@ -57,6 +58,7 @@ class Contributions:
             "ci_high": floats(self.ci_high),
             "removal": self.removal,
             "evaluations": self.evaluations,
+            "passes": round(self.passes, 3),
             "seconds": round(self.seconds, 3),
             **self.details,
         }
@@ -68,6 +70,8 @@ class Estimator(ABC):
     name: ClassVar[str]
     #: True if the method needs a budget of real evaluations (``None`` picks ``default_budget``).
     uses_budget: ClassVar[bool] = False
+    #: True if its budget means "masks like the Stage-1 sweep's" (the pipeline passes the sweep's size).
+    budget_is_sweep: ClassVar[bool] = False
     #: True for set-based methods (SLEB, Gromov's block, drop-last) that cannot rank without a target.
     requires_k: ClassVar[bool] = False
 
@@ -77,12 +81,32 @@ class Estimator(ABC):
             raise CoopPruneError(f"budget must be a positive number of real evaluations, got {budget}")
         if self.requires_k and k is None:
             raise CoopPruneError(f"method '{self.name}' chooses a set of k players to remove: give k")
-        start, used = time.perf_counter(), game.evaluations
+        start, used, cost = time.perf_counter(), game.evaluations, game.cost
         result = self._estimate(game, budget, seed, k)
         result.summarize_replicates(k, game.protected_players)
         result.evaluations = game.evaluations - used
+        result.passes = game.cost - cost
         result.seconds = time.perf_counter() - start
         return result
+
+    @classmethod
+    def check_options(cls, options: dict[str, Any]) -> None:
+        """Names in ``options`` the constructor does not take are refused (a typo is not a default)."""
+        import inspect
+
+        accepted = set()
+        for klass in cls.__mro__:
+            if "__init__" in vars(klass):
+                params = inspect.signature(vars(klass)["__init__"]).parameters
+                accepted |= {n for n, p in params.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+                if not any(p.kind == p.VAR_KEYWORD for p in params.values()):
+                    break
+        unknown = sorted(set(options) - accepted - {"self"})
+        if unknown:
+            raise CoopPruneError(f"method '{cls.name}' has no option '{unknown[0]}'; it takes {', '.join(sorted(accepted - {'self'}))}")
+
+    def check(self, n_players: int, k: int | None, budget: int | None) -> None:
+        """Reject settings that cannot work, before any model is loaded (one-line error)."""
 
     @abstractmethod
     def _estimate(self, game: Game, budget: int | None, seed: int, k: int | None) -> Contributions: ...
@@ -105,4 +129,5 @@ def get_estimator(name: str, **options: Any) -> Estimator:
         cls = ESTIMATORS[name]
     except KeyError:
         raise CoopPruneError(f"unknown method '{name}'; choose one of {', '.join(sorted(ESTIMATORS))}") from None
+    cls.check_options(options)
     return cls(**options)

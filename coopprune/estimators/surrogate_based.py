@@ -26,6 +26,7 @@ class SurrogateEstimator(Estimator):
     """Base of the estimators that read contributions off a surrogate of the game."""
 
     uses_budget = True
+    budget_is_sweep = True
 
     def __init__(
         self,

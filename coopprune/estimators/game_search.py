@@ -1,0 +1,269 @@
+"""coopprune's set search: the game's surrogate decides which coalitions are worth a real pass.
+
+Ranking layers by contribution and removing the k lowest misses interactions (two redundant
+layers each look dispensable; removing both costs more than either says). EvoPress searches sets
+directly but pays a real pass for every set it looks at. This method keeps the paper's surrogate
+and uses it as the screen:
+
+1. Start from what is paid for: every evaluation the game knows (the Stage-1 sweep, the mask
+   store). When it knows fewer than ``initial`` masks, it draws the rest from strata around k
+   (k/2, k and 3k/2 removals), seeded.
+2. Rounds: fit an ensemble of ``ensemble`` surrogates on every real evaluation; propose k-removal
+   sets by swap local search and EvoPress-style mutations on the surrogate, scored by predicted
+   utility plus ``exploration`` x the members' disagreement; starts are the best real sets so
+   far, SLEB's greedy path run on the surrogate, the semivalue's bottom k and seeded random sets;
+   evaluate the ``per_round`` best unseen ones on the real model (with ``screen_share``, first
+   ``screen_factor`` x as many on a random share of the windows, then the best on all of them).
+3. Stop when ``budget`` real passes are spent (the initial design included; evaluations it finds,
+   a sweep's, stand in for the design and count against the budget) or after ``patience`` rounds
+   without a better real set.
+
+The result is the best k-removal set ever evaluated on the full calibration set, so on
+calibration it is never worse than any set it saw. Contributions are the semivalue of the final
+ensemble over masks around k (on the log-utility scale it is fitted on), with bootstrap intervals; the surrogate's fit is reported held out
+on the sweep's strata and, where the decision is made, on every proposed set before its real pass.
+Every setting scales with L and k; none refers to a model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from coopprune.errors import CoopPruneError
+from coopprune.estimators.base import Contributions, register
+from coopprune.estimators.evopress import level_switch
+from coopprune.estimators.search import improve_by_swaps, removal_mask
+from coopprune.estimators.surrogate_based import SurrogateEstimator
+from coopprune.game import Game
+from coopprune.sampling import StrataPlan
+from coopprune.select import select_layers
+from coopprune.shapley import semivalue, stratified_masks
+from coopprune.surrogate import Surrogate, fit_validated, regression_metrics
+
+Predict = Callable[[np.ndarray], np.ndarray]
+
+
+class LogTarget:
+    """Fit on log-utility mapped onto [0, 1] (1 = the full model's utility 1, 0 = the worst seen).
+
+    Utilities of k-removals span orders of magnitude and combine roughly multiplicatively; on the
+    log scale the surrogate learns them more nearly additively, and the best sets, not only the
+    worst, separate. Needs utilities in (0, 1] (``kl``, ``ppl_ratio``); others are used as they are.
+    """
+
+    def __init__(self, utilities: np.ndarray) -> None:
+        finite = utilities[np.isfinite(utilities)]
+        self.log = bool(len(finite)) and finite.min() > 0 and finite.max() <= 1 + 1e-9
+        self.floor = float(np.log(finite.min())) if self.log and finite.min() < 1 else -1.0
+
+    def __call__(self, utilities: np.ndarray) -> np.ndarray:
+        if not self.log:
+            return utilities
+        return np.clip(1 - np.log(np.clip(utilities, 1e-300, 1)) / self.floor, 0, 1)
+
+    def inverse(self, targets: np.ndarray) -> np.ndarray:
+        return np.exp((1 - targets) * self.floor) if self.log else targets
+
+
+def default_budget(n_players: int, k: int) -> int:
+    """Real passes, initial design included: L (2 + k/3). For L = 30: 90 / 120 / 150 / 180 at
+    k = 3 / 6 / 9 / 12, a third of EvoPress's or less, and under SLEB's k L at k >= 6."""
+    return round(n_players * (2 + k / 3))
+
+
+def strata_around(k: int, n_movable: int) -> list[int]:
+    """Removal counts k/2, k and 3k/2 (clipped): masks near the decision, and some slack."""
+    half = math.ceil(k / 2)
+    return sorted({max(1, k - half), k, min(n_movable - 1, k + half)})
+
+
+def greedy_path(predict: Predict, n_players: int, movable: Sequence[int], k: int) -> tuple[int, ...]:
+    """SLEB on the surrogate: remove, k times, the player whose removal keeps the most predicted utility."""
+    removed: list[int] = []
+    for _ in range(k):
+        options = [i for i in movable if i not in removed]
+        scores = predict(np.stack([removal_mask(n_players, removed + [i]) for i in options]))
+        removed.append(options[int(np.argmax(scores))])
+    return tuple(sorted(removed))
+
+
+@register
+class GameSearch(SurrogateEstimator):
+    """Surrogate-screened search for the best k-removal set; see the module docstring."""
+
+    name = "game-search"
+    requires_k = True
+    budget_is_sweep = False  # its budget is real passes, by its own rule (default_budget)
+
+    def __init__(
+        self,
+        *,
+        per_round: int = 8,
+        ensemble: int = 3,
+        exploration: float = 1.0,
+        patience: int = 3,
+        initial: int | None = None,
+        restarts: int = 8,
+        mutations: int = 64,
+        elites: int = 4,
+        screen_share: float | None = None,
+        screen_factor: int = 4,
+        base_masks: int = 20_000,
+        **options: Any,
+    ) -> None:
+        super().__init__(base_masks=base_masks, **options)
+        for key, value in (("per_round", per_round), ("ensemble", ensemble), ("patience", patience),
+                           ("elites", elites), ("screen_factor", screen_factor)):
+            if value < 1:
+                raise CoopPruneError(f"game-search: {key} must be at least 1, got {value}")
+        if exploration < 0 or restarts < 0 or mutations < 0 or (initial is not None and initial < 0):
+            raise CoopPruneError("game-search: exploration, restarts, mutations and initial cannot be negative")
+        if screen_share is not None and not 0 < screen_share < 1:
+            raise CoopPruneError(f"game-search: screen_share must be in (0, 1), got {screen_share}")
+        self.per_round, self.ensemble, self.exploration, self.patience = per_round, ensemble, exploration, patience
+        self.initial, self.restarts, self.mutations, self.elites = initial, restarts, mutations, elites
+        self.screen_share, self.screen_factor = screen_share, screen_factor
+
+    def check(self, n_players: int, k: int | None, budget: int | None) -> None:
+        """Fail before any model is loaded when the budget cannot buy one round."""
+        if k is None:
+            return
+        budget = default_budget(n_players, k) if budget is None else budget
+        if budget < self.per_round:
+            raise CoopPruneError(f"game-search: a budget of {budget} real passes cannot buy one round of "
+                                 f"{self.per_round} (raise --budget or lower per_round)")
+
+    def _estimate(self, game: Game, budget: int | None, seed: int, k: int | None) -> Contributions:
+        assert k is not None
+        n = game.n_players
+        movable = [i for i in range(n) if i not in set(game.protected_players)]
+        if not 1 <= k < len(movable):
+            raise CoopPruneError(f"game-search needs 1 <= k < {len(movable)} removable players, got k={k}")
+        budget = default_budget(n, k) if budget is None else budget
+        self.check(n, k, budget)
+        rng = np.random.default_rng([seed, 0x6A3E])
+        cost0 = game.cost
+        strata = strata_around(k, len(movable))
+        paid = self._initial_design(game, strata, budget, seed)  # evaluations found that stand in for it
+
+        best, best_utility = self._best_known(game, k, movable)
+        trace = [{"round": 0, "passes": game.cost - cost0, "removed": list(best), "utility": best_utility}]
+        proposals: list[tuple[float, float]] = []  # (predicted before its real pass, real)
+        stale, rounds = 0, 0
+        while paid + game.cost - cost0 + self.per_round <= budget + 1e-9 and stale < self.patience:
+            rounds += 1
+            ensemble, target = self._fit(game, seed + 101 * rounds)
+            picked = self._propose(ensemble, game, k, movable, strata, rng)
+            if not picked:
+                break
+            if self.screen_share is not None:
+                picked = self._screened(game, picked, rng)
+            predicted = target.inverse(ensemble.predict(np.stack([removal_mask(n, s) for s in picked])))
+            real = game.value_function(np.stack([removal_mask(n, s) for s in picked]))
+            proposals += list(zip(predicted.tolist(), real.tolist()))
+            new_best, new_utility = self._best_known(game, k, movable)
+            stale = 0 if new_utility > best_utility + 1e-12 else stale + 1
+            best, best_utility = new_best, max(best_utility, new_utility)
+            trace.append({"round": rounds, "passes": game.cost - cost0, "removed": list(best), "utility": best_utility})
+
+        masks, utilities = game.known()
+        target = LogTarget(utilities)
+        final = fit_validated(masks, target(utilities), dataclasses.replace(self.surrogate_config, ensemble=self.ensemble))
+        self.surrogate = final
+        base = stratified_masks(n, strata, self.base_masks, np.random.default_rng([seed, 0x5E41]), game.protected_players)
+
+        def values_of(surrogate: Surrogate) -> np.ndarray:
+            return semivalue(surrogate.predict, n, base)
+
+        pred, true = (np.array(v) for v in zip(*proposals)) if proposals else (np.zeros(0), np.zeros(0))
+        details = {
+            "search": {
+                "budget": budget, "rounds": rounds, "stopped": "patience" if stale >= self.patience else "budget",
+                "strata_removed": strata, "chosen_real": best_utility, "trace": trace,
+                "proposals_fit": regression_metrics(true, pred),
+                "settings": {"per_round": self.per_round, "ensemble": self.ensemble, "exploration": self.exploration,
+                             "patience": self.patience, "screen_share": self.screen_share},
+            },
+            "training_masks": len(masks),
+            "surrogate": {"config": dataclasses.asdict(final.config), "metrics": final.metrics},
+        }
+        return self._result(values_of(final), removal=sorted(best),
+                            replicates=self.bootstrap_values(masks, target(utilities), seed, values_of), details=details)
+
+    # ------------------------------------------------------------------ steps
+    def _initial_design(self, game: Game, strata: list[int], budget: int, seed: int) -> int:
+        """Masks around k when the game knows too few. Evaluations it already knows (a sweep) stand
+        in for the design and count against the budget: returns how many did (so the budget is the
+        whole cost of the decision, sweep included)."""
+        wanted = 2 * game.n_players if self.initial is None else self.initial
+        wanted = min(wanted, budget - self.per_round)  # always leave room for one round
+        known = len(game.known()[0])
+        missing = wanted - known
+        if missing > 0:
+            per = math.ceil(missing / len(strata))
+            plan = StrataPlan.build(game.n_players, remove=strata, per_stratum=per, protected=game.protected_players, seed=seed)
+            masks = plan.sample()
+            game.value_function(masks[np.random.default_rng([seed, 0x1D]).permutation(len(masks))[:missing]])
+        return min(known, wanted)
+
+    def _fit(self, game: Game, seed: int) -> tuple[Surrogate, LogTarget]:
+        masks, utilities = game.known()
+        config = dataclasses.replace(self.surrogate_config, ensemble=self.ensemble, seed=seed)
+        target = LogTarget(utilities)
+        return Surrogate.fit(masks, target(utilities), config), target
+
+    @staticmethod
+    def _best_known(game: Game, k: int, movable: Sequence[int]) -> tuple[tuple[int, ...], float]:
+        """The best real k-removal set of removable players (ties: the lower set), or nothing yet."""
+        masks, utilities = game.known()
+        fixed = np.setdiff1d(np.arange(game.n_players), movable)
+        ok = ((~masks).sum(1) == k) & masks[:, fixed].all(1) & np.isfinite(utilities)
+        if not ok.any():
+            return (), -math.inf
+        sets = [tuple(np.flatnonzero(~m).tolist()) for m in masks[ok]]
+        order = sorted(range(len(sets)), key=lambda i: (-utilities[ok][i], sets[i]))
+        return sets[order[0]], float(utilities[ok][order[0]])
+
+    def _propose(
+        self, ensemble: Surrogate, game: Game, k: int, movable: list[int], strata: list[int], rng: np.random.Generator
+    ) -> list[tuple[int, ...]]:
+        n = game.n_players
+        mean: Predict = ensemble.predict
+
+        def acquisition(x: np.ndarray) -> np.ndarray:
+            mu, sd = ensemble.predict(x, return_std=True)
+            return mu + self.exploration * sd
+
+        masks, utilities = game.known()
+        fixed = np.setdiff1d(np.arange(n), movable)
+        ok = ((~masks).sum(1) == k) & masks[:, fixed].all(1) & np.isfinite(utilities)
+        ranked = np.argsort(-np.where(ok, utilities, -np.inf), kind="stable")[: min(self.elites, int(ok.sum()))]
+        elites = [tuple(np.flatnonzero(~masks[i]).tolist()) for i in ranked]
+        base = stratified_masks(n, strata, 4096, np.random.default_rng(int(rng.integers(1 << 31))), game.protected_players)
+        starts = elites + [greedy_path(mean, n, movable, k),
+                           tuple(select_layers(semivalue(mean, n, base), k, game.protected_players))]
+        starts += [tuple(sorted(int(i) for i in rng.choice(movable, size=k, replace=False))) for _ in range(self.restarts)]
+        pool = set(starts) | {improve_by_swaps(acquisition, n, s, movable) for s in set(starts)}
+        for elite in elites:
+            pool |= {level_switch(elite, movable, rng) for _ in range(self.mutations // max(len(elites), 1))}
+        seen = {tuple(np.flatnonzero(~m).tolist()) for m in masks}
+        fresh = sorted(s for s in pool if s not in seen and len(s) == k)
+        if not fresh:
+            return []
+        scores = acquisition(np.stack([removal_mask(n, s) for s in fresh]))
+        take = self.per_round * (self.screen_factor if self.screen_share is not None else 1)
+        return [fresh[i] for i in np.argsort(-scores, kind="stable")[:take]]
+
+    def _screened(self, game: Game, candidates: list[tuple[int, ...]], rng: np.random.Generator) -> list[tuple[int, ...]]:
+        """Multi-fidelity: score every candidate on a random share of the windows, keep the best."""
+        size = max(1, round(self.screen_share * game.n_windows))  # type: ignore[operator]
+        if size >= game.n_windows or len(candidates) <= self.per_round:
+            return candidates[: self.per_round]
+        screen = game.screen(sorted(int(i) for i in rng.choice(game.n_windows, size=size, replace=False)))
+        scores = screen.value_function(np.stack([removal_mask(game.n_players, s) for s in candidates]))
+        return [candidates[i] for i in np.argsort(-scores, kind="stable")[: self.per_round]]

@@ -1,0 +1,154 @@
+"""Set searches on synthetic games whose best k-set is known: game-search (coopprune's) and EvoPress."""
+
+from itertools import combinations
+
+import numpy as np
+import pytest
+
+from coopprune.errors import CoopPruneError
+from coopprune.estimators import get_estimator
+from coopprune.estimators.evopress import generations_rule, level_switch
+from coopprune.estimators.game_search import LogTarget, default_budget, strata_around
+from coopprune.game import FunctionGame
+from coopprune.select import select_layers
+from coopprune.surrogate import SurrogateConfig
+
+FAST = SurrogateConfig(epochs=300)
+SEARCH = dict(surrogate=FAST, bootstrap=0, per_round=4)
+
+
+def redundant_pair_game(n=10):
+    """0 and 1 back each other up: either alone costs almost nothing, both together a lot, so the
+    k lowest average contributions are {0, 1, ...} while the best k-set keeps one of them."""
+    w = np.r_[0.01, 0.01, 0.12 + 0.02 * np.arange(n - 2)]
+
+    def value(masks):
+        removed = ~np.asarray(masks, bool)
+        return np.exp(-(removed @ w) - 0.3 * (removed[:, 0] & removed[:, 1]))
+
+    return value
+
+
+def cancelling_pair_game(n=10):
+    """Removing 0 or 1 alone hurts most, removing both costs nothing (each undoes the other), so no
+    greedy removal ever starts there: the best 2-set {0, 1} is unreachable for SLEB."""
+    w = np.r_[0.0, 0.0, 0.05 + 0.03 * np.arange(n - 2)]
+
+    def value(masks):
+        removed = ~np.asarray(masks, bool)
+        return np.exp(-(removed @ w) - 0.5 * (removed[:, 0] ^ removed[:, 1]))
+
+    return value
+
+
+def best_set(value, n, k):
+    sets = list(combinations(range(n), k))
+    utilities = value(np.stack([~np.isin(np.arange(n), s) for s in sets]))
+    return list(sets[int(np.argmax(utilities))]), float(utilities.max())
+
+
+def test_the_games_fool_ranking_and_greedy():
+    value, n = redundant_pair_game(), 10
+    ranked = get_estimator("semivalue", surrogate=FAST, bootstrap=0).estimate(FunctionGame(n, value), 160, seed=0)
+    assert {0, 1} <= set(select_layers(ranked.values, 3))  # the average hides the redundancy
+    assert not {0, 1} <= set(best_set(value, n, 3)[0])
+    value, n = cancelling_pair_game(), 10
+    sleb = get_estimator("sleb").estimate(FunctionGame(n, value), k=2)
+    assert sleb.removal != best_set(value, n, 2)[0] == [0, 1]
+
+
+@pytest.mark.parametrize("make_game, k", [(redundant_pair_game, 3), (cancelling_pair_game, 2)])
+@pytest.mark.parametrize("method, options", [("game-search", SEARCH), ("evopress", {})])
+def test_searches_find_the_optimum_within_their_budget(make_game, k, method, options):
+    value, n = make_game(), 10
+    budget = 60 if method == "game-search" else None  # EvoPress: its own generations rule
+    found = get_estimator(method, **options).estimate(FunctionGame(n, value, windows=8), budget=budget, seed=0, k=k)
+    _, utility = best_set(value, n, k)
+    assert value(~np.isin(np.arange(n), found.removal)[None])[0] == pytest.approx(utility)  # an optimum (ties exist)
+    assert all(type(i) is int for i in found.removal)  # written to JSON as plain ints
+    if method == "game-search":
+        assert found.passes <= 60 and found.details["search"]["chosen_real"] == pytest.approx(utility)
+        assert found.details["search"]["proposals_fit"]["n"] > 0
+    else:  # screens on 1 of 8 windows count as an eighth of a pass each
+        assert found.evaluations < found.passes < found.evaluations + 64 + 32 * found.details["generations"]
+        assert found.details["generations"] == generations_rule(k, n)
+    again = get_estimator(method, **options).estimate(FunctionGame(n, value, windows=8), budget=budget, seed=0, k=k)
+    assert again.removal == found.removal  # same seed, same set
+
+
+def test_game_search_is_never_worse_than_what_it_was_given():
+    value, n = redundant_pair_game(), 10
+    game = FunctionGame(n, value)
+    optimum, _ = best_set(value, n, 3)
+    mask = ~np.isin(np.arange(n), optimum)
+    game.value_function(mask[None])  # the store already holds the optimum: the search keeps it
+    found = get_estimator("game-search", **SEARCH).estimate(game, budget=20, seed=1, k=3)
+    assert found.removal == optimum
+
+
+def test_game_search_respects_protected_players_and_budget_checks():
+    value, n = redundant_pair_game(), 10
+    game = FunctionGame(n, value, protected=[2, 3])
+    found = get_estimator("game-search", **SEARCH).estimate(game, budget=40, seed=0, k=3)
+    assert not {2, 3} & set(found.removal) and found.passes <= 40
+    evo = get_estimator("evopress").estimate(FunctionGame(n, value, protected=[2, 3]), seed=0, k=3)
+    assert not {2, 3} & set(evo.removal)
+    with pytest.raises(CoopPruneError, match="cannot buy one round"):
+        get_estimator("game-search", per_round=8).check(n, 3, budget=5)
+    with pytest.raises(CoopPruneError, match="no option 'per_rnd'"):
+        get_estimator("game-search", per_rnd=8)
+
+
+def test_game_search_screens_on_a_share_of_the_windows():
+    value, n = cancelling_pair_game(), 10
+    game = FunctionGame(n, value, windows=10)
+    found = get_estimator("game-search", screen_share=0.2, screen_factor=3, **SEARCH).estimate(game, budget=60, seed=0, k=2)
+    assert found.removal == [0, 1]
+    assert found.passes > found.evaluations  # screens are paid for, at 2/10 of a pass each
+
+
+def test_settings_scale_with_depth_and_k():
+    assert default_budget(30, 6) == 120 and default_budget(30, 12) == 180 and default_budget(60, 6) == 240
+    assert strata_around(6, 30) == [3, 6, 9] and strata_around(1, 5) == [1, 2]
+    assert generations_rule(6, 30) == 96  # EvoPress's script: int(k (L - k) / 1.5)
+    rng = np.random.default_rng(0)
+    children = {level_switch((1, 2, 3), list(range(10)), rng) for _ in range(200)}
+    assert all(len(c) == 3 for c in children) and len(children) > 20
+    target = LogTarget(np.array([1.0, 0.1, 0.01]))
+    np.testing.assert_allclose(target(np.array([1.0, 0.1, 0.01])), [1.0, 0.5, 0.0])
+    np.testing.assert_allclose(target.inverse(target(np.array([0.3]))), [0.3])
+
+
+@pytest.mark.parametrize("method", ["game-search", "evopress"])
+def test_set_searches_end_to_end_with_a_kl_store(method, tiny_checkpoint, text_file, tmp_path):
+    """Through pipeline.prune on a real (tiny) model: every real evaluation lands in the mask store
+    as it is made, so a second run (a resumed one) never repeats one; the checkpoint reloads."""
+    import json
+
+    from transformers import AutoModelForCausalLM
+
+    from coopprune import pipeline
+    from coopprune.config import Params
+    from coopprune.dataset import MaskDataset
+    from tiny import N_LAYERS, prune_request
+
+    params = Params.from_dict({
+        "model": {"source": str(tiny_checkpoint)},
+        "calibration": {"source": str(text_file), "n_windows": 4, "window": 24},
+        "sampling": {"remove": [1, 2], "per_stratum": 4, "shard_size": 4},
+    })
+    store = pipeline.sweep(params, tmp_path / "masks", progress=False)
+    assert store.manifest.identity.utility == "kl"
+    common = dict(remove=2, calib=str(text_file), n_windows=4, window=24, utility="kl", progress=False,
+                  masks=store.path, epochs=200, bootstrap=2, budget=16 if method == "game-search" else None,
+                  options={"per_round": 4} if method == "game-search" else {"generations": 3})
+    first = pipeline.prune(prune_request(tiny_checkpoint, tmp_path / "a", method, **common))
+    record = json.loads((tmp_path / "a" / "pruning.json").read_text())
+    assert len(record["removed_layers"]) == 2 and record["params"]["utility"] == "kl"
+    assert record["scores"]["passes"] >= record["scores"]["evaluations"] == first.evaluations > 0
+    stored = MaskDataset.open(store.path)
+    assert len(stored) == 8 + first.evaluations
+    second = pipeline.prune(prune_request(tiny_checkpoint, tmp_path / "b", method, **common))
+    masks, _ = MaskDataset.open(store.path).arrays()
+    assert len({m.tobytes() for m in masks}) == len(masks) == 8 + first.evaluations + second.evaluations
+    assert AutoModelForCausalLM.from_pretrained(tmp_path / "a").config.num_hidden_layers == N_LAYERS - 2
