@@ -50,11 +50,17 @@ def choose(contributions: Contributions, k: int, protected: tuple[int, ...]) -> 
 def select_by_cost(
     game: Game, estimator: Estimator, costs: list[int], max_cost: int, budget: int | None = None, seed: int = 0
 ) -> Selection:
-    """One shot over players of different sizes: remove the least-contributing ones within ``max_cost``."""
-    result = estimator.estimate(game, budget=budget, seed=seed)
-    if result.removal is not None:
-        raise CoopPruneError(f"{result.method} picks a set of k players; with players of different sizes use a scoring method")
-    removed = select_within_cost(result.values, costs, max_cost, game.protected_players)
+    """One shot over players of different sizes: a cost-aware set search's own set, else the
+    least-contributing players within ``max_cost``."""
+    if estimator.accepts_costs:
+        nominal = max(1, round(max_cost / (sum(costs) / len(costs))))  # players of average size that fit
+        result = estimator.estimate(game, budget=budget, seed=seed, k=nominal, costs=costs, max_cost=max_cost)
+        removed = sorted(result.removal or [])
+    else:
+        result = estimator.estimate(game, budget=budget, seed=seed)
+        if result.removal is not None:
+            raise CoopPruneError(f"{result.method} picks a set of k players; with players of different sizes use a scoring method")
+        removed = select_within_cost(result.values, costs, max_cost, game.protected_players)
     result.details["removed_cost"] = int(sum(costs[i] for i in removed))
     result.details["max_cost"] = max_cost
     return Selection(removed, [Round(list(range(game.n_players)), result, removed)])

@@ -152,3 +152,42 @@ def test_set_searches_end_to_end_with_a_kl_store(method, tiny_checkpoint, text_f
     masks, _ = MaskDataset.open(store.path).arrays()
     assert len({m.tobytes() for m in masks}) == len(masks) == 8 + first.evaluations + second.evaluations
     assert AutoModelForCausalLM.from_pretrained(tmp_path / "a").config.num_hidden_layers == N_LAYERS - 2
+
+
+def test_game_search_under_a_cost_budget_finds_the_best_set_that_fits():
+    """Players of two sizes (attention and MLP halves): the best set within the cost budget."""
+    from coopprune.estimators.game_search import Removal
+
+    n = 12
+    costs = [1.0, 2.0] * (n // 2)
+    w = np.linspace(0.02, 0.3, n)[np.random.default_rng(3).permutation(n)]
+
+    def value(masks):
+        removed = ~np.asarray(masks, bool)
+        return np.exp(-(removed @ w) - 0.4 * (removed[:, 4] & removed[:, 5]))
+
+    removal = Removal(n, tuple(range(n)), tuple(costs), 5.0)
+    candidates = [s for r in range(1, 6) for s in combinations(range(n), r) if removal.valid(s)]
+    utilities = value(np.stack([~np.isin(np.arange(n), s) for s in candidates]))
+    best = utilities.max()
+    found = get_estimator("game-search", patience=10, **SEARCH).estimate(FunctionGame(n, value), budget=60, seed=0, k=3,
+                                                                        costs=costs, max_cost=5.0)
+    assert removal.valid(found.removal) and sum(costs[i] for i in found.removal) <= 5
+    assert value(~np.isin(np.arange(n), found.removal)[None])[0] == pytest.approx(best)
+    with pytest.raises(CoopPruneError, match="cost budget"):
+        get_estimator("sleb").estimate(FunctionGame(n, value), k=3, costs=costs, max_cost=5.0)
+
+
+def test_game_search_on_sublayer_players_end_to_end(tiny_checkpoint, text_file, tmp_path):
+    import json
+
+    from coopprune import pipeline
+    from tiny import prune_request
+
+    out = tmp_path / "out"
+    result = pipeline.prune(prune_request(tiny_checkpoint, out, "game-search", remove=2, calib=str(text_file), n_windows=4,
+                                          window=24, utility="kl", players="sublayers", budget=30, epochs=200,
+                                          bootstrap=0, options={"per_round": 4}, progress=False))
+    scores = json.loads((out / "pruning.json").read_text())["scores"]
+    assert scores["removed_players"] and scores["parameters_removed_effective"] <= scores["parameter_budget"]
+    assert result.evaluations <= 30

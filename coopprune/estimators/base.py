@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import numpy as np
@@ -74,15 +75,25 @@ class Estimator(ABC):
     budget_is_sweep: ClassVar[bool] = False
     #: True for set-based methods (SLEB, Gromov's block, drop-last) that cannot rank without a target.
     requires_k: ClassVar[bool] = False
+    #: True if it searches sets under a cost budget (``costs``, ``max_cost``: players of different sizes).
+    accepts_costs: ClassVar[bool] = False
 
-    def estimate(self, game: Game, budget: int | None = None, seed: int = 0, k: int | None = None) -> Contributions:
-        """Contributions of every player of ``game``; ``k`` is the removal target (set-based methods)."""
+    def estimate(
+        self, game: Game, budget: int | None = None, seed: int = 0, k: int | None = None,
+        costs: Sequence[float] | None = None, max_cost: float | None = None,
+    ) -> Contributions:
+        """Contributions of every player of ``game``; ``k`` is the removal target (set-based methods).
+        ``costs`` and ``max_cost``: the set must fit a cost budget instead (``k`` is then its nominal
+        size, for budgets and strata); only methods with ``accepts_costs`` take them."""
+        if costs is not None and not self.accepts_costs:
+            raise CoopPruneError(f"method '{self.name}' does not search under a cost budget")
         if budget is not None and budget < 1:
             raise CoopPruneError(f"budget must be a positive number of real evaluations, got {budget}")
         if self.requires_k and k is None:
             raise CoopPruneError(f"method '{self.name}' chooses a set of k players to remove: give k")
         start, used, cost = time.perf_counter(), game.evaluations, game.cost
-        result = self._estimate(game, budget, seed, k)
+        extra = {} if costs is None else {"costs": costs, "max_cost": max_cost}
+        result = self._estimate(game, budget, seed, k, **extra)
         result.summarize_replicates(k, game.protected_players)
         result.evaluations = game.evaluations - used
         result.passes = game.cost - cost

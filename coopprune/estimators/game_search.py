@@ -30,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -37,11 +38,10 @@ import numpy as np
 from coopprune.errors import CoopPruneError
 from coopprune.estimators.base import Contributions, register
 from coopprune.estimators.evopress import level_switch
-from coopprune.estimators.search import improve_by_swaps, removal_mask
+from coopprune.estimators.search import removal_mask
 from coopprune.estimators.surrogate_based import SurrogateEstimator
 from coopprune.game import Game
 from coopprune.sampling import StrataPlan
-from coopprune.select import select_layers
 from coopprune.shapley import semivalue, stratified_masks
 from coopprune.surrogate import Surrogate, fit_validated, regression_metrics
 
@@ -82,14 +82,111 @@ def strata_around(k: int, n_movable: int) -> list[int]:
     return sorted({max(1, k - half), k, min(n_movable - 1, k + half)})
 
 
-def greedy_path(predict: Predict, n_players: int, movable: Sequence[int], k: int) -> tuple[int, ...]:
-    """SLEB on the surrogate: remove, k times, the player whose removal keeps the most predicted utility."""
-    removed: list[int] = []
-    for _ in range(k):
-        options = [i for i in movable if i not in removed]
-        scores = predict(np.stack([removal_mask(n_players, removed + [i]) for i in options]))
-        removed.append(options[int(np.argmax(scores))])
-    return tuple(sorted(removed))
+@dataclass(frozen=True)
+class Removal:
+    """Which removal sets are candidates: subsets of ``movable`` whose cost fits ``max_cost`` and
+    that no further movable player fits into. Unit costs and ``max_cost = k`` give exactly the
+    k-sets; sublayer players give the sets within a parameter budget (attention and MLP differ)."""
+
+    n_players: int
+    movable: tuple[int, ...]
+    costs: tuple[float, ...]
+    max_cost: float
+
+    @classmethod
+    def of_size(cls, n_players: int, movable: Sequence[int], k: int) -> Removal:
+        return cls(n_players, tuple(movable), (1.0,) * n_players, float(k))
+
+    @property
+    def unit(self) -> bool:
+        return all(c == 1.0 for c in self.costs)
+
+    def cost(self, removed: Sequence[int]) -> float:
+        return float(sum(self.costs[i] for i in removed))
+
+    def complete(self, removed: Sequence[int], order: Sequence[int]) -> tuple[int, ...]:
+        """Add players from ``order`` while they fit: a maximal set."""
+        out, total = set(removed), self.cost(removed)
+        for i in order:
+            if i not in out and total + self.costs[i] <= self.max_cost + 1e-9:
+                out.add(int(i))
+                total += self.costs[i]
+        return tuple(sorted(out))
+
+    def valid(self, removed: Sequence[int]) -> bool:
+        kept = [i for i in self.movable if i not in set(removed)]
+        total = self.cost(removed)
+        return (set(removed) <= set(self.movable) and total <= self.max_cost + 1e-9
+                and all(total + self.costs[i] > self.max_cost + 1e-9 for i in kept))
+
+    def random(self, rng: np.random.Generator) -> tuple[int, ...]:
+        return self.complete((), [int(i) for i in rng.permutation(self.movable)])
+
+    def swaps(self, removed: tuple[int, ...]) -> list[tuple[int, ...]]:
+        """Every set one exchange away: one removed player back, one kept one out; with unequal
+        costs the slack this leaves is filled by each player that fits in turn (then in order)."""
+        kept = [i for i in self.movable if i not in set(removed)]
+        found = set()
+        for back in removed:
+            rest = [i for i in removed if i != back]
+            for out in kept:
+                if self.cost(rest) + self.costs[out] > self.max_cost + 1e-9:
+                    continue
+                if self.unit:
+                    found.add(tuple(sorted(rest + [out])))
+                    continue
+                others = [i for i in kept if i != out]
+                fill = [i for i in others if self.cost(rest) + self.costs[out] + self.costs[i] <= self.max_cost + 1e-9]
+                for first in fill or [None]:
+                    found.add(self.complete(rest + [out] + ([first] if first is not None else []), others))
+        return sorted(found - {removed})
+
+    def mutate(self, removed: tuple[int, ...], rng: np.random.Generator, max_mutations: int = 3) -> tuple[int, ...]:
+        """EvoPress's level switch generalised: min(U{1..m}, U{1..m}) times, one removed player
+        comes back and random kept ones that fit go out."""
+        if self.unit:
+            return level_switch(removed, list(self.movable), rng, max_mutations)
+        current = set(removed)
+        for _ in range(min(int(rng.integers(1, max_mutations + 1)), int(rng.integers(1, max_mutations + 1)))):
+            if not current:
+                break
+            back = int(rng.choice(sorted(current)))
+            kept = [i for i in self.movable if i not in current and i != back]
+            current = set(self.complete(sorted(current - {back}), [int(i) for i in rng.permutation(kept)]))
+        return tuple(sorted(current))
+
+    def scaled(self, factor: float) -> Removal:
+        return dataclasses.replace(self, max_cost=self.max_cost * factor)
+
+    def greedy(self, predict: Predict) -> tuple[int, ...]:
+        """SLEB on the surrogate: remove, while anything fits, the player whose removal keeps the
+        most predicted utility."""
+        removed: list[int] = []
+        while True:
+            options = [i for i in self.movable if i not in removed
+                       and self.cost(removed) + self.costs[i] <= self.max_cost + 1e-9]
+            if not options:
+                return tuple(sorted(removed))
+            scores = predict(np.stack([removal_mask(self.n_players, removed + [i]) for i in options]))
+            removed.append(options[int(np.argmax(scores))])
+
+    def by_values(self, values: np.ndarray) -> tuple[int, ...]:
+        """The least-contributing players that fit (a ranking method's choice)."""
+        return self.complete((), sorted(self.movable, key=lambda i: (values[i], i)))
+
+    def local_search(self, score: Predict, start: tuple[int, ...]) -> tuple[int, ...]:
+        """Best-improvement exchanges while the score rises."""
+        current = start
+        best = float(score(removal_mask(self.n_players, current)[None])[0])
+        while True:
+            options = self.swaps(current)
+            if not options:
+                return current
+            values = score(np.stack([removal_mask(self.n_players, o) for o in options]))
+            top = int(np.argmax(values))
+            if values[top] <= best + 1e-12:
+                return current
+            current, best = options[top], float(values[top])
 
 
 @register
@@ -98,6 +195,7 @@ class GameSearch(SurrogateEstimator):
 
     name = "game-search"
     requires_k = True
+    accepts_costs = True  # players of different sizes (sublayers) under a cost budget
     budget_is_sweep = False  # its budget is real passes, by its own rule (default_budget)
 
     def __init__(
@@ -106,7 +204,7 @@ class GameSearch(SurrogateEstimator):
         per_round: int = 8,
         ensemble: int = 3,
         exploration: float = 1.0,
-        patience: int = 3,
+        patience: int = 6,
         initial: int | None = None,
         restarts: int = 8,
         mutations: int = 64,
@@ -138,27 +236,32 @@ class GameSearch(SurrogateEstimator):
             raise CoopPruneError(f"game-search: a budget of {budget} real passes cannot buy one round of "
                                  f"{self.per_round} (raise --budget or lower per_round)")
 
-    def _estimate(self, game: Game, budget: int | None, seed: int, k: int | None) -> Contributions:
+    def _estimate(
+        self, game: Game, budget: int | None, seed: int, k: int | None,
+        costs: Sequence[float] | None = None, max_cost: float | None = None,
+    ) -> Contributions:
         assert k is not None
         n = game.n_players
         movable = [i for i in range(n) if i not in set(game.protected_players)]
         if not 1 <= k < len(movable):
             raise CoopPruneError(f"game-search needs 1 <= k < {len(movable)} removable players, got k={k}")
+        removal = (Removal.of_size(n, movable, k) if costs is None
+                   else Removal(n, tuple(movable), tuple(float(c) for c in costs), float(max_cost)))  # type: ignore[arg-type]
         budget = default_budget(n, k) if budget is None else budget
         self.check(n, k, budget)
         rng = np.random.default_rng([seed, 0x6A3E])
         cost0 = game.cost
         strata = strata_around(k, len(movable))
-        paid = self._initial_design(game, strata, budget, seed)  # evaluations found that stand in for it
+        paid = self._initial_design(game, removal, k, strata, budget, seed)  # evaluations found stand in for it
 
-        best, best_utility = self._best_known(game, k, movable)
-        trace = [{"round": 0, "passes": game.cost - cost0, "removed": list(best), "utility": best_utility}]
+        best, best_utility = self._best_known(game, removal)
+        trace = [{"round": 0, "passes": paid + game.cost - cost0, "removed": list(best), "utility": best_utility}]
         proposals: list[tuple[float, float]] = []  # (predicted before its real pass, real)
         stale, rounds = 0, 0
         while paid + game.cost - cost0 + self.per_round <= budget + 1e-9 and stale < self.patience:
             rounds += 1
             ensemble, target = self._fit(game, seed + 101 * rounds)
-            picked = self._propose(ensemble, game, k, movable, strata, rng)
+            picked = self._propose(ensemble, game, removal, strata, rng)
             if not picked:
                 break
             if self.screen_share is not None:
@@ -166,10 +269,10 @@ class GameSearch(SurrogateEstimator):
             predicted = target.inverse(ensemble.predict(np.stack([removal_mask(n, s) for s in picked])))
             real = game.value_function(np.stack([removal_mask(n, s) for s in picked]))
             proposals += list(zip(predicted.tolist(), real.tolist()))
-            new_best, new_utility = self._best_known(game, k, movable)
+            new_best, new_utility = self._best_known(game, removal)
             stale = 0 if new_utility > best_utility + 1e-12 else stale + 1
             best, best_utility = new_best, max(best_utility, new_utility)
-            trace.append({"round": rounds, "passes": game.cost - cost0, "removed": list(best), "utility": best_utility})
+            trace.append({"round": rounds, "passes": paid + game.cost - cost0, "removed": list(best), "utility": best_utility})
 
         masks, utilities = game.known()
         target = LogTarget(utilities)
@@ -184,7 +287,8 @@ class GameSearch(SurrogateEstimator):
         details = {
             "search": {
                 "budget": budget, "rounds": rounds, "stopped": "patience" if stale >= self.patience else "budget",
-                "strata_removed": strata, "chosen_real": best_utility, "trace": trace,
+                "strata_removed": strata, "chosen_real": best_utility, "chosen_cost": removal.cost(best),
+                "max_cost": removal.max_cost, "passes_before": paid, "trace": trace,
                 "proposals_fit": regression_metrics(true, pred),
                 "settings": {"per_round": self.per_round, "ensemble": self.ensemble, "exploration": self.exploration,
                              "patience": self.patience, "screen_share": self.screen_share},
@@ -196,19 +300,24 @@ class GameSearch(SurrogateEstimator):
                             replicates=self.bootstrap_values(masks, target(utilities), seed, values_of), details=details)
 
     # ------------------------------------------------------------------ steps
-    def _initial_design(self, game: Game, strata: list[int], budget: int, seed: int) -> int:
-        """Masks around k when the game knows too few. Evaluations it already knows (a sweep) stand
-        in for the design and count against the budget: returns how many did (so the budget is the
-        whole cost of the decision, sweep included)."""
+    def _initial_design(self, game: Game, removal: Removal, k: int, strata: list[int], budget: int, seed: int) -> int:
+        """Masks around the target when the game knows too few: removal sets at k/2, k and 3k/2
+        players (for unequal costs: at those shares of the cost budget). Evaluations it already
+        knows (a sweep) stand in for the design and count against the budget: returns how many did."""
         wanted = 2 * game.n_players if self.initial is None else self.initial
         wanted = min(wanted, budget - self.per_round)  # always leave room for one round
         known = len(game.known()[0])
         missing = wanted - known
         if missing > 0:
-            per = math.ceil(missing / len(strata))
-            plan = StrataPlan.build(game.n_players, remove=strata, per_stratum=per, protected=game.protected_players, seed=seed)
-            masks = plan.sample()
-            game.value_function(masks[np.random.default_rng([seed, 0x1D]).permutation(len(masks))[:missing]])
+            if removal.unit:
+                per = math.ceil(missing / len(strata))
+                plan = StrataPlan.build(game.n_players, remove=strata, per_stratum=per,
+                                        protected=game.protected_players, seed=seed).sample()
+            else:
+                rng = np.random.default_rng([seed, 0x1C])
+                sets = {removal.scaled(s / k).random(rng) for s in strata for _ in range(math.ceil(missing / len(strata)))}
+                plan = np.stack([removal_mask(game.n_players, s) for s in sorted(sets)])
+            game.value_function(plan[np.random.default_rng([seed, 0x1D]).permutation(len(plan))[:missing]])
         return min(known, wanted)
 
     def _fit(self, game: Game, seed: int) -> tuple[Surrogate, LogTarget]:
@@ -218,19 +327,23 @@ class GameSearch(SurrogateEstimator):
         return Surrogate.fit(masks, target(utilities), config), target
 
     @staticmethod
-    def _best_known(game: Game, k: int, movable: Sequence[int]) -> tuple[tuple[int, ...], float]:
-        """The best real k-removal set of removable players (ties: the lower set), or nothing yet."""
+    def _candidates(game: Game, removal: Removal) -> tuple[list[tuple[int, ...]], np.ndarray]:
+        """Every real evaluation that is a candidate removal set, with its utility."""
         masks, utilities = game.known()
-        fixed = np.setdiff1d(np.arange(game.n_players), movable)
-        ok = ((~masks).sum(1) == k) & masks[:, fixed].all(1) & np.isfinite(utilities)
-        if not ok.any():
+        sets = [tuple(np.flatnonzero(~m).tolist()) for m in masks]
+        keep = [i for i, st in enumerate(sets) if np.isfinite(utilities[i]) and removal.valid(st)]
+        return [sets[i] for i in keep], utilities[keep]
+
+    def _best_known(self, game: Game, removal: Removal) -> tuple[tuple[int, ...], float]:
+        """The best real candidate set (ties: the lower set), or nothing yet."""
+        sets, utilities = self._candidates(game, removal)
+        if not sets:
             return (), -math.inf
-        sets = [tuple(np.flatnonzero(~m).tolist()) for m in masks[ok]]
-        order = sorted(range(len(sets)), key=lambda i: (-utilities[ok][i], sets[i]))
-        return sets[order[0]], float(utilities[ok][order[0]])
+        top = min(range(len(sets)), key=lambda i: (-utilities[i], sets[i]))
+        return sets[top], float(utilities[top])
 
     def _propose(
-        self, ensemble: Surrogate, game: Game, k: int, movable: list[int], strata: list[int], rng: np.random.Generator
+        self, ensemble: Surrogate, game: Game, removal: Removal, strata: list[int], rng: np.random.Generator
     ) -> list[tuple[int, ...]]:
         n = game.n_players
         mean: Predict = ensemble.predict
@@ -239,20 +352,16 @@ class GameSearch(SurrogateEstimator):
             mu, sd = ensemble.predict(x, return_std=True)
             return mu + self.exploration * sd
 
-        masks, utilities = game.known()
-        fixed = np.setdiff1d(np.arange(n), movable)
-        ok = ((~masks).sum(1) == k) & masks[:, fixed].all(1) & np.isfinite(utilities)
-        ranked = np.argsort(-np.where(ok, utilities, -np.inf), kind="stable")[: min(self.elites, int(ok.sum()))]
-        elites = [tuple(np.flatnonzero(~masks[i]).tolist()) for i in ranked]
+        sets, utilities = self._candidates(game, removal)
+        elites = [sets[i] for i in sorted(range(len(sets)), key=lambda i: (-utilities[i], sets[i]))[: self.elites]]
         base = stratified_masks(n, strata, 4096, np.random.default_rng(int(rng.integers(1 << 31))), game.protected_players)
-        starts = elites + [greedy_path(mean, n, movable, k),
-                           tuple(select_layers(semivalue(mean, n, base), k, game.protected_players))]
-        starts += [tuple(sorted(int(i) for i in rng.choice(movable, size=k, replace=False))) for _ in range(self.restarts)]
-        pool = set(starts) | {improve_by_swaps(acquisition, n, s, movable) for s in set(starts)}
+        starts = elites + [removal.greedy(mean), removal.by_values(semivalue(mean, n, base))]
+        starts += [removal.random(rng) for _ in range(self.restarts)]
+        pool = set(starts) | {removal.local_search(acquisition, s) for s in dict.fromkeys(starts)}
         for elite in elites:
-            pool |= {level_switch(elite, movable, rng) for _ in range(self.mutations // max(len(elites), 1))}
-        seen = {tuple(np.flatnonzero(~m).tolist()) for m in masks}
-        fresh = sorted(s for s in pool if s not in seen and len(s) == k)
+            pool |= {removal.mutate(elite, rng) for _ in range(self.mutations // max(len(elites), 1))}
+        seen = {tuple(np.flatnonzero(~m).tolist()) for m in game.known()[0]}
+        fresh = sorted(s for s in pool if s not in seen and removal.valid(s))
         if not fresh:
             return []
         scores = acquisition(np.stack([removal_mask(n, s) for s in fresh]))
