@@ -158,9 +158,9 @@ def select(bench: Bench, label: str) -> dict[str, Any]:
     """Removed players for every k, with the real passes and seconds the selection took (one
     interface for every arm: the registry's ``estimate``, then its set or its bottom k)."""
     cache = bench.work / "select" / f"{label}.json"
-    if cache.is_file():
-        return json.loads(cache.read_text())
     arm = ARMS[label]
+    if cache.is_file() and not arm.per_k:  # per-k arms are assembled from their per-k parts, for these ks
+        return json.loads(cache.read_text())
     options = {**(SURROGATE_OPTIONS if issubclass(ESTIMATORS[arm.method], SurrogateEstimator) else {}), **dict(arm.options)}
     sweep_masks = len(bench.sweep()) if arm.sweep else 0
     start = time.perf_counter()
@@ -184,13 +184,18 @@ def select(bench: Bench, label: str) -> dict[str, Any]:
         details = {"costs": costs}
     elif arm.per_k:  # a set per k, each from a game of its own (nothing carried between k)
         details = {"per_k": {}}
-        for k in ks:
-            game = bench.game(f"{label}-{k}", arm)
-            c = get_estimator(arm.method, **options).estimate(game, budget=sweep_masks or None, seed=arm.seed, k=k)
-            removed[k] = sorted(c.removal) if c.removal is not None else select_layers(c.values, k)
-            cost[k] = {"evaluations": c.evaluations, "passes": c.passes}
-            details["per_k"][str(k)] = {key: v for key, v in c.details.items() if key in ("search", "trace", "chosen_real")}
-            print(f"  {label} k={k}: {removed[k]} ({c.passes:.1f} passes, {c.seconds:.0f}s)", flush=True)
+        for k in ks:  # each k cached on its own: a long search completes over several calls
+            part = bench.work / "select" / "per_k" / f"{label}-{k}.json"
+            if not part.is_file():
+                game = bench.game(f"{label}-{k}", arm)
+                c = get_estimator(arm.method, **options).estimate(game, budget=sweep_masks or None, seed=arm.seed, k=k)
+                write_json(part, {
+                    "removed": sorted(c.removal) if c.removal is not None else select_layers(c.values, k),
+                    "cost": {"evaluations": c.evaluations, "passes": c.passes}, "seconds": c.seconds,
+                    "details": {key: v for key, v in c.details.items() if key in ("search", "trace", "chosen_real")}})
+                print(f"  {label} k={k}: {c.removal} ({c.passes:.1f} passes, {c.seconds:.0f}s)", flush=True)
+            done = json.loads(part.read_text())
+            removed[k], cost[k], details["per_k"][str(k)] = done["removed"], done["cost"], done["details"]
     else:  # one ranking (or SLEB's greedy order) read off for every k
         game = bench.game(label, arm)
         c = get_estimator(arm.method, **options).estimate(game, budget=sweep_masks or None, seed=arm.seed, k=k_max)

@@ -331,6 +331,26 @@ def evaluate_shard(params: Params, shard: int, out_dir: str | Path | None = None
     return len(dataset) - before
 
 
+def search_store(params: Params, sweep: MaskDataset) -> MaskDataset:
+    """``<output_dir>/search``: the sweep's evaluations plus every one the method makes, each
+    written as it is made (a killed search resumes without repeating one). The sweep itself is
+    never extended, so its DVC output stays what the sweep stage wrote; a search store of another
+    sweep (the sweep changed) is replaced by a fresh copy."""
+    import shutil
+
+    dest = Path(params.output_dir) / "search"
+    if (dest / "manifest.json").is_file():
+        store = MaskDataset.open(dest)
+        if store.manifest.to_json() == sweep.manifest.to_json() and len(store) >= len(sweep):
+            return store
+    tmp = dest.with_name(dest.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(sweep.path, tmp)
+    shutil.rmtree(dest, ignore_errors=True)
+    tmp.rename(dest)
+    return MaskDataset.open(dest)
+
+
 def merge_sweep(out_dir: str | Path) -> MaskDataset:
     """Check that every planned shard is sealed and reopen the whole dataset."""
     dataset = MaskDataset.open(out_dir)
@@ -413,7 +433,7 @@ def prune_from_params(
     """``prune`` as configured in params, reusing (and extending) the sweep's mask dataset;
     ``decision_only`` writes ``<output_dir>/contributions`` for ``apply_decision`` instead.
     Methods whose budget is a sweep's size get the sweep's unless ``prune.budget`` says."""
-    dataset = dataset or merge_sweep(masks_dir(params))
+    dataset = search_store(params, dataset or merge_sweep(masks_dir(params)))
     out = Path(params.output_dir) / ("contributions" if decision_only else "pruned")
     prune_params = params.prune
     if prune_params.budget is None and ESTIMATORS[prune_params.method].budget_is_sweep:
