@@ -6,8 +6,10 @@ directly but pays a real pass for every set it looks at. This method keeps the p
 and uses it as the screen:
 
 1. Start from what is paid for: every evaluation the game knows (the Stage-1 sweep, the mask
-   store). When it knows fewer than ``initial`` masks, it draws the rest from strata around k
-   (k/2, k and 3k/2 removals), seeded.
+   store). When it knows fewer than ``initial`` (2L) masks, it evaluates every single removal
+   (``singles``) and draws the rest from strata around k (k/2, k and 3k/2 removals), seeded. The
+   sets of the one-pass peers (Gromov's angular block, ShortGPT's bottom k: ``peer_seeds``) are
+   evaluated once for real too.
 2. Rounds: fit an ensemble of ``ensemble`` surrogates on every real evaluation; propose k-removal
    sets by swap local search and EvoPress-style mutations on the surrogate, scored by predicted
    utility plus ``exploration`` x the members' disagreement; starts are the best real sets so
@@ -20,8 +22,9 @@ and uses it as the screen:
 
 The result is the best k-removal set ever evaluated on the full calibration set, so on
 calibration it is never worse than any set it saw. Contributions are the semivalue of the final
-ensemble over masks around k (on the log-utility scale it is fitted on), with bootstrap intervals; the surrogate's fit is reported held out
-on the sweep's strata and, where the decision is made, on every proposed set before its real pass.
+ensemble over masks around k (on the log-utility scale it is fitted on), with bootstrap
+intervals; the surrogate's fit is reported held out on the sweep's strata and, where the decision
+is made, on every proposed set before its real pass.
 Every setting scales with L and k; none refers to a model.
 """
 
@@ -211,6 +214,8 @@ class GameSearch(SurrogateEstimator):
         elites: int = 4,
         screen_share: float | None = None,
         screen_factor: int = 4,
+        singles: bool = True,
+        peer_seeds: Sequence[str] = ("angular", "bi"),
         base_masks: int = 20_000,
         **options: Any,
     ) -> None:
@@ -225,7 +230,8 @@ class GameSearch(SurrogateEstimator):
             raise CoopPruneError(f"game-search: screen_share must be in (0, 1), got {screen_share}")
         self.per_round, self.ensemble, self.exploration, self.patience = per_round, ensemble, exploration, patience
         self.initial, self.restarts, self.mutations, self.elites = initial, restarts, mutations, elites
-        self.screen_share, self.screen_factor = screen_share, screen_factor
+        self.screen_share, self.screen_factor, self.singles = screen_share, screen_factor, singles
+        self.peer_seeds = tuple(peer_seeds)
 
     def check(self, n_players: int, k: int | None, budget: int | None) -> None:
         """Fail before any model is loaded when the budget cannot buy one round."""
@@ -253,6 +259,7 @@ class GameSearch(SurrogateEstimator):
         cost0 = game.cost
         strata = strata_around(k, len(movable))
         paid = self._initial_design(game, removal, k, strata, budget, seed)  # evaluations found stand in for it
+        seeds = self._peer_seeds(game, removal, k)
 
         best, best_utility = self._best_known(game, removal)
         trace = [{"round": 0, "passes": paid + game.cost - cost0, "removed": list(best), "utility": best_utility}]
@@ -288,7 +295,7 @@ class GameSearch(SurrogateEstimator):
             "search": {
                 "budget": budget, "rounds": rounds, "stopped": "patience" if stale >= self.patience else "budget",
                 "strata_removed": strata, "chosen_real": best_utility, "chosen_cost": removal.cost(best),
-                "max_cost": removal.max_cost, "passes_before": paid, "trace": trace,
+                "max_cost": removal.max_cost, "passes_before": paid, "peer_seeds": seeds, "trace": trace,
                 "proposals_fit": regression_metrics(true, pred),
                 "settings": {"per_round": self.per_round, "ensemble": self.ensemble, "exploration": self.exploration,
                              "patience": self.patience, "screen_share": self.screen_share},
@@ -301,24 +308,52 @@ class GameSearch(SurrogateEstimator):
 
     # ------------------------------------------------------------------ steps
     def _initial_design(self, game: Game, removal: Removal, k: int, strata: list[int], budget: int, seed: int) -> int:
-        """Masks around the target when the game knows too few: removal sets at k/2, k and 3k/2
-        players (for unequal costs: at those shares of the cost budget). Evaluations it already
-        knows (a sweep) stand in for the design and count against the budget: returns how many did."""
+        """When the game knows too few masks: every single removal first (``singles``: what each
+        player costs alone, L passes, the start of SLEB's path), then removal sets at k/2, k and
+        3k/2 players (for unequal costs: at those shares of the cost budget). Evaluations it
+        already knows (a sweep) stand in for the design and count against the budget: returns how
+        many did."""
         wanted = 2 * game.n_players if self.initial is None else self.initial
         wanted = min(wanted, budget - self.per_round)  # always leave room for one round
         known = len(game.known()[0])
         missing = wanted - known
+        if missing > 0 and self.singles:
+            before = game.evaluations
+            game.value_function(np.stack([removal_mask(game.n_players, (i,)) for i in removal.movable])[:missing])
+            missing -= game.evaluations - before
         if missing > 0:
             if removal.unit:
-                per = math.ceil(missing / len(strata))
+                per = math.ceil(missing / len(strata)) + game.n_players  # room for the rows already known
                 plan = StrataPlan.build(game.n_players, remove=strata, per_stratum=per,
                                         protected=game.protected_players, seed=seed).sample()
             else:
                 rng = np.random.default_rng([seed, 0x1C])
                 sets = {removal.scaled(s / k).random(rng) for s in strata for _ in range(math.ceil(missing / len(strata)))}
                 plan = np.stack([removal_mask(game.n_players, s) for s in sorted(sets)])
+            seen = {m.tobytes() for m in game.known()[0]}
+            plan = plan[[m.tobytes() not in seen for m in plan]]
             game.value_function(plan[np.random.default_rng([seed, 0x1D]).permutation(len(plan))[:missing]])
         return min(known, wanted)
+
+    def _peer_seeds(self, game: Game, removal: Removal, k: int) -> dict[str, list[int]]:
+        """The sets the one-pass peers would remove (Gromov's block, ShortGPT's bottom k), evaluated
+        for real: two activation passes and two evaluations buy a search that is never worse on
+        calibration than either. Games without a model (synthetic) or with sizes skip this."""
+        from coopprune.estimators import get_estimator
+
+        if not removal.unit or not hasattr(game, "evaluator"):
+            return {}
+        seeds = {}
+        for name in self.peer_seeds:
+            try:
+                c = get_estimator(name).estimate(game, k=k)
+            except CoopPruneError:  # e.g. no block of k avoids the protected layers
+                continue
+            chosen = c.removal if c.removal is not None else removal.by_values(c.values)
+            if removal.valid(tuple(chosen)):
+                game.value_function(removal_mask(game.n_players, chosen)[None])
+                seeds[name] = sorted(int(i) for i in chosen)
+        return seeds
 
     def _fit(self, game: Game, seed: int) -> tuple[Surrogate, LogTarget]:
         masks, utilities = game.known()
