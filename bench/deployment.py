@@ -142,7 +142,7 @@ def quantization(work: Path, limit: int, schemes: list[str]) -> list[dict[str, A
             start = time.perf_counter()
             params = Params.from_dict({"model": {"source": str(q)}, "game": {"utility": "ppl_ratio"},
                                        "prune": {"method": "semivalue", "remove": 6, "budget": 200}})
-            result = pipeline.prune(pipeline.PruneRequest.from_params(params, qp, overwrite=True))
+            result = pipeline.prune(pipeline.PruneRequest(params, qp, overwrite=True))
             print(f"game on {q}: removed {result.removed_layers} in {time.perf_counter() - start:.0f}s", flush=True)
         removed = json.loads((qp / "pruning.json").read_text())["removed_layers"]
         rows.append(

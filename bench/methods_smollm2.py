@@ -72,7 +72,7 @@ def main() -> None:
                     "prune": params.prune.model_copy(update={"method": method, "remove": args.k, "budget": budget}),
                     "sampling": params.sampling.model_copy(update={"seed": seed if method == "random" else params.sampling.seed}),
                 })
-                pipeline.prune(pipeline.PruneRequest.from_params(cell_params, out, masks=store.path, overwrite=True,
+                pipeline.prune(pipeline.PruneRequest(cell_params, out, masks=store.path, overwrite=True,
                                                                  progress=False))
                 seconds = time.perf_counter() - t
             ppl = pipeline.evaluate_perplexity(str(out), "boolq", 128, args.eval_windows, progress=False).perplexity

@@ -108,7 +108,7 @@ def prune(
         "prune": {"method": method, "remove": remove, "ratio": ratio, "iterative": iterative, "budget": budget,
                   "bootstrap": bootstrap, "players": players, "options": {method: _parse_options(option)}},
     }, where="options")
-    request = pipeline.PruneRequest.from_params(params, out, masks=masks, overwrite=overwrite, progress=not quiet)
+    request = pipeline.PruneRequest(params, out, masks=masks, overwrite=overwrite, progress=not quiet)
     result = pipeline.prune(request)
     typer.echo(f"removed layers {result.removed_layers} using {result.evaluations} real forward passes")
     typer.echo(str(result.out_dir))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import time
 from dataclasses import asdict, dataclass
@@ -14,7 +13,7 @@ import torch
 
 from coopprune.atomic import atomic_dir, write_csv, write_json
 from coopprune.calibration import Windows, calibration_windows, evaluation_windows, load_texts, text_fingerprint
-from coopprune.config import CalibrationParams, GameParams, ModelParams, Params, PruneParams, SamplingParams, SurrogateParams
+from coopprune.config import GameParams, Params
 from coopprune.engine import MaskEvaluator
 from coopprune.errors import CoopPruneError
 from coopprune.dataset import Manifest, MaskDataset
@@ -64,26 +63,21 @@ class PruneResult:
 
 @dataclass(frozen=True)
 class PruneRequest:
-    """One pruning job: the params' sections it reads, plus where it writes. The single way into
-    :func:`prune`; the CLI, the flow and the benches build it (``from_params``) instead of passing
-    two dozen keywords."""
+    """One pruning job: the validated params (model, calibration, game, sampling, surrogate and
+    prune sections are read) plus where it writes. The single way into :func:`prune`; the CLI,
+    the flow and the benches build one instead of passing two dozen keywords."""
 
+    params: Params
     out_dir: Path
-    model: ModelParams = ModelParams()
-    calibration: CalibrationParams = CalibrationParams()
-    game: GameParams = GameParams()
-    sampling: SamplingParams = SamplingParams()
-    surrogate: SurrogateParams = SurrogateParams()
-    prune: PruneParams = PruneParams()
     masks: Path | None = None  # a mask dataset of the same model and calibration to reuse and extend
     overwrite: bool = False
     decision_only: bool = False  # contributions report + decision.json, no checkpoint (two DVC stages)
     progress: bool = True
 
-    @classmethod
-    def from_params(cls, params: Params, out_dir: str | Path, **fields: Any) -> PruneRequest:
-        return cls(out_dir=Path(out_dir), model=params.model, calibration=params.calibration, game=params.game,
-                   sampling=params.sampling, surrogate=params.surrogate, prune=params.prune, **fields)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "out_dir", Path(self.out_dir))
+        if self.masks is not None:
+            object.__setattr__(self, "masks", Path(self.masks))
 
 
 def build_evaluator(loaded: LoadedModel, windows: torch.Tensor, batch_size: int, game: GameParams,
@@ -105,7 +99,8 @@ def prune(request: PruneRequest) -> PruneResult:
     ``decision.json`` to ``out_dir`` instead of a checkpoint (``apply_decision`` prunes later:
     the two DVC stages). Every argument is checked before weights are read.
     """
-    r, p, c, m = request, request.prune, request.calibration, request.model
+    r, p, c, m = request, request.params.prune, request.params.calibration, request.params.model
+    game_params = request.params.game
     out = check_output_dir(r.out_dir, r.overwrite)
     sublayers = p.players == "sublayers"
     if sublayers and p.iterative is not None:
@@ -115,7 +110,7 @@ def prune(request: PruneRequest) -> PruneResult:
     if sublayers:
         check_sublayers(architecture)
     k = removal_count(n_layers, p.remove, p.ratio)
-    prot = normalize_layers(r.game.protected, n_layers)
+    prot = normalize_layers(game_params.protected, n_layers)
     if k > n_layers - len(prot):
         raise CoopPruneError(f"cannot remove {k} layers: protected layers {list(prot)} leave {n_layers - len(prot)}")
     if p.iterative is not None and not 1 <= p.iterative <= k:
@@ -131,10 +126,10 @@ def prune(request: PruneRequest) -> PruneResult:
     windows = calibration_windows(loaded.tokenizer, docs, c.n_windows, c.window, c.seed)
     if store is not None:
         check_store(store, loaded.fingerprint, windows.fingerprint)
-    evaluator = build_evaluator(loaded, windows.input_ids, c.batch_size, r.game, sublayers)
+    evaluator = build_evaluator(loaded, windows.input_ids, c.batch_size, game_params, sublayers)
     protected_players = [2 * i + h for i in prot for h in (0, 1)] if sublayers else list(prot)
-    game = LayerGame(evaluator, r.game.utility, protected=protected_players, store=store, progress=r.progress)
-    estimator_seed = r.sampling.seed
+    game = LayerGame(evaluator, game_params.utility, protected=protected_players, store=store, progress=r.progress)
+    estimator_seed = request.params.sampling.seed
     names = game.player_names
     params_before = count_parameters(loaded.model)
     extra_scores: dict[str, Any] = {}
@@ -239,11 +234,11 @@ def estimator_options(request: PruneRequest, n_layers: int) -> dict[str, Any]:
 
     from coopprune.estimators.surrogate_based import SurrogateEstimator
 
-    cls, p, s = ESTIMATORS[request.prune.method], request.prune, request.sampling
+    cls, p, s = ESTIMATORS[request.params.prune.method], request.params.prune, request.params.sampling
     options: dict[str, Any] = {}
     if issubclass(cls, SurrogateEstimator):
         ratios = s.remove_ratios if s.remove is None else [r / n_layers for r in s.remove]
-        options = {"surrogate": SurrogateConfig(**request.surrogate.model_dump()),
+        options = {"surrogate": SurrogateConfig(**request.params.surrogate.model_dump()),
                    "remove_ratios": tuple(ratios) if ratios is not None else PAPER_REMOVE_RATIOS,
                    "bootstrap": p.bootstrap}
     elif p.bootstrap == 0 and "bootstrap" in inspect.signature(cls.__init__).parameters:
@@ -438,9 +433,8 @@ def prune_from_params(
     prune_params = params.prune
     if prune_params.budget is None and ESTIMATORS[prune_params.method].budget_is_sweep:
         prune_params = prune_params.model_copy(update={"budget": len(dataset.manifest.plan)})
-    request = PruneRequest.from_params(params, out, masks=dataset.path, overwrite=True, progress=progress,
-                                       decision_only=decision_only)
-    return prune(dataclasses.replace(request, prune=prune_params))
+    return prune(PruneRequest(params.model_copy(update={"prune": prune_params}), out, masks=dataset.path,
+                              overwrite=True, progress=progress, decision_only=decision_only))
 
 
 def removal_order(record: dict[str, Any]) -> list[int]:

@@ -133,4 +133,4 @@ def prune_request(model, out, method="ppl", *, remove=None, calib="lambada", n_w
         "prune": {"method": method, "remove": remove, "ratio": None if remove is not None else 0.3, "budget": budget,
                   "iterative": iterative, "players": players, "bootstrap": bootstrap, "options": {method: options or {}}},
     })
-    return PruneRequest.from_params(params, out, masks=masks, **fields)
+    return PruneRequest(params, out, masks=masks, **fields)
