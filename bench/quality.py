@@ -195,7 +195,8 @@ def select(bench: Bench, label: str) -> dict[str, Any]:
                     "details": {key: v for key, v in c.details.items() if key in ("search", "trace", "chosen_real")}})
                 print(f"  {label} k={k}: {c.removal} ({c.passes:.1f} passes, {c.seconds:.0f}s)", flush=True)
             done = json.loads(part.read_text())
-            removed[k], cost[k], details["per_k"][str(k)] = done["removed"], done["cost"], done["details"]
+            removed[k], details["per_k"][str(k)] = done["removed"], done["details"]
+            cost[k] = {**done["cost"], "seconds": done["seconds"]}
     else:  # one ranking (or SLEB's greedy order) read off for every k
         game = bench.game(label, arm)
         c = get_estimator(arm.method, **options).estimate(game, budget=sweep_masks or None, seed=arm.seed, k=k_max)
@@ -210,6 +211,11 @@ def select(bench: Bench, label: str) -> dict[str, Any]:
     result = {"method": label, "registry_method": arm.method, "utility": arm.utility,
               "removed": {str(k): v for k, v in removed.items()}, "cost": {str(k): v for k, v in cost.items()},
               "sweep_masks_read": sweep_masks, "seconds": time.perf_counter() - start, **details}
+    if arm.per_k and cache.is_file():  # keep the ks an earlier call measured (runs per k accumulate)
+        earlier = json.loads(cache.read_text())
+        for key in ("removed", "cost"):
+            result[key] = {**earlier.get(key, {}), **result[key]}
+        result["per_k"] = {**earlier.get("per_k", {}), **result.get("per_k", {})}
     write_json(cache, result)
     print(f"selected {label}: {removed} ({result['seconds']:.0f}s)", flush=True)
     return result
@@ -242,7 +248,8 @@ def perplexities(bench: Bench, selections: dict[str, dict[str, Any]], compute: b
             ids = bench.held_out(split, window)
             for sub in (False, True):
                 cells = [("base", 0)] if not sub else []
-                cells += [(m, k) for m, s in selections.items() for k in bench.ks if (ARMS[m].strategy == "sublayers") == sub]
+                cells += [(m, k) for m, s in selections.items() for k in bench.ks
+                          if str(k) in s["removed"] and (ARMS[m].strategy == "sublayers") == sub]
                 todo = [(m, k) for m, k in cells if f"{m}/{k}/{split}/{window}" not in done]
                 if not todo:
                     continue
@@ -285,7 +292,7 @@ def search_curves(bench: Bench, selections: dict[str, dict[str, Any]], compute: 
     for k in bench.ks:
         for label in CURVE_ARMS:
             s = selections.get(label)
-            if s is None:
+            if s is None or str(k) not in s["removed"]:  # an arm measured at some k only
                 continue
             per_k = s.get("per_k", {}).get(str(k), {})
             trace = (per_k.get("search") or {}).get("trace") or per_k.get("trace")
@@ -318,7 +325,7 @@ def zero_shots(
     from coopprune.zeroshot import zero_shot
 
     folder = bench.work / f"zeroshot-{limit}"
-    cells = [("base", 0)] + [(m, k) for k in ks for m in selections]
+    cells = [("base", 0)] + [(m, k) for k in ks for m in selections if str(k) in selections[m]["removed"]]
     out = {}
     for m, k in cells:
         cache = folder / f"{m}-{k}.json"
@@ -389,11 +396,13 @@ def build_table(bench: Bench, selections: dict, ppl: dict, zs: dict) -> list[dic
              **ppl_fields("base", 0), **zs_fields(zs.get("base/0"))}]
     for k in bench.ks:
         for m, s in selections.items():
+            if str(k) not in s["removed"]:  # an arm measured at some k only
+                continue
             rows.append({
                 "method": m, "k": k, "removed": s["removed"][str(k)], "parameters_kept": parameters_kept(bench, s, k),
                 "utility": s["utility"], "passes": s["cost"][str(k)]["passes"], "tokens": s["cost"][str(k)]["tokens"],
                 "sweep_masks_read": s["sweep_masks_read"],
-                "selection_seconds": round(s["seconds"], 1),
+                "selection_seconds": round(s["cost"][str(k)].get("seconds", s["seconds"]), 1),
                 **ppl_fields(m, k), **zs_fields(zs.get(f"{m}/{k}")),
             })
     return rows
