@@ -119,9 +119,11 @@ def test_settings_scale_with_depth_and_k():
     rng = np.random.default_rng(0)
     children = {level_switch((1, 2, 3), list(range(10)), rng) for _ in range(200)}
     assert all(len(c) == 3 for c in children) and len(children) > 20
-    target = LogTarget(np.array([1.0, 0.1, 0.01]))
+    target = LogTarget(np.array([1.0, 0.1, 0.01]), floor=0.0)
     np.testing.assert_allclose(target(np.array([1.0, 0.1, 0.01])), [1.0, 0.5, 0.0])
     np.testing.assert_allclose(target.inverse(target(np.array([0.3]))), [0.3])
+    utilities = np.r_[np.full(8, 0.5), 1e-9, 1e-12]  # two catastrophic masks do not squeeze the rest
+    assert LogTarget(utilities)(np.array([0.5]))[0] < 0.5 < LogTarget(utilities, floor=0.0)(np.array([0.5]))[0]
 
 
 @pytest.mark.parametrize("method", ["game-search", "evopress"])

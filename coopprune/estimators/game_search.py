@@ -52,17 +52,22 @@ Predict = Callable[[np.ndarray], np.ndarray]
 
 
 class LogTarget:
-    """Fit on log-utility mapped onto [0, 1] (1 = the full model's utility 1, 0 = the worst seen).
+    """Fit on log-utility mapped onto [0, 1]: 1 = the full model's utility 1, 0 = the ``floor``
+    quantile of what was seen (everything worse is clipped to 0).
 
     Utilities of k-removals span orders of magnitude and combine roughly multiplicatively; on the
-    log scale the surrogate learns them more nearly additively, and the best sets, not only the
-    worst, separate. Needs utilities in (0, 1] (``kl``, ``ppl_ratio``); others are used as they are.
+    log scale the surrogate learns them more nearly additively. Clipping the catastrophic masks
+    (removing layer 0 alone can cost 15 nats) keeps the range where sets are chosen from being
+    squeezed into the top percent of the sigmoid. Needs utilities in (0, 1] (``kl``,
+    ``ppl_ratio``); others are used as they are.
     """
 
-    def __init__(self, utilities: np.ndarray) -> None:
+    def __init__(self, utilities: np.ndarray, floor: float = 0.2) -> None:
         finite = utilities[np.isfinite(utilities)]
         self.log = bool(len(finite)) and finite.min() > 0 and finite.max() <= 1 + 1e-9
-        self.floor = float(np.log(finite.min())) if self.log and finite.min() < 1 else -1.0
+        low = float(np.quantile(finite, floor)) if self.log else 1.0
+        low = low if low < 1 - 1e-6 else (float(finite.min()) if self.log else 1.0)
+        self.floor = float(np.log(low)) if low < 1 - 1e-6 else -1.0
 
     def __call__(self, utilities: np.ndarray) -> np.ndarray:
         if not self.log:
