@@ -11,6 +11,7 @@ from coopprune import pipeline
 from coopprune.errors import CoopPruneError
 from coopprune.models import load_model
 from coopprune.quantize import KEEP_FLOAT, QUANT_FILE, WEIGHTS_FILE, quantize_int8, save_quantized
+from tiny import prune_request
 
 
 def logits(model, ids):
@@ -42,8 +43,8 @@ def test_quantized_model_saves_and_loads_bit_for_bit(tiny_checkpoint, quantized_
 @pytest.mark.parametrize("order", ["prune-then-quantize", "quantize-then-prune"])
 def test_pruning_and_quantization_compose_in_both_orders(order, tiny_checkpoint, quantized_checkpoint, text_file, tmp_path):
     source = str(quantized_checkpoint[0]) if order == "quantize-then-prune" else str(tiny_checkpoint)
-    result = pipeline.prune(source, tmp_path / "pruned", "ppl", remove=2, calib=str(text_file), n_windows=4, window=16,
-                            progress=False)
+    result = pipeline.prune(prune_request(source, tmp_path / "pruned", "ppl", remove=2, calib=str(text_file), n_windows=4,
+                                          window=16, progress=False))
     out = result.out_dir
     if order == "prune-then-quantize":
         loaded = load_model(str(out))
