@@ -14,6 +14,8 @@ and uses it as the screen:
    sets by swap local search and EvoPress-style mutations on the surrogate, scored by predicted
    utility plus ``exploration`` x the members' disagreement; starts are the best real sets so
    far, SLEB's greedy path run on the surrogate, the semivalue's bottom k and seeded random sets;
+   a proposal must lie within ``trust`` exchanges of one of the ``elites`` best real sets (the
+   argmax of a surrogate fitted on ~100 masks, far from any of them, is mostly its own error);
    evaluate the ``per_round`` best unseen ones on the real model (with ``screen_share``, first
    ``screen_factor`` x as many on a random share of the windows, then the best on all of them).
 3. Stop when ``budget`` real passes are spent (the initial design included; evaluations it finds,
@@ -221,6 +223,7 @@ class GameSearch(SurrogateEstimator):
         screen_factor: int = 4,
         singles: bool = True,
         peer_seeds: Sequence[str] = ("angular", "bi"),
+        trust: int | None = 2,
         base_masks: int = 20_000,
         **options: Any,
     ) -> None:
@@ -237,6 +240,9 @@ class GameSearch(SurrogateEstimator):
         self.initial, self.restarts, self.mutations, self.elites = initial, restarts, mutations, elites
         self.screen_share, self.screen_factor, self.singles = screen_share, screen_factor, singles
         self.peer_seeds = tuple(peer_seeds)
+        if trust is not None and trust < 1:
+            raise CoopPruneError(f"game-search: trust must be at least 1 exchange (or null), got {trust}")
+        self.trust = trust
 
     def check(self, n_players: int, k: int | None, budget: int | None) -> None:
         """Fail before any model is loaded when the budget cannot buy one round."""
@@ -395,11 +401,15 @@ class GameSearch(SurrogateEstimator):
         sets, utilities = self._candidates(game, removal)
         elites = [sets[i] for i in sorted(range(len(sets)), key=lambda i: (-utilities[i], sets[i]))[: self.elites]]
         base = stratified_masks(n, strata, 4096, np.random.default_rng(int(rng.integers(1 << 31))), game.protected_players)
-        starts = elites + [removal.greedy(mean), removal.by_values(semivalue(mean, n, base))]
-        starts += [removal.random(rng) for _ in range(self.restarts)]
-        pool = set(starts) | {removal.local_search(acquisition, s) for s in dict.fromkeys(starts)}
+        seeds = {removal.greedy(mean), removal.by_values(semivalue(mean, n, base))}  # SLEB's path, the ranking
+        starts = elites + sorted(seeds) + [removal.random(rng) for _ in range(self.restarts)]
+        pool = {removal.local_search(acquisition, s) for s in dict.fromkeys(starts)}
         for elite in elites:
+            pool |= set(removal.swaps(elite))
             pool |= {removal.mutate(elite, rng) for _ in range(self.mutations // max(len(elites), 1))}
+        if self.trust is not None and elites:  # a surrogate is trusted only near real evaluations
+            pool = {s for s in pool if min(len(set(s) - set(e)) for e in elites) <= self.trust}
+        pool |= seeds
         seen = {tuple(np.flatnonzero(~m).tolist()) for m in game.known()[0]}
         fresh = sorted(s for s in pool if s not in seen and removal.valid(s))
         if not fresh:
