@@ -255,11 +255,12 @@ def perplexities(bench: Bench, selections: dict[str, dict[str, Any]], compute: b
                     continue
                 players = 2 * bench.n_layers if sub else bench.n_layers
                 masks = np.stack([np.ones(players, bool) if m == "base" else cell_masks(bench, selections[m], k) for m, k in todo])
+                unique, where = np.unique(masks, axis=0, return_inverse=True)  # methods often agree on a set
                 cls = SublayerEvaluator if sub else MaskEvaluator
                 results = cls(bench.loaded.model, bench.loaded.architecture, ids, 8).evaluate(
-                    masks, progress=f"perplexity {split} @ {window}")
-                for (m, k), r in zip(todo, results):
-                    done[f"{m}/{k}/{split}/{window}"] = r.perplexity
+                    unique, progress=f"perplexity {split} @ {window}")
+                for (m, k), j in zip(todo, where.reshape(-1)):
+                    done[f"{m}/{k}/{split}/{window}"] = results[j].perplexity
                 write_json(cache, done)
     return done
 
