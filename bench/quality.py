@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import shutil
 import time
@@ -287,8 +286,9 @@ CURVE_ARMS = ("game-search", "evopress", "sleb", "sleb-kl")
 
 
 def search_curves(bench: Bench, selections: dict[str, dict[str, Any]], compute: bool = True) -> dict[str, Any]:
-    """Best held-out perplexity (test, 128) against real passes spent, per k: the searches' traces
-    (the best set after each round or generation) and SLEB's greedy path (one point per k)."""
+    """Held-out perplexity (test, 128) of the set each search holds as its best on calibration,
+    against real passes spent, per k: the searches' traces (after each round or generation) and
+    SLEB's greedy path (one point per k)."""
     curves: dict[str, Any] = {}
     for k in bench.ks:
         for label in CURVE_ARMS:
@@ -518,14 +518,10 @@ def write_tables(rows: list[dict[str, Any]], calibration: list[dict[str, Any]], 
             for key, points in curves.items():
                 label, kk = key.split("/")
                 if int(kk) == k:
-                    best, xs, ys = math.inf, [], []
-                    for pt in points:  # best held-out perplexity of the sets the search held as its best so far
-                        best = min(best, pt["ppl128_test"])
-                        xs.append(pt["passes"])
-                        ys.append(best)
-                    series[label] = (xs, ys)
+                    # the held-out perplexity of the set the search would return if stopped there
+                    series[label] = ([pt["passes"] for pt in points], [pt["ppl128_test"] for pt in points])
             plot_lines(series, results / f"quality_search_k{k}.png", xlabel="real passes (full-calibration equivalents)",
-                       ylabel="held-out perplexity (test, 128)", title=f"SmolLM2-135M, k={k}: best held-out PPL vs passes",
+                       ylabel="held-out perplexity (test, 128)", title=f"SmolLM2-135M, k={k}: held-out PPL of the best calibration set so far",
                        logy=True)
     # drop-last and random sit orders of magnitude above (table); the plot compares the informed methods
     methods = [m for m in dict.fromkeys(r["method"] for r in rows) if m != "base" and m != "last" and not m.startswith("random")]
