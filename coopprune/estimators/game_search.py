@@ -327,11 +327,10 @@ class GameSearch(SurrogateEstimator):
         wanted = 2 * game.n_players if self.initial is None else self.initial
         wanted = min(wanted, budget - self.per_round)  # always leave room for one round
         known = len(game.known()[0])
-        missing = wanted - known
-        if missing > 0 and self.singles:
-            before = game.evaluations
-            game.value_function(np.stack([removal_mask(game.n_players, (i,)) for i in removal.movable])[:missing])
-            missing -= game.evaluations - before
+        if self.singles:  # measured even when a sweep stands in for the rest (paid for as they go)
+            singles = np.stack([removal_mask(game.n_players, (i,)) for i in removal.movable])
+            game.value_function(singles[:wanted])
+        missing = wanted - len(game.known()[0])
         if missing > 0:
             if removal.unit:
                 per = math.ceil(missing / len(strata)) + game.n_players  # room for the rows already known
