@@ -21,6 +21,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from coopprune.atomic import write_json
 from coopprune.config import FlowParams, Params
 from coopprune.errors import CoopPruneError
+from flows.orphans import reap_orphaned_servers
 from tasks.prune_release import (
     benchmark,
     estimate_contributions,
@@ -105,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=None)
     parser.add_argument("--address", default=None, help="Dask scheduler address (default: a local cluster)")
     args = parser.parse_args(argv)
+    reap_and_say()
     try:
         params = Params.load(args.params)
         overrides = {k: v for k, v in (("task_runner", args.task_runner), ("workers", args.workers),
@@ -117,6 +119,13 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print_summary(summary)
     return 0
+
+
+def reap_and_say() -> None:
+    """Stop the ephemeral servers of killed runs before this run starts its own (flows/orphans.py)."""
+    reaped = reap_orphaned_servers()
+    if reaped:
+        print(f"stopped {reaped} ephemeral Prefect server(s) left by killed runs", file=sys.stderr)
 
 
 def print_summary(summary: dict[str, Any]) -> None:

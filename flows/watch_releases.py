@@ -20,7 +20,7 @@ from prefect.cache_policies import NO_CACHE
 from coopprune.config import Params
 from coopprune.errors import CoopPruneError
 from coopprune.releases import Release, find_releases
-from flows.prune_release import prune_release
+from flows.prune_release import prune_release, reap_and_say
 
 
 @task(name="find-releases", cache_policy=NO_CACHE)
@@ -74,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--serve", action="store_true", help="serve as a deployment on --cron (needs a Prefect server)")
     parser.add_argument("--cron", default="0 3 * * *")
     args = parser.parse_args(argv)
+    reap_and_say()
     if args.serve:
         watch_releases.serve(name="watch-releases", cron=args.cron,
                              parameters={"sources": args.source, "params_file": args.params})

@@ -139,7 +139,8 @@ def test_unreachable_mlflow_fails_at_register_and_keeps_the_artifacts(prefect_se
 
 
 def test_killed_flow_resumes_without_losing_or_repeating_a_mask(tmp_path, tiny_checkpoint, text_file, eval_text):
-    """SIGKILL the flow process once the first shard is sealed; the rerun evaluates exactly the rest."""
+    """SIGKILL the flow process once the first shard is sealed; the rerun evaluates exactly the rest,
+    and first stops the ephemeral Prefect server the killed run left behind."""
     import signal
     import subprocess
     import sys
@@ -147,27 +148,38 @@ def test_killed_flow_resumes_without_losing_or_repeating_a_mask(tmp_path, tiny_c
 
     import yaml
 
+    from flows.orphans import orphaned_servers
+
     params = flow_params(tmp_path, tiny_checkpoint, text_file, eval_text, benchmark={"speed": False},
                          sampling={"remove": [1, 2, 3], "per_stratum": 6, "shard_size": 3})
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(params.model_dump()))
-    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    home = tmp_path / "prefect"
+    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    env.pop("PREFECT_API_URL", None)
     command = [sys.executable, "-m", "flows.prune_release", "--params", str(path)]
     masks = Path(params.output_dir) / "masks"
-    proc = subprocess.Popen(command, env=env, cwd=Path(__file__).parent.parent,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 240
-    while not list(masks.glob("shard-00000.parquet")) and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    before = {r["mask_id"]: r for r in MaskDataset.open(masks).rows()}
-    assert 3 <= len(before) < 18, len(before)  # killed mid-sweep
+    try:
+        proc = subprocess.Popen(command, env=env, cwd=Path(__file__).parent.parent,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 240
+        while not list(masks.glob("shard-00000.parquet")) and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGKILL)  # the flow process only, as an OOM kill would
+        proc.wait()
+        before = {r["mask_id"]: r for r in MaskDataset.open(masks).rows()}
+        assert 3 <= len(before) < 18, len(before)  # killed mid-sweep
+        assert len(orphaned_servers(str(home.resolve()))) == 1  # its ephemeral server survived it
 
-    done = subprocess.run(command, env=env, cwd=Path(__file__).parent.parent, capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr[-2000:]
-    rows = MaskDataset.open(masks).rows()
-    planned = [r for r in rows if r["seed"] >= 0]
-    assert sorted(r["mask_id"] for r in planned) == list(range(18))  # every planned mask exactly once
-    after = {r["mask_id"]: r for r in rows}
-    assert all(after[i] == row for i, row in before.items())  # nothing evaluated twice
+        done = subprocess.run(command, env=env, cwd=Path(__file__).parent.parent, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert "stopped 1 ephemeral Prefect server(s) left by killed runs" in done.stderr
+        assert orphaned_servers(str(home.resolve())) == []
+        rows = MaskDataset.open(masks).rows()
+        planned = [r for r in rows if r["seed"] >= 0]
+        assert sorted(r["mask_id"] for r in planned) == list(range(18))  # every planned mask exactly once
+        after = {r["mask_id"]: r for r in rows}
+        assert all(after[i] == row for i, row in before.items())  # nothing evaluated twice
+    finally:
+        for server in orphaned_servers(str(home.resolve())):
+            server.kill()
