@@ -327,6 +327,54 @@ def already_pruned(
     return len(found) > 0
 
 
+CLAIM_PREFIX = "coopprune-claim."
+CLAIM_STALE_S = 6 * 3600  # a claim this old was left by a killed run; another may take it over
+
+
+@contextlib.contextmanager
+def claim_release(
+    fingerprint: str, owner: str, *, tracking: str | None = None, stale_after_s: float = CLAIM_STALE_S
+) -> Iterator[bool]:
+    """Hold the right to prune one release while the block runs: yields True for the one run that
+    got it, False to every other (they skip the release). Released at exit, failure included.
+
+    The claim is a registered model named after the fingerprint: creating one is atomic in every
+    MLflow backend (a unique name; the loser gets RESOURCE_ALREADY_EXISTS), so two workers or two
+    overlapping ticks on one registry never both hold it. A claim older than ``stale_after_s``
+    (its holder was killed) is deleted and taken over."""
+    import hashlib
+
+    uri = tracking or tracking_uri(Path.cwd())
+    name = CLAIM_PREFIX + hashlib.sha256(fingerprint.encode()).hexdigest()[:32]
+    with _mlflow(uri) as client:
+        held = False
+        for attempt in range(2):
+            try:
+                client.create_registered_model(name, tags={"owner": owner, "claimed_at": str(time.time()),
+                                                           "fingerprint": fingerprint[:_MAX_TAG]},
+                                               description="coopprune: a release being pruned (deleted when done)")
+                held = True
+                break
+            except MlflowException as exc:
+                if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                    raise
+            if attempt == 0:
+                try:
+                    claimed_at = float(client.get_registered_model(name).tags.get("claimed_at", "0"))
+                except MlflowException:
+                    continue  # released meanwhile: try once more
+                if time.time() - claimed_at < stale_after_s:
+                    break
+                with contextlib.suppress(MlflowException):
+                    client.delete_registered_model(name)
+        try:
+            yield held
+        finally:
+            if held:
+                with contextlib.suppress(MlflowException):
+                    client.delete_registered_model(name)
+
+
 def _registered_aliases(client: MlflowClient, model_name: str, uri: str) -> dict[str, str]:
     # Aliases from the registered model (search_model_versions leaves ModelVersion.aliases empty).
     try:
