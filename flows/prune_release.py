@@ -53,7 +53,7 @@ def task_runner(settings: FlowParams):
 @flow(name="prune_release", log_prints=False)
 def prune_release(params: Params) -> dict[str, Any]:
     """Sweep -> surrogate -> contributions -> prune -> benchmark -> register; returns the summary."""
-    started = time.perf_counter()
+    started, started_at = time.perf_counter(), time.time()
     out = Path(params.output_dir)
     prepared = prepare_data(params)
     n_shards = plan_masks(params)
@@ -83,6 +83,7 @@ def prune_release(params: Params) -> dict[str, Any]:
         "metrics": release["metrics"],
         "plots": release["plots"],
         "output_dir": str(out),
+        "started_at": started_at,
     }
     if params.registry.enabled:
         summary["registry"] = register(params, summary)

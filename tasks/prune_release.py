@@ -87,7 +87,8 @@ def publish(params: Params, summary: dict[str, Any]) -> dict[str, Any]:
     metrics = summary["metrics"]
     masks = Path(summary["mask_dataset"]["path"])
     tags = {
-        "base_model": params.model.source,
+        "base_model": registry.base_model_name(params.model.source),
+        "base_model_revision": params.model.revision,
         "release_fingerprint": release_fingerprint(params, summary),
         "mask_dataset_dvc_md5": dvc_out_md5(masks),
         "mask_dataset_sha256": MaskDataset.open(masks).content_fingerprint(),
@@ -96,9 +97,11 @@ def publish(params: Params, summary: dict[str, Any]) -> dict[str, Any]:
     }
     artifacts = {"checkpoint": out / "pruned", "plots": out / "plots", "benchmark": out / "benchmark",
                  "surrogate": out / "surrogate"}
-    run_id = registry.log_run(params.registry.experiment, f"prune {Path(params.model.source).name}",
-                              params.model_dump(), metrics, artifacts, tags)
     name = params.registry.model_name or registry.registered_model_name(params.model.source)
+    k = len(summary["pruned"]["removed_layers"])
+    run_name = f"{registry.registered_model_name(params.model.source, suffix='')} {params.prune.method} k={k}"
+    run_id = registry.log_run(params.registry.experiment, run_name, params.model_dump(), metrics, artifacts, tags,
+                              start_time=summary.get("started_at"))
     version = registry.register_pruned(run_id, "checkpoint", name, {
         registry.ZERO_SHOT_MEAN: metrics.get("pruned_zero_shot_mean"),
         registry.PERPLEXITY: metrics.get("pruned_perplexity"),

@@ -171,9 +171,12 @@ def log_run(
     *,
     tracking: str | None = None,
     artifact_location: str | None = None,
+    start_time: float | None = None,
 ) -> str:
     """Log one finished run and return its id; safe to call from several threads at once.
 
+    ``start_time`` (seconds since the epoch): when the work the run records began (the flow's
+    start), so the run's duration in the UI is the job's, not the seconds logging took.
     ``params``/``metrics`` may be nested (keys become ``section.key``); metrics must be numbers (None
     is skipped). ``artifacts`` maps a folder inside the run ("" = its root) to a local file or folder:
     a folder's contents land under that key (``{"checkpoint": pruned_dir}`` -> ``checkpoint/config.json``).
@@ -198,7 +201,9 @@ def log_run(
 
     with _mlflow(uri) as client:
         location = artifact_location or _default_artifact_location(uri, experiment)
-        run = client.create_run(_experiment_id(client, experiment, location), run_name=run_name, tags=_strings(tags))
+        started = int(start_time * 1000) if start_time is not None else None
+        run = client.create_run(_experiment_id(client, experiment, location), start_time=started,
+                                run_name=run_name, tags=_strings(tags))
         run_id = run.info.run_id
         try:
             for i in range(0, len(param_list), _BATCH):
@@ -220,6 +225,15 @@ def log_run(
 
 
 # ------------------------------------------------------------------------------------------ registry
+
+
+def base_model_name(base_model: str) -> str:
+    """What a person recognises: the hub id or folder name, the bundled default by its real name."""
+    if base_model == "default":
+        from coopprune.fetch import DEFAULT_MODEL_NAME, MODEL_MEMBER, MODEL_WHEEL
+
+        return f"HuggingFaceTB/{DEFAULT_MODEL_NAME} ({Path(MODEL_MEMBER).name} from {MODEL_WHEEL.name}=={MODEL_WHEEL.version})"
+    return base_model
 
 
 def registered_model_name(base_model: str, suffix: str = "-pruned") -> str:

@@ -60,6 +60,13 @@ def test_flow_threads_and_dask_give_the_same_dataset(prefect_server, tmp_path, t
     assert "pruned_zero_shot_mean" in summary["metrics"]
     champion = load_registered("models:/tiny-pruned@champion", tmp_path / "champion")
     assert (champion / "pruning.json").is_file()
+    from mlflow import MlflowClient
+
+    logged = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").get_run(summary["registry"]["run_id"])
+    assert logged.info.run_name == f"llama {threads.prune.method} k=2"  # the model and the method
+    assert logged.data.tags["base_model"] == str(tiny_checkpoint)
+    # the run spans the flow (it is opened at register time with the flow's start), not the logging
+    assert (logged.info.end_time - logged.info.start_time) / 1000 >= 0.5 * summary["seconds"]
     out = Path(threads.output_dir)
     assert summary["mask_dataset"]["rows"] == 12
     assert len(summary["pruned"]["removed_layers"]) == 2
