@@ -21,7 +21,7 @@ from coopprune.estimators import ESTIMATORS, get_estimator
 from coopprune.evaluate import PerplexityResult, perplexity
 from coopprune.game import LayerGame
 from coopprune.models import LoadedModel, load_model
-from coopprune.models.loading import load_config
+from coopprune.models.loading import load_config, model_fingerprint
 from coopprune.models.architectures import architecture_for
 from coopprune.objective import objective_for
 from coopprune.prune import check_output_dir, count_parameters, make_record, prune_layers, save_pruned
@@ -403,8 +403,13 @@ def benchmark(params: Params, checkpoint: str | Path, out_file: str | Path | Non
 
     e, b = params.evaluation, params.benchmark
     loaded = load_model(str(checkpoint), device=params.model.device)  # once, for perplexity and zero-shot
+    key = benchmark_key(params, model_fingerprint(loaded.model))
+    if out_file is not None and Path(out_file).is_file():  # a rerun (e.g. after the registry was down)
+        cached = json.loads(Path(out_file).read_text())
+        if cached.get("key") == key:
+            return cached
     ppl = held_out_perplexity(loaded, load_texts(e.text), e.window, e.max_windows, e.batch_size, progress=False)
-    result: dict[str, Any] = {"checkpoint": str(checkpoint), "perplexity": asdict(ppl)}
+    result: dict[str, Any] = {"checkpoint": str(checkpoint), "key": key, "perplexity": asdict(ppl)}
     if b.tasks:
         scores = zero_shot(loaded.model, loaded.tokenizer, b.tasks, b.limit, b.seed, b.batch_size)  # temp work dir
         result["zero_shot"] = scores.to_dict()
@@ -414,6 +419,15 @@ def benchmark(params: Params, checkpoint: str | Path, out_file: str | Path | Non
     if out_file is not None:
         write_json(Path(out_file), result)
     return result
+
+
+def benchmark_key(params: Params, weights_fingerprint: str) -> str:
+    """What a benchmark result depends on: the weights and the evaluation and benchmark settings."""
+    import hashlib
+
+    spec = {"weights": weights_fingerprint, "evaluation": params.evaluation.model_dump(),
+            "benchmark": params.benchmark.model_dump(), "device": params.model.device}
+    return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def load_base(params: Params) -> LoadedModel:

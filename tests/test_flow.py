@@ -144,6 +144,15 @@ def test_unreachable_mlflow_fails_at_register_and_keeps_the_artifacts(prefect_se
     out = Path(params.output_dir)
     assert (out / "pruned" / "config.json").is_file() and (out / "metrics.json").is_file()
 
+    # the registry is back: the rerun registers without a new evaluation or a new benchmark
+    rows = len(MaskDataset.open(out / "masks"))
+    benchmarked = {p.name: p.stat().st_mtime_ns for p in (out / "benchmark").glob("*.json")}
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    summary = run(params)
+    assert summary["registry"]["version"] == "1"
+    assert len(MaskDataset.open(out / "masks")) == rows
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "benchmark").glob("*.json")} == benchmarked
+
 
 def test_killed_flow_resumes_without_losing_or_repeating_a_mask(tmp_path, tiny_checkpoint, text_file, eval_text):
     """SIGKILL the flow process once the first shard is sealed; the rerun evaluates exactly the rest,
