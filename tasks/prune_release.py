@@ -100,8 +100,12 @@ def publish(params: Params, summary: dict[str, Any]) -> dict[str, Any]:
     name = params.registry.model_name or registry.registered_model_name(params.model.source)
     k = len(summary["pruned"]["removed_layers"])
     run_name = f"{registry.registered_model_name(params.model.source, suffix='')} {params.prune.method} k={k}"
+    data = summary.get("data") or {}
+    inputs = {role: {"name": f"{role} text", "source": data[role]["source"], "digest": data[role]["fingerprint"]}
+              for role in ("calibration", "evaluation") if role in data}
+    inputs["masks"] = {"name": "mask dataset", "source": str(masks), "digest": tags["mask_dataset_sha256"]}
     run_id = registry.log_run(params.registry.experiment, run_name, params.model_dump(), metrics, artifacts, tags,
-                              start_time=summary.get("started_at"))
+                              start_time=summary.get("started_at"), inputs=inputs)
     version = registry.register_pruned(run_id, "checkpoint", name, {
         registry.ZERO_SHOT_MEAN: metrics.get("pruned_zero_shot_mean"),
         registry.PERPLEXITY: metrics.get("pruned_perplexity"),

@@ -67,6 +67,9 @@ def test_flow_threads_and_dask_give_the_same_dataset(prefect_server, tmp_path, t
     assert logged.data.tags["base_model"] == str(tiny_checkpoint)
     # the run spans the flow (it is opened at register time with the flow's start), not the logging
     assert (logged.info.end_time - logged.info.start_time) / 1000 >= 0.5 * summary["seconds"]
+    used = {i.tags[0].value: i.dataset for i in logged.inputs.dataset_inputs}
+    assert set(used) == {"calibration", "evaluation", "masks"}
+    assert used["calibration"].digest == summary["data"]["calibration"]["fingerprint"][:36]
     out = Path(threads.output_dir)
     assert summary["mask_dataset"]["rows"] == 12
     assert len(summary["pruned"]["removed_layers"]) == 2
