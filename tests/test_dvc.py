@@ -1,6 +1,7 @@
-"""`dvc repro` of the real dvc.yaml in a temporary git repo with a tiny model: a second repro does
-nothing, a surrogate-only change never re-runs the sweep, metrics and plots show, and the mask
-dataset goes to an S3 remote (moto's server on loopback) and back."""
+"""`dvc repro` in a `git clone` of this repository (its committed `.dvc/`, `dvc.yaml` and `dvc.lock`,
+no `dvc init`) with tiny params: a second repro does nothing, a surrogate-only change never re-runs
+the sweep, metrics and plots show, git sees only what DVC leaves to git, and the mask dataset goes
+to an S3 remote (moto's server on loopback) and back."""
 
 from __future__ import annotations
 
@@ -26,12 +27,16 @@ def dvc(repo: Path, *args: str, env: dict[str, str]) -> str:
 
 @pytest.fixture
 def repo(tmp_path, tiny_checkpoint, text_file) -> tuple[Path, dict[str, str]]:
+    """A fresh clone of the committed repository whose params.yaml names a tiny model, nothing else."""
     from tiny import write_text
 
+    if not (ROOT / ".git").exists():
+        pytest.skip("needs the git repository (a clone of coopprune)")
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1",
+           "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
     repo = tmp_path / "repo"
-    repo.mkdir()
-    shutil.copy(ROOT / "dvc.yaml", repo / "dvc.yaml")
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    subprocess.run(["git", "clone", "-q", str(ROOT), str(repo)], check=True, env=env)
+    params = yaml.safe_load((repo / "params.yaml").read_text())
     params["model"]["source"] = str(tiny_checkpoint)
     params["calibration"].update(source=str(text_file), n_windows=4, window=16, batch_size=4)
     params["sampling"] = {"remove": [1, 2, 3], "per_stratum": 4, "shard_size": 4, "seed": 0}
@@ -39,13 +44,18 @@ def repo(tmp_path, tiny_checkpoint, text_file) -> tuple[Path, dict[str, str]]:
     params["prune"].update(remove=2, bootstrap=0)
     params["evaluation"].update(text=str(write_text(tmp_path / "eval.jsonl", 40)), window=16, max_windows=8)
     params["benchmark"] = {"tasks": [], "speed": False}
-    params["output_dir"] = "runs/tiny"
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1",
-           "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
-    subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
-    dvc(repo, "init", "-q", env=env)
     return repo, env
+
+
+def test_a_fresh_clone_is_a_dvc_repository_with_a_reference_run(repo):
+    repo, env = repo
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())
+    assert set(lock["stages"]) == {"data", "sweep", "surrogate", "contributions", "prune", "benchmark"}
+    status = dvc(repo, "status", env=env)  # not "you are not inside of a DVC repository"
+    assert "changed" in status or "deleted" in status or "modified" in status
+    shown = json.loads(dvc(repo, "metrics", "show", "--json", env=env))
+    assert "pruned_perplexity" in json.dumps(shown)  # the reference run's metrics are committed
 
 
 def test_repro_twice_and_a_surrogate_change_skips_the_sweep(repo):
@@ -53,7 +63,7 @@ def test_repro_twice_and_a_surrogate_change_skips_the_sweep(repo):
     first = dvc(repo, "repro", env=env)
     for stage in ("data", "sweep", "surrogate", "contributions", "prune", "benchmark"):
         assert f"Running stage '{stage}'" in first
-    out = repo / "runs" / "tiny"
+    out = repo / "runs" / "default"
     assert (out / "pruned" / "config.json").is_file() and (out / "plots" / "perplexity_curve.csv").is_file()
     lock = yaml.safe_load((repo / "dvc.lock").read_text())
     masks_md5 = next(o["md5"] for o in lock["stages"]["sweep"]["outs"])
@@ -61,6 +71,10 @@ def test_repro_twice_and_a_surrogate_change_skips_the_sweep(repo):
 
     second = dvc(repo, "repro", env=env)
     assert "Running stage" not in second
+    changed = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all"], cwd=repo,
+                             capture_output=True, text=True, check=True).stdout.split("\n")
+    tracked_by_dvc = ("masks/", "surrogate/", "contributions/", "search/", "pruned/", "benchmark/")
+    assert not [line for line in changed if any(f"runs/default/{d}" in line for d in tracked_by_dvc)], changed
 
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["surrogate"]["epochs"] = 60
@@ -94,7 +108,7 @@ def test_mask_dataset_push_and_pull_through_s3(repo):
         dvc(repo, "remote", "add", "-d", "store", "s3://coopprune-dvc/cache", env=env)
         dvc(repo, "remote", "modify", "store", "endpointurl", endpoint, env=env)
         dvc(repo, "push", env=env)
-        masks = repo / "runs" / "tiny" / "masks"
+        masks = repo / "runs" / "default" / "masks"
         before = sorted(p.name for p in masks.iterdir())
         shutil.rmtree(masks)
         shutil.rmtree(repo / ".dvc" / "cache")
