@@ -71,12 +71,20 @@ class Runs:
             time.sleep(1)
         raise TimeoutError(f"{n} finished runs expected, {len(self.finished())} after {timeout:.0f}s:\n{tail(log)}")
 
-    def logs(self, run) -> str:
+    def logs(self, run, expect: str, timeout: float = 30) -> str:
+        """The run's logs once they contain ``expect`` (a run's last logs reach the server in batches)."""
         from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
         from prefect.settings import PREFECT_API_URL, temporary_settings
 
-        with temporary_settings({PREFECT_API_URL: self.api}), self._client() as client:
-            return "\n".join(log.message for log in client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id]))))
+        deadline, text = time.time() + timeout, ""
+        while time.time() < deadline:
+            with temporary_settings({PREFECT_API_URL: self.api}), self._client() as client:
+                found = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id])))
+            text = "\n".join(log.message for log in found)
+            if expect in text:
+                break
+            time.sleep(1)
+        return text
 
     def overlapped(self) -> bool:
         """Whether two finished runs were ever running at the same time."""
@@ -121,19 +129,19 @@ def test_the_scheduled_watcher_prunes_each_release_once_and_retries_a_failure(tm
         with process(command, served_env, log, cwd=ROOT):
             runs = Runs(api)
             first = runs.wait(1, 400, log)[0]
-            assert first.state.type.value == "COMPLETED", runs.logs(first)
+            assert first.state.type.value == "COMPLETED", runs.logs(first, "Finished", 5)
             counts = release_counts(tracking)
             assert sorted(counts.values()) == [1, 1], counts  # v1 and v2, once each
 
             second = runs.wait(2, 300, log)[1]
             assert second.state.type.value == "COMPLETED"
-            assert runs.logs(second).count("already pruned") == 2
+            assert runs.logs(second, "tiny-v2").count("already pruned") == 2
             assert release_counts(tracking) == counts
 
             broken_release(watched / "tiny-broken", v1)
             failed = [r for r in runs.wait(4, 400, log) if r.state.type.value == "FAILED"]
             assert len(failed) >= 1
-            logs = runs.logs(failed[0])
+            logs = runs.logs(failed[0], "pruning failed")
             assert "tiny-broken" in logs and "pruning failed" in logs
             assert "failed to prune and will be retried" in (failed[0].state.message or "") + logs
             assert len(failed) == 2 or runs.wait(5, 300, log)[-1].state.type.value == "FAILED"  # tried again
