@@ -76,6 +76,10 @@ class Arm:
 ARMS: dict[str, Arm] = {
     "game-search": Arm("game-search", "kl", per_k=True),
     "game-search-ppl": Arm("game-search", "ppl_ratio", per_k=True),
+    # multi-fidelity variant: 4x the proposals screened on 1 of the 10 windows, the best 8 confirmed
+    "game-search-screen": Arm("game-search", "kl", per_k=True, options=(("screen_share", 0.1), ("greedy_width", None))),
+    # the version measured before the shortlist greedy seed (greedy_width: null)
+    "game-search-nogreedy": Arm("game-search", "kl", per_k=True, options=(("greedy_width", None),)),
     "evopress": Arm("evopress", "kl", per_k=True),
     "evopress-ppl": Arm("evopress", "ppl_ratio", per_k=True),
     "semivalue": Arm("semivalue", sweep=True),

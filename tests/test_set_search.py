@@ -198,3 +198,21 @@ def test_game_search_on_sublayer_players_end_to_end(tiny_checkpoint, text_file, 
     scores = json.loads((out / "pruning.json").read_text())["scores"]
     assert scores["removed_players"] and scores["parameters_removed_effective"] <= scores["parameter_budget"]
     assert result.evaluations <= 30
+
+
+def test_the_shortlist_greedy_seed_follows_sleb_for_its_width_times_k_passes():
+    """Each step tries the ``greedy_width`` cheapest single removals left: on an additive game that
+    is SLEB's path, for (k - 1) x width real passes after the singles."""
+    n, k, width = 10, 3, 3
+    w = np.linspace(0.01, 0.2, n)[::-1]  # layer 9 cheapest, then 8, 7, ...
+
+    def value(masks):
+        return np.exp(-((~np.asarray(masks, bool)) @ w))
+
+    game = FunctionGame(n, value)
+    search = get_estimator("game-search", greedy_width=width, peer_seeds=(), **SEARCH)
+    found = search.estimate(game, budget=60, seed=0, k=k)
+    assert found.details["search"]["peer_seeds"]["greedy"] == [7, 8, 9]
+    assert found.removal == [7, 8, 9]
+    with pytest.raises(CoopPruneError, match="greedy_width must be at least 1"):
+        get_estimator("game-search", greedy_width=0)

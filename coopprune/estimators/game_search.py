@@ -9,7 +9,8 @@ and uses it as the screen:
    store). When it knows fewer than ``initial`` (2L) masks, it evaluates every single removal
    (``singles``) and draws the rest from strata around k (k/2, k and 3k/2 removals), seeded. The
    sets of the one-pass peers (Gromov's angular block, ShortGPT's bottom k: ``peer_seeds``) are
-   evaluated once for real too.
+   evaluated once for real too, and so is SLEB's greedy path over a shortlist (each step tries
+   the ``greedy_width`` players whose single removals cost least: (k - 1) x width passes).
 2. Rounds: fit an ensemble of ``ensemble`` surrogates on every real evaluation; propose k-removal
    sets by swap local search and EvoPress-style mutations on the surrogate, scored by predicted
    utility plus ``exploration`` x the members' disagreement; starts are the best real sets so
@@ -223,6 +224,7 @@ class GameSearch(SurrogateEstimator):
         screen_factor: int = 4,
         singles: bool = True,
         peer_seeds: Sequence[str] = ("angular", "bi"),
+        greedy_width: int | None = 4,
         trust: int | None = 2,
         base_masks: int = 20_000,
         **options: Any,
@@ -240,6 +242,9 @@ class GameSearch(SurrogateEstimator):
         self.initial, self.restarts, self.mutations, self.elites = initial, restarts, mutations, elites
         self.screen_share, self.screen_factor, self.singles = screen_share, screen_factor, singles
         self.peer_seeds = tuple(peer_seeds)
+        if greedy_width is not None and greedy_width < 1:
+            raise CoopPruneError(f"game-search: greedy_width must be at least 1 (or null), got {greedy_width}")
+        self.greedy_width = greedy_width
         if trust is not None and trust < 1:
             raise CoopPruneError(f"game-search: trust must be at least 1 exchange (or null), got {trust}")
         self.trust = trust
@@ -271,6 +276,11 @@ class GameSearch(SurrogateEstimator):
         strata = strata_around(k, len(movable))
         paid = self._initial_design(game, removal, k, strata, budget, seed)  # evaluations found stand in for it
         seeds = self._peer_seeds(game, removal, k)
+        affordable = self.greedy_width is not None and (
+            paid + game.cost - cost0 + (k - 1) * self.greedy_width + self.per_round <= budget)
+        greedy = self._greedy_path(game, removal, k) if affordable else None
+        if greedy is not None:
+            seeds["greedy"] = greedy
 
         best, best_utility = self._best_known(game, removal)
         trace = [{"round": 0, "passes": paid + game.cost - cost0, "removed": list(best), "utility": best_utility}]
@@ -309,7 +319,8 @@ class GameSearch(SurrogateEstimator):
                 "max_cost": removal.max_cost, "passes_before": paid, "peer_seeds": seeds, "trace": trace,
                 "proposals_fit": regression_metrics(true, pred),
                 "settings": {"per_round": self.per_round, "ensemble": self.ensemble, "exploration": self.exploration,
-                             "patience": self.patience, "screen_share": self.screen_share},
+                             "patience": self.patience, "screen_share": self.screen_share,
+                             "greedy_width": self.greedy_width},
             },
             "training_masks": len(masks),
             "surrogate": {"config": dataclasses.asdict(final.config), "metrics": final.metrics},
@@ -364,6 +375,23 @@ class GameSearch(SurrogateEstimator):
                 game.value_function(removal_mask(game.n_players, chosen)[None])
                 seeds[name] = sorted(int(i) for i in chosen)
         return seeds
+
+    def _greedy_path(self, game: Game, removal: Removal, k: int) -> list[int] | None:
+        """SLEB's greedy path on real passes, over a shortlist: start from the best single removal;
+        each step tries the ``greedy_width`` players whose single removals cost least among those
+        left, and keeps the best. (k - 1) x width passes instead of SLEB's ~k L; the singles it
+        ranks by are the initial design's. Unit costs only (for sizes the ranking is not the path)."""
+        if self.greedy_width is None or not removal.unit or not self.singles:
+            return None
+        n = game.n_players
+        single = game.value_function(np.stack([removal_mask(n, (i,)) for i in removal.movable]))  # known: free
+        order = [removal.movable[i] for i in np.argsort(-single, kind="stable")]
+        removed = [order[0]]
+        while len(removed) < k:
+            options = [i for i in order if i not in removed][: self.greedy_width]
+            values = game.value_function(np.stack([removal_mask(n, removed + [i]) for i in options]))
+            removed.append(options[int(np.argmax(values))])
+        return sorted(int(i) for i in removed)
 
     def _fit(self, game: Game, seed: int) -> tuple[Surrogate, LogTarget]:
         masks, utilities = game.known()
