@@ -253,7 +253,11 @@ def perplexities(bench: Bench, selections: dict[str, dict[str, Any]], compute: b
                 cells = [("base", 0)] if not sub else []
                 cells += [(m, k) for m, s in selections.items() for k in bench.ks
                           if str(k) in s["removed"] and (ARMS[m].strategy == "sublayers") == sub]
-                todo = [(m, k) for m, k in cells if f"{m}/{k}/{split}/{window}" not in done]
+                def chosen(m: str, k: int) -> str:  # a cell is stale when its method now picks another set
+                    return "" if m == "base" else ",".join(map(str, selections[m]["removed"][str(k)]))
+
+                todo = [(m, k) for m, k in cells if f"{m}/{k}/{split}/{window}" not in done
+                        or done.get(f"{m}/{k}/{split}/{window}/set", chosen(m, k)) != chosen(m, k)]
                 if not todo:
                     continue
                 players = 2 * bench.n_layers if sub else bench.n_layers
@@ -264,6 +268,7 @@ def perplexities(bench: Bench, selections: dict[str, dict[str, Any]], compute: b
                     unique, progress=f"perplexity {split} @ {window}")
                 for (m, k), j in zip(todo, where.reshape(-1)):
                     done[f"{m}/{k}/{split}/{window}"] = results[j].perplexity
+                    done[f"{m}/{k}/{split}/{window}/set"] = chosen(m, k)
                 write_json(cache, done)
     return done
 

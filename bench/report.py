@@ -117,6 +117,8 @@ def main() -> None:
                 "run_profile.md", read("run_profile.md")),
         section("3d. The engine on a GPU", ".venv/bin/python bench/engine_speed.py --device cuda --random-weights "
                 "config.json [--dtype bfloat16] [--n-windows 64]", "engine_speed_cuda_*.json", engine_on_accelerators()),
+        section("3e. Shards on a Dask cluster vs the thread runner", ".venv/bin/python bench/dask_sweep.py",
+                "dask_sweep.md", read("dask_sweep.md")),
         section("4-5. Pruning plus quantization; inference gain", ".venv/bin/python bench/deployment.py",
                 "deployment.md", read("deployment.md")),
     ]
