@@ -246,6 +246,10 @@ def perplexities(bench: Bench, selections: dict[str, dict[str, Any]], compute: b
     done = json.loads(cache.read_text()) if cache.is_file() else {}
     if not compute:
         return done
+
+    def chosen(m: str, k: int) -> str:  # a cell is stale when its method now picks another set
+        return "" if m == "base" else ",".join(map(str, selections[m]["removed"][str(k)]))
+
     for split in SPLITS:
         for window in PPL_WINDOWS:
             ids = bench.held_out(split, window)
@@ -253,9 +257,6 @@ def perplexities(bench: Bench, selections: dict[str, dict[str, Any]], compute: b
                 cells = [("base", 0)] if not sub else []
                 cells += [(m, k) for m, s in selections.items() for k in bench.ks
                           if str(k) in s["removed"] and (ARMS[m].strategy == "sublayers") == sub]
-                def chosen(m: str, k: int) -> str:  # a cell is stale when its method now picks another set
-                    return "" if m == "base" else ",".join(map(str, selections[m]["removed"][str(k)]))
-
                 todo = [(m, k) for m, k in cells if f"{m}/{k}/{split}/{window}" not in done
                         or done.get(f"{m}/{k}/{split}/{window}/set", chosen(m, k)) != chosen(m, k)]
                 if not todo:

@@ -132,16 +132,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--interval", type=float, default=None, help="seconds between runs, instead of --cron")
     args = parser.parse_args(argv)
     reap_and_say()
-    if args.serve:
-        try:
-            Params.load(args.params)
-        except CoopPruneError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 1
-        serve(args.source, args.params, cron=None if args.interval else args.cron, interval=args.interval)
-        return 0
     try:
         Params.load(args.params)  # fail on bad params before starting Prefect
+        if args.serve:
+            serve(args.source, args.params, cron=None if args.interval else args.cron, interval=args.interval)
+            return 0
         for row in watch_releases(args.source, args.params):
             print(row)
     except CoopPruneError as exc:

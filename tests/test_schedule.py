@@ -5,6 +5,7 @@ overlapping watchers never prune one release twice (the registry claim)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -48,16 +49,19 @@ class Runs:
     def __init__(self, api: str) -> None:
         self.api = api
 
+    @contextlib.contextmanager
     def _client(self):
+        """A client on this server, whatever the test process's own Prefect settings are."""
         from prefect.client.orchestration import get_client
+        from prefect.settings import PREFECT_API_URL, temporary_settings
 
-        return get_client(sync_client=True)
+        with temporary_settings({PREFECT_API_URL: self.api}), get_client(sync_client=True) as client:
+            yield client
 
     def finished(self) -> list:
         from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName
-        from prefect.settings import PREFECT_API_URL, temporary_settings
 
-        with temporary_settings({PREFECT_API_URL: self.api}), self._client() as client:
+        with self._client() as client:
             runs = client.read_flow_runs(deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=["watch-releases"])))
         done = [r for r in runs if r.state is not None and r.state.type.value in ("COMPLETED", "FAILED")]
         return sorted(done, key=lambda r: r.end_time)
@@ -74,11 +78,10 @@ class Runs:
     def logs(self, run, expect: str, timeout: float = 30) -> str:
         """The run's logs once they contain ``expect`` (a run's last logs reach the server in batches)."""
         from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
-        from prefect.settings import PREFECT_API_URL, temporary_settings
 
         deadline, text = time.time() + timeout, ""
         while time.time() < deadline:
-            with temporary_settings({PREFECT_API_URL: self.api}), self._client() as client:
+            with self._client() as client:
                 found = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id])))
             text = "\n".join(log.message for log in found)
             if expect in text:

@@ -276,9 +276,7 @@ class GameSearch(SurrogateEstimator):
         strata = strata_around(k, len(movable))
         paid = self._initial_design(game, removal, k, strata, budget, seed)  # evaluations found stand in for it
         seeds = self._peer_seeds(game, removal, k)
-        affordable = self.greedy_width is not None and (
-            paid + game.cost - cost0 + (k - 1) * self.greedy_width + self.per_round <= budget)
-        greedy = self._greedy_path(game, removal, k) if affordable else None
+        greedy = self._greedy_path(game, removal, k, room=budget - paid - (game.cost - cost0) - self.per_round)
         if greedy is not None:
             seeds["greedy"] = greedy
 
@@ -376,12 +374,13 @@ class GameSearch(SurrogateEstimator):
                 seeds[name] = sorted(int(i) for i in chosen)
         return seeds
 
-    def _greedy_path(self, game: Game, removal: Removal, k: int) -> list[int] | None:
+    def _greedy_path(self, game: Game, removal: Removal, k: int, room: float) -> list[int] | None:
         """SLEB's greedy path on real passes, over a shortlist: start from the best single removal;
         each step tries the ``greedy_width`` players whose single removals cost least among those
         left, and keeps the best. (k - 1) x width passes instead of SLEB's ~k L; the singles it
-        ranks by are the initial design's. Unit costs only (for sizes the ranking is not the path)."""
-        if self.greedy_width is None or not removal.unit or not self.singles:
+        ranks by are the initial design's. Unit costs only (for sizes the ranking is not the path);
+        skipped when its passes do not fit in ``room``."""
+        if self.greedy_width is None or not removal.unit or not self.singles or (k - 1) * self.greedy_width > room:
             return None
         n = game.n_players
         single = game.value_function(np.stack([removal_mask(n, (i,)) for i in removal.movable]))  # known: free
