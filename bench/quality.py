@@ -331,24 +331,30 @@ def pruned_model(bench: Bench, selection: dict[str, Any] | None, k: int):  # noq
 
 
 def zero_shots(
-    bench: Bench, selections: dict[str, dict[str, Any]], ks: list[int], limit: int, compute: bool = True
+    bench: Bench, selections: dict[str, dict[str, Any]], ks: list[int], limit: int, compute: bool = True,
+    methods: list[str] | None = None,
 ) -> dict[str, Any]:
+    """Zero-shot cells (and the base model's), cached per pruned model (players and removed set), so
+    methods that pick the same set share one run; ``methods`` limits which missing ones are computed."""
     from coopprune.zeroshot import zero_shot
 
     folder = bench.work / f"zeroshot-{limit}"
+    wanted = set(selections if methods is None else methods)
     cells = [("base", 0)] + [(m, k) for k in ks for m in selections if str(k) in selections[m]["removed"]]
     out = {}
     for m, k in cells:
-        cache = folder / f"{m}-{k}.json"
-        if not cache.is_file() and not compute:
+        removed = [] if m == "base" else selections[m]["removed"][str(k)]
+        players = "sublayers" if m != "base" and selections[m]["method"] == "sublayers" else "layers"
+        cache = folder / f"{players}-{'-'.join(map(str, removed)) or 'none'}.json"  # a score belongs to a model
+        if not cache.is_file() and not (compute and (m == "base" or m in wanted)):
             continue
         if not cache.is_file():
             loaded = pruned_model(bench, None if m == "base" else selections[m], k)
             start = time.perf_counter()
             result = zero_shot(loaded.model, loaded.tokenizer, TASKS, limit, 0, 8).to_dict()
-            result["seconds"] = time.perf_counter() - start
+            result.update(seconds=time.perf_counter() - start, removed=removed, players=players)
             write_json(cache, result)
-            print(f"zero-shot {m} k={k}: mean {result.get('mean')} ({result['seconds']:.0f}s)", flush=True)
+            print(f"zero-shot {m} k={k} {removed}: mean {result.get('mean')} ({result['seconds']:.0f}s)", flush=True)
         out[f"{m}/{k}"] = json.loads(cache.read_text())
     return out
 
@@ -574,6 +580,8 @@ def main() -> None:
     parser.add_argument("--stages", nargs="+", default=["select", "ppl", "zeroshot", "calibration"])
     parser.add_argument("--zero-shot-ks", type=int, nargs="+", default=[6, 12])
     parser.add_argument("--limit", type=int, default=200, help="zero-shot items per task (seeded subset)")
+    parser.add_argument("--zero-shot-methods", nargs="+", choices=METHODS, default=None,
+                        help="compute zero-shot cells for these methods only (default: all)")
     parser.add_argument("--calibration-budget", type=int, default=200)
     parser.add_argument("--calibration-ks", type=int, nargs="+", default=[6, 12])
     parser.add_argument("--no-mlflow", action="store_true")
@@ -583,7 +591,8 @@ def main() -> None:
     selections = {m: select(bench, m) for m in args.methods} if "select" in args.stages else cached
     # a stage not asked for still contributes the cells it cached earlier, so the tables stay complete
     ppl = perplexities(bench, selections, compute="ppl" in args.stages)
-    zs = zero_shots(bench, selections, args.zero_shot_ks, args.limit, compute="zeroshot" in args.stages)
+    zs = zero_shots(bench, selections, args.zero_shot_ks, args.limit, compute="zeroshot" in args.stages,
+                    methods=args.zero_shot_methods)
     calibration = calibration_size(bench, args.calibration_ks, args.calibration_budget, compute="calibration" in args.stages)
     curves = search_curves(bench, selections, compute="ppl" in args.stages)
     rows = average_random(build_table(bench, selections, ppl, zs))

@@ -7,6 +7,7 @@ job (sealed mask shards are skipped), which stays correct when DVC deletes outpu
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -95,8 +96,6 @@ def publish(params: Params, summary: dict[str, Any]) -> dict[str, Any]:
         "removed_layers": ",".join(map(str, summary["pruned"]["removed_layers"])),
         "method": params.prune.method,
     }
-    artifacts = {"checkpoint": out / "pruned", "plots": out / "plots", "benchmark": out / "benchmark",
-                 "surrogate": out / "surrogate"}
     name = params.registry.model_name or registry.registered_model_name(params.model.source)
     k = len(summary["pruned"]["removed_layers"])
     run_name = f"{registry.registered_model_name(params.model.source, suffix='')} {params.prune.method} k={k}"
@@ -104,9 +103,13 @@ def publish(params: Params, summary: dict[str, Any]) -> dict[str, Any]:
     inputs = {role: {"name": f"{role} text", "source": data[role]["source"], "digest": data[role]["fingerprint"]}
               for role in ("calibration", "evaluation") if role in data}
     inputs["masks"] = {"name": "mask dataset", "source": str(masks), "digest": tags["mask_dataset_sha256"]}
-    run_id = registry.log_run(params.registry.experiment, run_name, params.model_dump(), metrics, artifacts, tags,
-                              start_time=summary.get("started_at"), inputs=inputs)
-    version = registry.register_pruned(run_id, "checkpoint", name, {
+    with tempfile.TemporaryDirectory(prefix=".mlflow-model-", dir=out) as tmp:  # logged, then gone
+        model_path, model_dir = registered_model_dir(out / "pruned", Path(tmp))
+        artifacts = {model_path: model_dir, "plots": out / "plots", "benchmark": out / "benchmark",
+                     "surrogate": out / "surrogate"}
+        run_id = registry.log_run(params.registry.experiment, run_name, params.model_dump(), metrics, artifacts,
+                                  tags, start_time=summary.get("started_at"), inputs=inputs)
+    version = registry.register_pruned(run_id, model_path, name, {
         registry.ZERO_SHOT_MEAN: metrics.get("pruned_zero_shot_mean"),
         registry.PERPLEXITY: metrics.get("pruned_perplexity"),
         "release_fingerprint": tags["release_fingerprint"],
@@ -117,6 +120,18 @@ def publish(params: Params, summary: dict[str, Any]) -> dict[str, Any]:
         decision = registry.promote(name, params.registry.rule)
         result["promotion"] = {"promoted": decision.promoted, "reason": decision.reason}
     return result
+
+
+def registered_model_dir(pruned: Path, work: Path) -> tuple[str, Path]:
+    """What the registry holds, as (artifact path, local folder): the checkpoint as an MLflow
+    transformers model written under ``work``, or the plain folder when it is int8-quantized (no
+    transformers flavor loads it)."""
+    from coopprune.quantize import is_quantized
+    from tasks.mlflow_model import save_mlflow_model
+
+    if is_quantized(pruned):
+        return "checkpoint", pruned
+    return "model", save_mlflow_model(pruned, work / "model")
 
 
 def release_fingerprint(params: Params, summary: dict[str, Any]) -> str:

@@ -30,6 +30,7 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
 from coopprune.errors import CoopPruneError
+from tasks.mlflow_model import CHECKPOINT_DIR, MLMODEL, checkpoint_in
 
 CANDIDATE = "candidate"
 CHAMPION = "champion"
@@ -322,12 +323,16 @@ def register_pruned(
             raise NotRegistered(f"no MLflow run {run_id} at {uri}") from None
         with _artifact_store(run.info.artifact_uri):
             names = {Path(f.path).name for f in client.list_artifacts(run_id, path)}
+            inner = path
+            if MLMODEL in names:  # an MLflow model: the checkpoint is its model/ folder
+                inner = f"{path}/{CHECKPOINT_DIR}"
+                names = {Path(f.path).name for f in client.list_artifacts(run_id, inner)}
             if "config.json" not in names:
                 raise CoopPruneError(f"run {run_id} has no checkpoint at artifact path '{path}' (no config.json)")
             record: dict[str, Any] = {}
             if "pruning.json" in names:
                 with tempfile.TemporaryDirectory(prefix="coopprune-registry-") as tmp:
-                    local = client.download_artifacts(run_id, f"{path}/pruning.json", tmp)
+                    local = client.download_artifacts(run_id, f"{inner}/pruning.json", tmp)
                     record = json.loads(Path(local).read_text())
         all_tags = {**version_tags(record), **_strings(tags)}
         try:
@@ -528,7 +533,9 @@ def promote(
 
 def load_registered(model_uri: str, dst: str | Path | None = None, *, tracking: str | None = None) -> Path:
     """Download ``models:/NAME@ALIAS`` or ``models:/NAME/VERSION`` (optionally ``/sub/path``) and return
-    the local folder, ready for ``AutoModelForCausalLM.from_pretrained``.
+    the local checkpoint folder, ready for ``AutoModelForCausalLM.from_pretrained`` (of an MLflow model,
+    its ``model/`` folder, which holds the tokenizer and ``pruning.json`` too; MLflow's own loaders
+    take the ``models:/`` URI itself).
 
     The alias is resolved with this client rather than by ``download_artifacts("models:/...")``, which
     reads the process-global registry URI. With ``dst=None`` MLflow picks the folder (for a local store,
@@ -559,4 +566,4 @@ def load_registered(model_uri: str, dst: str | Path | None = None, *, tracking: 
             local = mlflow.artifacts.download_artifacts(
                 artifact_uri=source, dst_path=None if dst is None else str(dst), tracking_uri=uri
             )
-    return Path(local)
+    return checkpoint_in(local) if not match["sub"] else Path(local)

@@ -1,10 +1,13 @@
 """The registry on a real `mlflow server` (SQLite backend, artifacts proxied to S3 on moto's
-server): the flow logs, registers and promotes through it, the checkpoint's files land in the
-bucket, and `models:/NAME@champion` loads back through the server."""
+server): the flow logs, registers and promotes through it, the model's files land in the
+bucket, and `models:/NAME@champion` loads back through the server: as a checkpoint
+(`load_registered`), with `mlflow.pyfunc.load_model`, and served by `mlflow models serve`."""
 
 from __future__ import annotations
 
+import json
 import os
+import urllib.request
 
 import pytest
 from servers import BIN, free_port, process, wait_http
@@ -57,10 +60,34 @@ def test_the_flow_registers_through_a_tracking_server_with_s3_artifacts(prefect_
     assert summary["registry"]["version"] == "1" and summary["registry"]["promotion"]["promoted"]
 
     keys = {o["Key"] for o in s3.list_objects_v2(Bucket="coopprune-models")["Contents"]}
-    checkpoint = [k for k in keys if "/checkpoint/" in k]
-    assert any(k.endswith("/checkpoint/config.json") for k in checkpoint), sorted(keys)[:20]
-    assert any(k.endswith(".safetensors") for k in checkpoint)
+    model = [k for k in keys if "/artifacts/model/" in k]
+    assert any(k.endswith("/model/MLmodel") for k in model), sorted(keys)[:20]
+    assert any(k.endswith("/model/model/config.json") for k in model)
+    assert any(k.endswith(".safetensors") for k in model)
 
     folder = load_registered("models:/tiny-pruned@champion", tmp_path / "champion")
-    model = AutoModelForCausalLM.from_pretrained(folder)
-    assert model.config.num_hidden_layers == 4
+    assert AutoModelForCausalLM.from_pretrained(folder).config.num_hidden_layers == 4
+    assert json.loads((folder / "pruning.json").read_text())["removed_layers"] == summary["pruned"]["removed_layers"]
+
+    import mlflow
+
+    info = mlflow.models.get_model_info("models:/tiny-pruned@champion")
+    assert info.signature.inputs.input_types() == [mlflow.types.DataType.string]
+    assert {p.name for p in info.signature.params.params} >= {"max_new_tokens", "do_sample"}
+    assert json.loads(info.metadata["coopprune.removed_layers"]) == summary["pruned"]["removed_layers"]
+    generated = mlflow.pyfunc.load_model("models:/tiny-pruned@champion").predict(["hello"], params={"max_new_tokens": 3})
+    assert len(generated) == 1 and isinstance(generated[0], str)
+
+    port = free_port()  # what a user runs to serve the champion; --env-manager local: no virtualenv build
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PATH": f"{BIN}:{os.environ['PATH']}"}
+    command = [str(BIN / "mlflow"), "models", "serve", "-m", "models:/tiny-pruned@champion", "--env-manager", "local",
+               "--host", "127.0.0.1", "--port", str(port)]
+    log = tmp_path / "serve.log"
+    with process(command, env, log) as proc:
+        wait_http(f"http://127.0.0.1:{port}/ping", 180, proc, log)
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/invocations", headers={"Content-Type": "application/json"},
+            data=json.dumps({"inputs": ["hello", "world"], "params": {"max_new_tokens": 3}}).encode())
+        with urllib.request.urlopen(request, timeout=60) as response:
+            predictions = json.loads(response.read())["predictions"]
+    assert len(predictions) == 2 and all(isinstance(p, str) for p in predictions)
