@@ -33,7 +33,7 @@ def _parse_layers(text: str | None) -> list[int]:
     try:
         return [int(x) for x in text.split(",") if x.strip()]
     except ValueError:
-        raise CoopPruneError(f"--protect takes comma-separated layer indices, got '{text}'") from None
+        raise CoopPruneError(f"layers are comma-separated indices (e.g. 3,5,7), got '{text}'") from None
 
 
 def _parse_options(items: list[str] | None) -> dict[str, object]:
@@ -160,6 +160,55 @@ def quantize(
     quantize_int8(loaded.model, keep_float=() if all_linear else KEEP_FLOAT)
     save_quantized(loaded.model, loaded.tokenizer, out, overwrite=overwrite)
     typer.echo(f"int8 checkpoint of {checkpoint} ({parameters / 1e6:.1f} M parameters) written to {out}")
+
+
+@app.command("export-gguf")
+def export_gguf(
+    source: Annotated[str, typer.Argument(help=(
+        "A pruned (or healed) checkpoint folder to write as GGUF, or a .gguf file to prune directly "
+        "('default': the bundled SmolLM2 Q4_1)."))],
+    out: Annotated[Path, typer.Option(help="The .gguf file to write.")],
+    remove: Annotated[str | None, typer.Option(help="GGUF source: the blocks to drop, e.g. 3,5,7.")] = None,
+    like: Annotated[Path | None, typer.Option(help=(
+        "GGUF source: drop the layers a pruned checkpoint removed (its pruning.json; its facts travel too)."))] = None,
+    dtype: Annotated[str, typer.Option(help="Checkpoint source: f16 (matrices; norms stay f32) or f32.")] = "f16",
+    vocab_from: Annotated[Path | None, typer.Option(help=(
+        "Checkpoint source: copy the tokenizer from this GGUF (default: the base model's GGUF, when it was one)."))] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing output file.")] = False,
+) -> None:
+    """A GGUF for llama.cpp: prune a GGUF keeping its quantization, or export a checkpoint in f16/f32.
+    The removed layers, base fingerprint and method travel in its metadata (coopprune.*)."""
+    import json
+
+    from coopprune import gguf_export
+    from coopprune.fetch import default_gguf
+
+    gguf_export.check_output(out, overwrite)
+    if source == "default" or source.endswith(".gguf"):
+        if (remove is None) == (like is None):
+            raise CoopPruneError("pruning a GGUF needs exactly one of --remove LAYERS or --like CHECKPOINT")
+        facts: dict[str, object] = {}
+        if like is not None:
+            record_file = like / "pruning.json"
+            if not record_file.is_file():
+                raise CoopPruneError(f"no pruning.json in {like}")
+            facts = gguf_export.record_facts(json.loads(record_file.read_text()))
+            removed = list(facts.pop("removed_layers"))
+        else:
+            removed = _parse_layers(remove)
+        src = default_gguf() if source == "default" else Path(source)
+        if like is not None and facts.get("layers_before") != (n := gguf_export.block_count(src)):
+            raise CoopPruneError(f"{like} was pruned from a {facts.get('layers_before')}-layer model, {src} has {n} blocks")
+        gguf_export.prune_gguf(src, removed, out, facts=facts, overwrite=overwrite)
+        typer.echo(f"{src.name} without blocks {sorted(removed)} written to {out} (tensors copied in their own quantization)")
+        return
+    if remove is not None or like is not None:
+        raise CoopPruneError("--remove and --like apply to a GGUF source; a checkpoint already is pruned")
+    checkpoint = Path(source)
+    if vocab_from is None:
+        vocab_from = gguf_export.base_gguf(checkpoint)
+    gguf_export.export_gguf(checkpoint, out, dtype=dtype, vocab_from=vocab_from, overwrite=overwrite)
+    typer.echo(f"{checkpoint} written to {out} ({dtype}" + (f", tokenizer from {vocab_from.name})" if vocab_from else ")"))
 
 
 @app.command()

@@ -144,6 +144,13 @@ class RegistryParams(_Section):
     promote: bool = True  # try to move alias champion to the new candidate
 
 
+class ExportParams(_Section):
+    """After pruning: a GGUF for llama.cpp (a GGUF source is pruned as is, its quantization kept)."""
+
+    gguf: bool = False
+    dtype: Literal["f16", "f32"] = "f16"  # for a checkpoint source; a GGUF source keeps its own types
+
+
 class FlowParams(_Section):
     """How the Prefect flow runs its mask shards: threads here, Dask for a cluster."""
 
@@ -172,6 +179,7 @@ class Params(_Section):
     evaluation: EvaluationParams = EvaluationParams()
     benchmark: BenchmarkParams = BenchmarkParams()
     registry: RegistryParams = RegistryParams()
+    export: ExportParams = ExportParams()
     flow: FlowParams = FlowParams()
     release: ReleaseParams = ReleaseParams()
     output_dir: str = "runs/default"

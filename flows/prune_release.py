@@ -26,6 +26,7 @@ from tasks.prune_release import (
     benchmark,
     estimate_contributions,
     evaluate_shard,
+    export_gguf,
     fit_surrogate,
     merge_masks,
     plan_masks,
@@ -52,7 +53,7 @@ def task_runner(settings: FlowParams):
 # (dill's disassembly capture inside datasets/lm-eval then floods the log).
 @flow(name="prune_release", log_prints=False)
 def prune_release(params: Params) -> dict[str, Any]:
-    """Sweep -> surrogate -> contributions -> prune -> benchmark -> register; returns the summary."""
+    """Sweep -> surrogate -> contributions -> prune -> benchmark -> [GGUF] -> register; returns the summary."""
     started, started_at = time.perf_counter(), time.time()
     out = Path(params.output_dir)
     prepared = prepare_data(params)
@@ -85,6 +86,8 @@ def prune_release(params: Params) -> dict[str, Any]:
         "output_dir": str(out),
         "started_at": started_at,
     }
+    if params.export.gguf:
+        summary["gguf"] = export_gguf(params, pruned)
     if params.registry.enabled:
         summary["registry"] = register(params, summary)
     summary["seconds"] = round(time.perf_counter() - started, 1)
@@ -144,6 +147,8 @@ def print_summary(summary: dict[str, Any]) -> None:
     if "zero_shot" in bench["pruned"]:
         lines.append(f"zero-shot mean:  base {bench['base']['zero_shot']['mean']:.3f} -> "
                      f"pruned {bench['pruned']['zero_shot']['mean']:.3f}")
+    if "gguf" in summary:
+        lines.append(f"gguf:            {summary['gguf']['path']} ({summary['gguf']['how']})")
     if "registry" in summary:
         lines.append(f"registry:        {summary['registry']}")
     lines.append(f"summary:         {summary['output_dir']}/summary.json ({summary['seconds']} s)")

@@ -69,6 +69,12 @@ def benchmark(params: Params, checkpoint: str, label: str) -> dict[str, Any]:
     return pipeline.benchmark(params, checkpoint, out)
 
 
+@task(name="export-gguf", cache_policy=NO_CACHE)
+def export_gguf(params: Params, pruned: dict[str, Any]) -> dict[str, Any]:
+    """The pruned model as a GGUF for llama.cpp (``export.gguf``), logged with the registered version."""
+    return pipeline.run_stage(params, "export", progress=False)
+
+
 @task(name="report", cache_policy=NO_CACHE)
 def report(params: Params, scores: dict[str, Any]) -> dict[str, Any]:
     """Perplexity curve, plots/ and metrics.json from both benchmarks."""
@@ -107,6 +113,8 @@ def publish(params: Params, summary: dict[str, Any]) -> dict[str, Any]:
         model_path, model_dir = registered_model_dir(out / "pruned", Path(tmp))
         artifacts = {model_path: model_dir, "plots": out / "plots", "benchmark": out / "benchmark",
                      "surrogate": out / "surrogate"}
+        if summary.get("gguf"):
+            artifacts["gguf"] = Path(summary["gguf"]["path"])
         run_id = registry.log_run(params.registry.experiment, run_name, params.model_dump(), metrics, artifacts,
                                   tags, start_time=summary.get("started_at"), inputs=inputs)
     version = registry.register_pruned(run_id, model_path, name, {
@@ -114,6 +122,7 @@ def publish(params: Params, summary: dict[str, Any]) -> dict[str, Any]:
         registry.PERPLEXITY: metrics.get("pruned_perplexity"),
         "release_fingerprint": tags["release_fingerprint"],
         "mask_dataset_dvc_md5": tags["mask_dataset_dvc_md5"],
+        "gguf": f"gguf/{Path(summary['gguf']['path']).name}" if summary.get("gguf") else None,
     })
     result: dict[str, Any] = {"run_id": run_id, "model_name": name, "version": version, "alias": registry.CANDIDATE}
     if params.registry.promote:

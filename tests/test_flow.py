@@ -8,13 +8,14 @@ import os
 from pathlib import Path
 
 import pytest
+from test_zeroshot import data, fake_home  # noqa: E402,F401  (fixtures: fake benchmark data)
+from tiny import write_text  # noqa: E402
 
 from coopprune import pipeline  # noqa: E402
 from coopprune.config import Params  # noqa: E402
 from coopprune.dataset import MaskDataset  # noqa: E402
 from coopprune.errors import CoopPruneError  # noqa: E402
-from test_zeroshot import data, fake_home  # noqa: E402,F401  (fixtures: fake benchmark data)
-from tiny import write_text  # noqa: E402
+from coopprune.gguf_export import read_facts  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +54,7 @@ def test_flow_threads_and_dask_give_the_same_dataset(prefect_server, tmp_path, t
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     threads = flow_params(tmp_path / "threads", tiny_checkpoint, text_file, eval_text, flow={"workers": 2},
                           benchmark={"tasks": ["piqa", "arc_easy"], "limit": 4},
-                          registry={"enabled": True, "model_name": "tiny-pruned"})
+                          registry={"enabled": True, "model_name": "tiny-pruned"}, export={"gguf": True})
     summary = run(threads)
     assert summary["registry"]["version"] == "1" and summary["registry"]["promotion"]["promoted"]
     assert set(summary["benchmark"]["pruned"]["zero_shot"]["tasks"]) == {"piqa", "arc_easy"}
@@ -70,6 +71,13 @@ def test_flow_threads_and_dask_give_the_same_dataset(prefect_server, tmp_path, t
     used = {i.tags[0].value: i.dataset for i in logged.inputs.dataset_inputs}
     assert set(used) == {"calibration", "evaluation", "masks"}
     assert used["calibration"].digest == summary["data"]["calibration"]["fingerprint"][:36]
+    gguf = Path(summary["gguf"]["path"])  # a checkpoint base: exported (f16), logged beside the model
+    assert gguf.name == "llama-pruned.f16.gguf" and "exported" in summary["gguf"]["how"]
+    assert read_facts(gguf)["removed_layers"] == summary["pruned"]["removed_layers"]
+    version = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").get_model_version("tiny-pruned", "1")
+    assert version.tags["gguf"] == f"gguf/{gguf.name}"
+    assert [f.path for f in MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").list_artifacts(logged.info.run_id, "gguf")] \
+        == [version.tags["gguf"]]
     out = Path(threads.output_dir)
     assert summary["mask_dataset"]["rows"] == 12
     assert len(summary["pruned"]["removed_layers"]) == 2

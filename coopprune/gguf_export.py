@@ -1,0 +1,310 @@
+"""Pruned models as GGUF files for llama.cpp, written with gguf-py.
+
+Two ways, one format:
+
+- :func:`prune_gguf` removes blocks from a GGUF directly: the removed blocks' tensors are dropped,
+  the rest renumbered, ``<arch>.block_count`` and every per-layer metadata array shortened; tensor
+  bytes are copied as they are, so a user prunes the Q4 file they already serve, and no
+  dequantize-requantize round trip changes a weight.
+- :func:`export_gguf` writes a (pruned or healed) safetensors checkpoint as an f16 / f32 GGUF, the
+  way llama.cpp's ``convert_hf_to_gguf.py`` lays it out (its tensor names, Llama's q/k rows
+  permuted for llama.cpp's rotary layout, norms and biases in f32, a tied head left out).
+
+Both record ``pruning.json``'s facts under ``coopprune.*`` keys, so a file says what was removed,
+from what, and how it was chosen. Only architectures whose blocks are independent of their index
+are renumbered (a Gemma-2 block's sliding window depends on its parity, for instance); anything
+else is a one-line error before a byte is written.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from coopprune.atomic import atomic_path
+from coopprune.errors import CoopPruneError
+
+#: GGUF architectures whose blocks only differ by their ``blk.N.`` tensors: safe to drop and renumber.
+RENUMBERABLE = ("llama", "qwen2", "qwen3")
+#: Checkpoint model types :func:`export_gguf` writes (GGUF architecture of the same name); each is
+#: verified by loading the file back (transformers' GGUF loader reads Qwen3 with its default head
+#: size only, so Qwen3 waits for a check that does not depend on it).
+EXPORTABLE = ("llama", "qwen2")
+FACTS = "coopprune."
+DTYPES = ("f16", "f32")
+_BLOCK = re.compile(r"^blk\.(\d+)\.(.+)$")
+
+
+def check_output(dst: str | Path, overwrite: bool) -> Path:
+    dst = Path(dst)
+    if dst.suffix != ".gguf":
+        raise CoopPruneError(f"output must be a .gguf file: {dst}")
+    if dst.exists() and not overwrite:
+        raise CoopPruneError(f"{dst} exists (pass --overwrite to replace it)")
+    return dst
+
+
+def open_gguf(path: str | Path) -> Any:
+    """A ``GGUFReader`` over ``path``, or a one-line error for what is not a readable GGUF."""
+    from gguf import GGUFReader
+
+    path = Path(path)
+    if not path.is_file():
+        raise CoopPruneError(f"GGUF file not found: {path}")
+    with open(path, "rb") as fh:
+        if fh.read(4) != b"GGUF":
+            raise CoopPruneError(f"not a GGUF file (no GGUF magic bytes): {path}")
+    try:
+        return GGUFReader(path)
+    except Exception as exc:  # noqa: BLE001 - gguf raises many types for damaged files
+        raise CoopPruneError(f"cannot read GGUF {path}: {(str(exc).splitlines() or [type(exc).__name__])[0]}") from None
+
+
+def gguf_value(reader: Any, key: str) -> Any:
+    field = reader.get_field(key)
+    return None if field is None else field.contents()
+
+
+def block_count(path: str | Path) -> int:
+    reader = open_gguf(path)
+    arch = gguf_value(reader, "general.architecture")
+    return int(gguf_value(reader, f"{arch}.block_count"))
+
+
+def base_gguf(checkpoint: str | Path) -> Path | None:
+    """The GGUF a checkpoint was pruned from, when it was one (the bundled default included): its
+    tokenizer metadata is what llama.cpp already reads for this model, pre-tokenizer and all."""
+    record_file = Path(checkpoint) / "pruning.json"
+    base = json.loads(record_file.read_text()).get("base_model", "") if record_file.is_file() else ""
+    if base == "default":
+        from coopprune.fetch import default_gguf
+
+        return default_gguf(progress=False)
+    return Path(base) if base.endswith(".gguf") and Path(base).is_file() else None
+
+
+def read_facts(path: str | Path) -> dict[str, Any]:
+    """The ``coopprune.*`` metadata of a GGUF (what was removed, from what, how chosen)."""
+    reader = open_gguf(path)
+    return {name[len(FACTS):]: field.contents() for name, field in reader.fields.items() if name.startswith(FACTS)}
+
+
+def _add_facts(writer: Any, facts: Mapping[str, Any]) -> None:
+    for key, value in facts.items():
+        if value is None:
+            continue
+        name = FACTS + key
+        if isinstance(value, bool):
+            writer.add_bool(name, value)
+        elif isinstance(value, int):
+            writer.add_int64(name, value)
+        elif isinstance(value, float):
+            writer.add_float64(name, value)
+        elif isinstance(value, (list, tuple)) and all(isinstance(v, int) for v in value):
+            from gguf import GGUFValueType
+
+            writer.add_array(name, [int(v) for v in value]) if value else writer.add_key_value(
+                name, [], GGUFValueType.ARRAY, sub_type=GGUFValueType.INT32)
+        else:
+            writer.add_string(name, value if isinstance(value, str) else json.dumps(value))
+
+
+def record_facts(record: Mapping[str, Any]) -> dict[str, Any]:
+    """What of a ``pruning.json`` record travels in a GGUF's metadata."""
+    keys = ("base_model", "base_fingerprint", "removed_layers", "method", "layers_before", "layers_after")
+    return {key: record[key] for key in keys if record.get(key) is not None}
+
+
+def prune_gguf(
+    src: str | Path, removed: Iterable[int], dst: str | Path, *, facts: Mapping[str, Any] | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write ``src`` without the blocks ``removed`` (original indices) to ``dst``, atomically.
+
+    Tensor data is copied byte for byte in its own quantization; per-layer metadata arrays (those
+    of the architecture with one entry per block) lose the removed entries.
+    """
+    from gguf import GGUFValueType, GGUFWriter, Keys
+
+    dst = check_output(dst, overwrite)
+    reader = open_gguf(src)
+    arch = str(gguf_value(reader, Keys.General.ARCHITECTURE))
+    if arch not in RENUMBERABLE:
+        raise CoopPruneError(f"cannot renumber the blocks of a '{arch}' GGUF safely (supported: {', '.join(RENUMBERABLE)})")
+    n = int(gguf_value(reader, f"{arch}.block_count"))
+    removed = sorted({int(i) for i in removed})
+    outside = [i for i in removed if not 0 <= i < n]
+    if outside:
+        raise CoopPruneError(f"layers {outside} are outside the {n} blocks of {src} (0..{n - 1})")
+    if not 1 <= len(removed) < n:
+        raise CoopPruneError(f"must remove between 1 and {n - 1} of the {n} blocks, got {len(removed)}")
+    kept = [i for i in range(n) if i not in removed]
+    renumber = {old: new for new, old in enumerate(kept)}
+
+    with atomic_path(dst) as tmp:
+        writer = GGUFWriter(str(tmp), arch, endianess=reader.endianess)
+        for field in reader.fields.values():
+            if field.name == Keys.General.ARCHITECTURE or field.name.startswith(("GGUF.", FACTS)):
+                continue
+            kind = field.types[0]
+            sub = field.types[-1] if kind == GGUFValueType.ARRAY else None
+            value = field.contents()
+            if field.name == f"{arch}.block_count":
+                value = len(kept)
+            elif field.name.startswith(f"{arch}.") and kind == GGUFValueType.ARRAY and len(value) == n:
+                value = [value[i] for i in kept]  # one entry per block (head counts, FFN sizes, ...)
+            writer.add_key_value(field.name, value, kind, sub_type=sub)
+        _add_facts(writer, {"source_block_count": n, **(facts or {}), "removed_layers": removed})
+        tensors = []
+        for tensor in reader.tensors:
+            name = tensor.name
+            if match := _BLOCK.match(name):
+                if int(match[1]) in removed:
+                    continue
+                name = f"blk.{renumber[int(match[1])]}.{match[2]}"
+            writer.add_tensor_info(name, tensor.data.shape, tensor.data.dtype, tensor.data.nbytes, tensor.tensor_type)
+            tensors.append(tensor)
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_ti_data_to_file()
+        for tensor in tensors:
+            writer.write_tensor_data(tensor.data, tensor_endianess=reader.endianess)
+        writer.close()
+    return dst
+
+
+# ------------------------------------------------------------------------------------ checkpoint -> GGUF
+
+
+def _permute_rows(weight: np.ndarray, heads: int) -> np.ndarray:
+    """HF's rotate-half q/k rows -> llama.cpp's interleaved pairs (``LlamaModel.permute`` upstream)."""
+    return weight.reshape(heads, 2, weight.shape[0] // heads // 2, *weight.shape[1:]).swapaxes(1, 2).reshape(weight.shape)
+
+
+def _rope_theta(config: Any) -> float:
+    params = getattr(config, "rope_parameters", None) or {}
+    rope_type = params.get("rope_type", "default")
+    if rope_type != "default":
+        raise CoopPruneError(f"rope scaling '{rope_type}' is not exported to GGUF yet (only plain RoPE)")
+    return float(params.get("rope_theta", getattr(config, "rope_theta", 10000.0)))
+
+
+def _write_hparams(writer: Any, config: Any, arch: str) -> None:
+    heads = config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    writer.add_context_length(config.max_position_embeddings)
+    writer.add_embedding_length(config.hidden_size)
+    writer.add_block_count(config.num_hidden_layers)
+    writer.add_feed_forward_length(config.intermediate_size)
+    writer.add_head_count(heads)
+    writer.add_head_count_kv(getattr(config, "num_key_value_heads", None) or heads)
+    writer.add_rope_freq_base(_rope_theta(config))
+    writer.add_layer_norm_rms_eps(config.rms_norm_eps)
+    writer.add_vocab_size(config.vocab_size)
+    if arch == "llama":
+        writer.add_rope_dimension_count(head_dim)
+    if head_dim != config.hidden_size // heads:
+        writer.add_key_length(head_dim)
+        writer.add_value_length(head_dim)
+
+
+def _write_vocab(writer: Any, checkpoint: Path, vocab_from: Path | None, n_vocab: int) -> None:
+    """The tokenizer: copied from the GGUF the model came from (exactly what llama.cpp read before,
+    pre-tokenizer included), else built from the checkpoint's byte-level BPE tokenizer."""
+    from gguf import GGUFValueType, SpecialVocab
+    from gguf.vocab import BpeVocab
+
+    if vocab_from is not None:
+        reader = open_gguf(vocab_from)
+        for field in reader.fields.values():
+            if field.name.startswith("tokenizer."):
+                kind = field.types[0]
+                writer.add_key_value(field.name, field.contents(), kind,
+                                     sub_type=field.types[-1] if kind == GGUFValueType.ARRAY else None)
+        return
+    try:
+        vocab = BpeVocab(checkpoint)
+    except Exception as exc:  # noqa: BLE001 - gguf's vocab readers raise plain exceptions
+        raise CoopPruneError(f"cannot export the tokenizer of {checkpoint} (only byte-level BPE, or pass the "
+                             f"source GGUF as vocab_from): {(str(exc).splitlines() or [type(exc).__name__])[0]}") from None
+    tokens, types = [], []
+    for text, _score, kind in vocab.all_tokens():
+        tokens.append(text)
+        types.append(int(kind))
+    if len(tokens) < n_vocab:  # the embedding is padded past the tokenizer: llama.cpp wants one entry per row
+        tokens += [f"[PAD{i}]".encode() for i in range(len(tokens), n_vocab)]
+        types += [5] * (n_vocab - len(types))  # TokenType.UNUSED
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre("default")
+    writer.add_token_list(tokens)
+    writer.add_token_types(types)
+    SpecialVocab(checkpoint, load_merges=True, n_vocab=n_vocab).add_to_gguf(writer, quiet=True)
+
+
+def export_gguf(
+    checkpoint: str | Path, dst: str | Path, *, dtype: str = "f16", vocab_from: str | Path | None = None,
+    overwrite: bool = False, progress: Callable[[Iterable[Any]], Iterable[Any]] | None = None,
+) -> Path:
+    """Write a safetensors checkpoint folder as a GGUF at ``dst`` (``f16``: matrices in half
+    precision, norms and biases in f32, as llama.cpp's converter does; ``f32``: everything)."""
+    import gguf
+    import torch
+    from safetensors import safe_open
+    from transformers import AutoConfig
+
+    checkpoint = Path(checkpoint)
+    dst = check_output(dst, overwrite)
+    if dtype not in DTYPES:
+        raise CoopPruneError(f"dtype must be one of {', '.join(DTYPES)}, got '{dtype}'")
+    if not (checkpoint / "config.json").is_file():
+        raise CoopPruneError(f"not a checkpoint folder (no config.json): {checkpoint}")
+    files = sorted(checkpoint.glob("*.safetensors"))
+    if not files:
+        raise CoopPruneError(f"no safetensors weights in {checkpoint}")
+    if (checkpoint / "quantization.json").is_file():
+        raise CoopPruneError(f"{checkpoint} is int8-quantized (our own layout): export its float checkpoint")
+    config = AutoConfig.from_pretrained(checkpoint, trust_remote_code=False)
+    arch = config.model_type
+    if arch not in EXPORTABLE:
+        raise CoopPruneError(f"cannot export a '{arch}' checkpoint to GGUF yet (supported: {', '.join(EXPORTABLE)})")
+    model_arch = next(a for a, name in gguf.MODEL_ARCH_NAMES.items() if name == arch)
+    names = gguf.get_tensor_name_map(model_arch, config.num_hidden_layers)
+    heads, kv_heads = config.num_attention_heads, getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    record_path = checkpoint / "pruning.json"
+    record = json.loads(record_path.read_text()) if record_path.is_file() else {}
+
+    tensors: list[tuple[str, np.ndarray]] = []
+    for file in files:
+        with safe_open(str(file), framework="pt") as weights:
+            for hf_name in weights.keys():  # noqa: SIM118 - safe_open is not a mapping
+                if hf_name == "lm_head.weight" and config.tie_word_embeddings:
+                    continue  # llama.cpp falls back to token_embd for a missing output.weight
+                name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
+                if name is None:
+                    raise CoopPruneError(f"no GGUF name for tensor '{hf_name}' of a '{arch}' checkpoint")
+                data = weights.get_tensor(hf_name).to(torch.float32).numpy()
+                if arch == "llama" and hf_name.endswith(("q_proj.weight", "k_proj.weight")):
+                    data = _permute_rows(data, heads if "q_proj" in hf_name else kv_heads)
+                if dtype == "f16" and data.ndim == 2:
+                    data = data.astype(np.float16)
+                tensors.append((name, data))
+
+    with atomic_path(dst) as tmp:
+        writer = gguf.GGUFWriter(str(tmp), arch)
+        writer.add_name(str(record.get("base_model") or checkpoint.name) + ("-pruned" if record else ""))
+        writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16 if dtype == "f16" else gguf.LlamaFileType.ALL_F32)
+        _write_hparams(writer, config, arch)
+        _write_vocab(writer, checkpoint, Path(vocab_from) if vocab_from else None, config.vocab_size)
+        _add_facts(writer, record_facts(record))
+        for name, data in tensors:
+            writer.add_tensor(name, data)
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file(progress=progress is not None)
+        writer.close()
+    return dst
