@@ -162,6 +162,39 @@ def quantize(
     typer.echo(f"int8 checkpoint of {checkpoint} ({parameters / 1e6:.1f} M parameters) written to {out}")
 
 
+@app.command()
+def heal(
+    checkpoint: Annotated[Path, typer.Argument(help="A pruned checkpoint folder.")],
+    out: Annotated[Path, typer.Option(help="Where to write the healed (merged) checkpoint.")],
+    data: Annotated[str, typer.Option(help="Healing text: any source --calib takes (default: bundled LAMBADA, "
+                                            "disjoint from every evaluation set).")] = "lambada",
+    loss: Annotated[str, typer.Option(help="lm (the paper) or distill (KL to the base model's next-token distribution).")] = "lm",
+    steps: Annotated[int, typer.Option(help="Optimizer steps.")] = 200,
+    seq_len: Annotated[int, typer.Option(help="Tokens per sequence.")] = 128,
+    batch_size: Annotated[int, typer.Option(help="Sequences per micro-batch.")] = 4,
+    grad_accum: Annotated[int, typer.Option(help="Micro-batches per step.")] = 2,
+    lr: Annotated[float, typer.Option(help="AdamW learning rate (the paper: 1e-4).")] = 1e-4,
+    rank: Annotated[int, typer.Option(help="LoRA rank (the paper: 8).")] = 8,
+    alpha: Annotated[int, typer.Option(help="LoRA alpha (the paper: 16).")] = 16,
+    teacher: Annotated[str | None, typer.Option(help="distill: the teacher (default: the base model in pruning.json).")] = None,
+    seed: Annotated[int, typer.Option(help="Seeds the adapters' init, the batches and dropout.")] = 0,
+    save_every: Annotated[int, typer.Option(help="Steps between resumable saves (<out>.heal-state/).")] = 50,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing output folder.")] = False,
+    quiet: Quiet = False,
+) -> None:
+    """Heal a pruned model: LoRA adapters on every linear projection of the kept layers, merged back
+    into a plain checkpoint with healing.json; an interrupted run resumes from its last save."""
+    from coopprune.heal import HealConfig
+    from coopprune.heal import heal as run_heal
+
+    settings = HealConfig(data=data, steps=steps, seq_len=seq_len, batch_size=batch_size, grad_accum=grad_accum, lr=lr,
+                          rank=rank, alpha=alpha, loss=loss, teacher=teacher, seed=seed, save_every=save_every)
+    result = run_heal(checkpoint, out, settings, overwrite=overwrite, progress=not quiet)
+    r = result.record
+    typer.echo(f"healed {checkpoint} -> {out}: {r['steps']} steps, {r['tokens']} tokens, loss "
+               f"{r['losses'][0]:.3f} -> {r['losses'][-1]:.3f}, {r['minutes']:.1f} min")
+
+
 @app.command("export-gguf")
 def export_gguf(
     source: Annotated[str, typer.Argument(help=(
