@@ -184,11 +184,12 @@ def heal(
 ) -> None:
     """Heal a pruned model: LoRA adapters on every linear projection of the kept layers, merged back
     into a plain checkpoint with healing.json; an interrupted run resumes from its last save."""
-    from coopprune.heal import HealConfig
+    from coopprune.config import HealParams
     from coopprune.heal import heal as run_heal
 
-    settings = HealConfig(data=data, steps=steps, seq_len=seq_len, batch_size=batch_size, grad_accum=grad_accum, lr=lr,
-                          rank=rank, alpha=alpha, loss=loss, teacher=teacher, seed=seed, save_every=save_every)
+    settings = HealParams.from_dict(
+        {"data": data, "steps": steps, "seq_len": seq_len, "batch_size": batch_size, "grad_accum": grad_accum, "lr": lr,
+         "rank": rank, "alpha": alpha, "loss": loss, "teacher": teacher, "seed": seed, "save_every": save_every}, "heal")
     result = run_heal(checkpoint, out, settings, overwrite=overwrite, progress=not quiet)
     r = result.record
     typer.echo(f"healed {checkpoint} -> {out}: {r['steps']} steps, {r['tokens']} tokens, loss "

@@ -16,6 +16,19 @@ from coopprune.errors import CoopPruneError
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    @classmethod
+    def from_dict(cls, data: object, where: str = "params") -> Any:
+        """Validate ``data``; the first problem becomes one line naming its key."""
+        if not isinstance(data, dict):
+            raise CoopPruneError(f"{where}: expected a mapping")
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+            msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, ")
+            raise CoopPruneError(f"{where}: {key}: {msg}") from None
+
 
 class ModelParams(_Section):
     source: str = "default"  # "default" = bundled SmolLM2-135M-Instruct; hub id, folder or .gguf
@@ -144,6 +157,27 @@ class RegistryParams(_Section):
     promote: bool = True  # try to move alias champion to the new candidate
 
 
+class HealParams(_Section):
+    """Healing after pruning (LoRA with peft, merged back); the defaults are the paper's setting:
+    r = 8, alpha = 16, every linear projection of the kept layers, lr 1e-4, the LM loss."""
+
+    enabled: bool = False  # in the flow: heal, benchmark and register the healed model as its own version
+    data: str = "lambada"  # any text source --calib takes; bundled LAMBADA is disjoint from every evaluation set
+    loss: Literal["lm", "distill"] = "lm"  # distill: KL to the base model's next-token distribution
+    steps: int = Field(200, ge=1)
+    seq_len: int = Field(128, ge=2)
+    batch_size: int = Field(4, ge=1)
+    grad_accum: int = Field(2, ge=1)
+    lr: float = Field(1e-4, gt=0)
+    rank: int = Field(8, ge=1)
+    alpha: int = Field(16, ge=1)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    temperature: float = Field(1.0, gt=0)  # distillation only
+    teacher: str | None = None  # distillation only; None: the base model pruning.json names
+    seed: int = 0
+    save_every: int = Field(50, ge=1)  # steps between resumable saves
+
+
 class ExportParams(_Section):
     """After pruning: a GGUF for llama.cpp (a GGUF source is pruned as is, its quantization kept)."""
 
@@ -179,6 +213,7 @@ class Params(_Section):
     evaluation: EvaluationParams = EvaluationParams()
     benchmark: BenchmarkParams = BenchmarkParams()
     registry: RegistryParams = RegistryParams()
+    heal: HealParams = HealParams()
     export: ExportParams = ExportParams()
     flow: FlowParams = FlowParams()
     release: ReleaseParams = ReleaseParams()
@@ -202,10 +237,4 @@ class Params(_Section):
     def from_dict(cls, data: object, where: str = "params") -> Params:
         if not isinstance(data, dict):
             raise CoopPruneError(f"{where}: expected a mapping of sections")
-        try:
-            return cls.model_validate(data)
-        except ValidationError as exc:
-            err = exc.errors()[0]
-            key = ".".join(str(p) for p in err["loc"]) or "(top level)"
-            msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, ")
-            raise CoopPruneError(f"{where}: {key}: {msg}") from None
+        return super().from_dict(data, where)

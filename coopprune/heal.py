@@ -13,7 +13,6 @@ settings continues from there and ends with the same weights as a run that was n
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import shutil
@@ -21,7 +20,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
@@ -29,6 +28,7 @@ from torch import nn
 
 from coopprune.atomic import atomic_dir, write_json
 from coopprune.calibration import evaluation_windows, load_texts, text_fingerprint
+from coopprune.config import HealParams
 from coopprune.errors import CoopPruneError
 from coopprune.models import LoadedModel, load_model
 from coopprune.prune import check_output_dir
@@ -36,43 +36,13 @@ from coopprune.prune import check_output_dir
 HEALING_FILE = "healing.json"
 
 
-@dataclass(frozen=True)
-class HealConfig:
-    """What a healing run does; ``PAPER`` is the paper's setting."""
-
-    data: str = "lambada"  # any text source --calib takes; bundled LAMBADA is disjoint from every evaluation set
-    steps: int = 200
-    seq_len: int = 128
-    batch_size: int = 4
-    grad_accum: int = 2
-    lr: float = 1e-4
-    rank: int = 8
-    alpha: int = 16
-    dropout: float = 0.05
-    loss: Literal["lm", "distill"] = "lm"
-    temperature: float = 1.0  # distillation only
-    teacher: str | None = None  # distillation only; None: the base model pruning.json names
-    seed: int = 0
-    save_every: int = 50
-
-    def __post_init__(self) -> None:
-        for name in ("steps", "seq_len", "batch_size", "grad_accum", "rank", "alpha", "save_every"):
-            if getattr(self, name) < 1:
-                raise CoopPruneError(f"healing {name} must be >= 1, got {getattr(self, name)}")
-        if self.seq_len < 2:
-            raise CoopPruneError(f"healing seq_len must be >= 2 tokens, got {self.seq_len}")
-        if not self.lr > 0 or not 0 <= self.dropout < 1 or not self.temperature > 0:
-            raise CoopPruneError("healing needs lr > 0, 0 <= dropout < 1 and temperature > 0")
-        if self.loss not in ("lm", "distill"):
-            raise CoopPruneError(f"healing loss must be 'lm' or 'distill', got '{self.loss}'")
-
-    def key(self) -> str:
-        """What a saved state must match to be resumed (everything but when to save)."""
-        fields = {k: v for k, v in dataclasses.asdict(self).items() if k != "save_every"}
-        return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
+def settings_key(settings: HealParams) -> str:
+    """What a saved state must match to be resumed (everything but when to save)."""
+    fields = settings.model_dump(exclude={"enabled", "save_every"})
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
 
-PAPER = HealConfig()
+PAPER = HealParams()  # the paper's setting
 
 
 @dataclass
@@ -142,13 +112,14 @@ def _load_state(state_dir: Path, model: Any, optimizer: torch.optim.Optimizer, k
 
 
 def heal(
-    checkpoint: str | Path, out_dir: str | Path, config: HealConfig = PAPER, *, overwrite: bool = False,
-    progress: bool = True, on_step: Callable[[int, Any], None] | None = None,
+    checkpoint: str | Path, out_dir: str | Path, config: HealParams = PAPER, *, overwrite: bool = False,
+    progress: bool = True, on_step: Callable[[int, Any], None] | None = None, extra: dict[str, Any] | None = None,
 ) -> HealResult:
     """Train LoRA adapters on ``checkpoint`` (a pruned folder), merge them, write ``out_dir``.
 
     ``on_step(step, model)`` is called after each optimizer step (a bench measures a curve with it;
-    raising from it stops the run, which then resumes from the last saved state).
+    raising from it stops the run, which then resumes from the last saved state). ``extra`` goes
+    into ``healing.json`` as is (the flow's record of what it healed).
     """
     from peft import LoraConfig, get_peft_model
     from tqdm.auto import tqdm
@@ -175,8 +146,8 @@ def heal(
     model.train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.lr, weight_decay=0.0)
     state_dir = _state_dir(out)
-    state = _load_state(state_dir, model, optimizer, config.key()) or {
-        "key": config.key(), "step": 0, "losses": [], "tokens": 0, "seconds": 0.0}
+    state = _load_state(state_dir, model, optimizer, settings_key(config)) or {
+        "key": settings_key(config), "step": 0, "losses": [], "tokens": 0, "seconds": 0.0}
     micro = max(1, config.batch_size)
     bar = tqdm(total=config.steps, initial=state["step"], desc=f"healing ({config.loss})", disable=not progress)
     segment = time.perf_counter()
@@ -215,8 +186,8 @@ def heal(
     healing = {
         "data": config.data, "data_fingerprint": fingerprint, "steps": config.steps, "tokens": state["tokens"],
         "seed": config.seed, "loss": config.loss, "teacher": teacher_source if teacher is not None else None,
-        "config": dataclasses.asdict(config), "losses": state["losses"], "train_minutes": round(state["seconds"] / 60, 2),
-        "minutes": round((time.perf_counter() - started) / 60, 2), "healed_from": str(checkpoint),
+        "config": config.model_dump(exclude={"enabled"}), "losses": state["losses"], "train_minutes": round(state["seconds"] / 60, 2),
+        "minutes": round((time.perf_counter() - started) / 60, 2), "healed_from": str(checkpoint), **(extra or {}),
     }
     with atomic_dir(out, overwrite=overwrite) as tmp:
         merged.save_pretrained(tmp, safe_serialization=True)

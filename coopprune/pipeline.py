@@ -479,7 +479,7 @@ def perplexity_curve(params: Params, pruned_dir: str | Path) -> list[dict[str, A
     return [{"removed": j, "layers": order[:j], "perplexity": r.perplexity} for j, r in enumerate(results)]
 
 
-STAGES = ("data", "sweep", "surrogate", "contributions", "prune", "benchmark", "export")
+STAGES = ("data", "sweep", "surrogate", "contributions", "prune", "benchmark", "heal", "export")
 
 
 def run_stage(params: Params, stage: str, progress: bool = True) -> dict[str, Any]:
@@ -504,21 +504,42 @@ def run_stage(params: Params, stage: str, progress: bool = True) -> dict[str, An
         return {"path": str(result.out_dir), "removed_layers": result.removed_layers, "evaluations": result.evaluations}
     if stage == "benchmark":
         return benchmark_release(params)
+    if stage == "heal":
+        return heal_release(params, progress)
     if stage == "export":
         return export_release(params)
     raise CoopPruneError(f"unknown stage '{stage}'; stages: {', '.join(STAGES)}")
 
 
-def export_release(params: Params) -> dict[str, Any]:
-    """``<output_dir>/gguf/``: the pruned model for llama.cpp. When the base model was a GGUF (the
-    bundled default included) that file is pruned directly, keeping the quantization users serve;
-    otherwise the pruned checkpoint is exported in ``export.dtype``."""
+def heal_release(params: Params, progress: bool = True) -> dict[str, Any]:
+    """``<output_dir>/healed``: the pruned checkpoint healed with ``params.heal``. A healed folder of
+    the same settings and the same removal is kept (a rerun does not train again)."""
+    from coopprune.heal import HEALING_FILE, heal, settings_key
+
+    out = Path(params.output_dir)
+    record = json.loads((out / "pruned" / "pruning.json").read_text())
+    done = out / "healed" / HEALING_FILE
+    key = {"settings": settings_key(params.heal), "removed": record["removed_layers"], "base": record["base_fingerprint"]}
+    if done.is_file() and json.loads(done.read_text()).get("key") == key:
+        healing = json.loads(done.read_text())
+    else:
+        healing = heal(out / "pruned", out / "healed", params.heal, overwrite=True, progress=progress,
+                       extra={"key": key}).record
+    return {"path": str(out / "healed"), **{k: healing[k] for k in ("steps", "tokens", "data_fingerprint", "minutes", "loss")}}
+
+
+def export_release(params: Params, checkpoint: str | Path | None = None) -> dict[str, Any]:
+    """The model for llama.cpp, in ``<output_dir>/gguf/`` (``gguf-healed/`` for a healed checkpoint).
+    When the base model was a GGUF (the bundled default included) and the checkpoint is the pruned
+    one, that file is pruned directly, keeping the quantization users serve; otherwise the
+    checkpoint is exported in ``export.dtype``."""
     from coopprune.gguf_export import base_gguf, export_gguf, prune_gguf, record_facts
 
-    pruned = Path(params.output_dir) / "pruned"
+    pruned = Path(checkpoint) if checkpoint else Path(params.output_dir) / "pruned"
     record = json.loads((pruned / "pruning.json").read_text())
-    folder = Path(params.output_dir) / "gguf"
-    source = base_gguf(pruned)
+    healed = (pruned / "healing.json").is_file()
+    folder = Path(params.output_dir) / ("gguf-healed" if healed else "gguf")
+    source = None if healed else base_gguf(pruned)
     if source is not None:
         stem, _, quant = source.stem.rpartition(".")
         dst = folder / (f"{stem}-pruned.{quant}.gguf" if stem else f"{source.stem}-pruned.gguf")
@@ -527,9 +548,12 @@ def export_release(params: Params) -> dict[str, Any]:
         how = f"pruned {source.name} (its quantization kept)"
     else:
         name = Path(str(record.get("base_model", "model")).rstrip("/")).name or "model"
-        dst = export_gguf(pruned, folder / f"{name}-pruned.{params.export.dtype}.gguf", dtype=params.export.dtype,
-                          overwrite=True)
-        how = f"exported the pruned checkpoint ({params.export.dtype})"
+        if name == "default":
+            from coopprune.fetch import DEFAULT_MODEL_NAME as name
+        label = "healed" if healed else "pruned"
+        dst = export_gguf(pruned, folder / f"{name}-{label}.{params.export.dtype}.gguf", dtype=params.export.dtype,
+                          vocab_from=base_gguf(pruned), overwrite=True)
+        how = f"exported the {label} checkpoint ({params.export.dtype})"
     for stale in folder.glob("*.gguf"):  # one file per run: an earlier run's other name goes
         if stale != dst:
             stale.unlink()

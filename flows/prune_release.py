@@ -28,6 +28,7 @@ from tasks.prune_release import (
     evaluate_shard,
     export_gguf,
     fit_surrogate,
+    heal,
     merge_masks,
     plan_masks,
     prepare_data,
@@ -53,7 +54,7 @@ def task_runner(settings: FlowParams):
 # (dill's disassembly capture inside datasets/lm-eval then floods the log).
 @flow(name="prune_release", log_prints=False)
 def prune_release(params: Params) -> dict[str, Any]:
-    """Sweep -> surrogate -> contributions -> prune -> benchmark -> [GGUF] -> register; returns the summary."""
+    """Sweep -> surrogate -> contributions -> prune -> [heal] -> benchmark -> [GGUF] -> register; returns the summary."""
     started, started_at = time.perf_counter(), time.time()
     out = Path(params.output_dir)
     prepared = prepare_data(params)
@@ -69,8 +70,11 @@ def prune_release(params: Params) -> dict[str, Any]:
     surrogate = fit_surrogate(params)
     contributions = estimate_contributions(params)
     pruned = prune(params, contributions)
+    healed = heal(params, pruned) if params.heal.enabled else None
     scores = {"base": benchmark(params, params.model.source, "base"),
               "pruned": benchmark(params, pruned["path"], "pruned")}
+    if healed is not None:  # the same benchmark, so the promotion rule compares like with like
+        scores["healed"] = benchmark(params, healed["path"], "healed")
     release = report(params, scores)
     summary: dict[str, Any] = {
         "model": params.model.source,
@@ -86,8 +90,12 @@ def prune_release(params: Params) -> dict[str, Any]:
         "output_dir": str(out),
         "started_at": started_at,
     }
+    if healed is not None:
+        summary["healed"] = healed
     if params.export.gguf:
-        summary["gguf"] = export_gguf(params, pruned)
+        summary["gguf"] = export_gguf(params, pruned["path"], "pruned")
+        if healed is not None:
+            healed["gguf"] = export_gguf(params, healed["path"], "healed")
     if params.registry.enabled:
         summary["registry"] = register(params, summary)
     summary["seconds"] = round(time.perf_counter() - started, 1)
@@ -147,6 +155,9 @@ def print_summary(summary: dict[str, Any]) -> None:
     if "zero_shot" in bench["pruned"]:
         lines.append(f"zero-shot mean:  base {bench['base']['zero_shot']['mean']:.3f} -> "
                      f"pruned {bench['pruned']['zero_shot']['mean']:.3f}")
+    if "healed" in summary:
+        lines.append(f"healed model:    {summary['healed']['path']} ({summary['healed']['steps']} steps, perplexity "
+                     f"{bench['healed']['perplexity']['perplexity']:.2f})")
     if "gguf" in summary:
         lines.append(f"gguf:            {summary['gguf']['path']} ({summary['gguf']['how']})")
     if "registry" in summary:

@@ -69,10 +69,16 @@ def benchmark(params: Params, checkpoint: str, label: str) -> dict[str, Any]:
     return pipeline.benchmark(params, checkpoint, out)
 
 
-@task(name="export-gguf", cache_policy=NO_CACHE)
-def export_gguf(params: Params, pruned: dict[str, Any]) -> dict[str, Any]:
-    """The pruned model as a GGUF for llama.cpp (``export.gguf``), logged with the registered version."""
-    return pipeline.run_stage(params, "export", progress=False)
+@task(name="heal", cache_policy=NO_CACHE)
+def heal(params: Params, pruned: dict[str, Any]) -> dict[str, Any]:
+    """LoRA healing of the pruned checkpoint (``heal.enabled``); resumes a killed run's training."""
+    return pipeline.run_stage(params, "heal", progress=False)
+
+
+@task(name="export-gguf", cache_policy=NO_CACHE, task_run_name="export-gguf-{label}")
+def export_gguf(params: Params, checkpoint: str, label: str) -> dict[str, Any]:
+    """A model as a GGUF for llama.cpp (``export.gguf``), logged with its registered version."""
+    return pipeline.export_release(params, checkpoint)
 
 
 @task(name="report", cache_policy=NO_CACHE)
@@ -83,15 +89,22 @@ def report(params: Params, scores: dict[str, Any]) -> dict[str, Any]:
 
 @task(name="register", cache_policy=NO_CACHE)
 def register(params: Params, summary: dict[str, Any]) -> dict[str, Any]:
-    """One MLflow run with everything, the checkpoint as a new version (alias candidate), promotion."""
-    return publish(params, summary)
+    """One MLflow run with everything, the checkpoint as a new version (alias candidate), promotion;
+    a healed checkpoint then as a version of its own, judged by the same rule against the champion."""
+    result = publish(params, summary)
+    if summary.get("healed"):
+        result["healed"] = publish(params, summary, label="healed")
+    return result
 
 
-def publish(params: Params, summary: dict[str, Any]) -> dict[str, Any]:
+def publish(params: Params, summary: dict[str, Any], label: str = "pruned") -> dict[str, Any]:
+    """Log and register ``<output_dir>/<label>`` (``pruned`` or ``healed``) with its own scores."""
     from tasks import registry
 
     out = Path(params.output_dir)
     metrics = summary["metrics"]
+    healed = summary.get("healed") if label == "healed" else None
+    gguf = (healed or summary).get("gguf")
     masks = Path(summary["mask_dataset"]["path"])
     tags = {
         "base_model": registry.base_model_name(params.model.source),
@@ -102,27 +115,32 @@ def publish(params: Params, summary: dict[str, Any]) -> dict[str, Any]:
         "removed_layers": ",".join(map(str, summary["pruned"]["removed_layers"])),
         "method": params.prune.method,
     }
+    if healed:
+        tags |= {"healed": "true", "heal_steps": healed["steps"], "heal_loss": healed["loss"],
+                 "heal_data_fingerprint": healed["data_fingerprint"]}
     name = params.registry.model_name or registry.registered_model_name(params.model.source)
     k = len(summary["pruned"]["removed_layers"])
-    run_name = f"{registry.registered_model_name(params.model.source, suffix='')} {params.prune.method} k={k}"
+    run_name = f"{registry.registered_model_name(params.model.source, suffix='')} {params.prune.method} k={k}" + (
+        " healed" if healed else "")
     data = summary.get("data") or {}
     inputs = {role: {"name": f"{role} text", "source": data[role]["source"], "digest": data[role]["fingerprint"]}
               for role in ("calibration", "evaluation") if role in data}
     inputs["masks"] = {"name": "mask dataset", "source": str(masks), "digest": tags["mask_dataset_sha256"]}
     with tempfile.TemporaryDirectory(prefix=".mlflow-model-", dir=out) as tmp:  # logged, then gone
-        model_path, model_dir = registered_model_dir(out / "pruned", Path(tmp))
+        model_path, model_dir = registered_model_dir(out / label, Path(tmp))
         artifacts = {model_path: model_dir, "plots": out / "plots", "benchmark": out / "benchmark",
                      "surrogate": out / "surrogate"}
-        if summary.get("gguf"):
-            artifacts["gguf"] = Path(summary["gguf"]["path"])
+        if gguf:
+            artifacts["gguf"] = Path(gguf["path"])
         run_id = registry.log_run(params.registry.experiment, run_name, params.model_dump(), metrics, artifacts,
                                   tags, start_time=summary.get("started_at"), inputs=inputs)
     version = registry.register_pruned(run_id, model_path, name, {
-        registry.ZERO_SHOT_MEAN: metrics.get("pruned_zero_shot_mean"),
-        registry.PERPLEXITY: metrics.get("pruned_perplexity"),
+        registry.ZERO_SHOT_MEAN: metrics.get(f"{label}_zero_shot_mean"),
+        registry.PERPLEXITY: metrics.get(f"{label}_perplexity"),
         "release_fingerprint": tags["release_fingerprint"],
         "mask_dataset_dvc_md5": tags["mask_dataset_dvc_md5"],
-        "gguf": f"gguf/{Path(summary['gguf']['path']).name}" if summary.get("gguf") else None,
+        "gguf": f"gguf/{Path(gguf['path']).name}" if gguf else None,
+        **({k: tags[k] for k in ("healed", "heal_steps", "heal_loss", "heal_data_fingerprint")} if healed else {}),
     })
     result: dict[str, Any] = {"run_id": run_id, "model_name": name, "version": version, "alias": registry.CANDIDATE}
     if params.registry.promote:

@@ -210,3 +210,32 @@ def test_killed_flow_resumes_without_losing_or_repeating_a_mask(tmp_path, tiny_c
     finally:
         for server in orphaned_servers(str(home.resolve())):
             server.kill()
+
+
+def test_a_healed_model_is_benchmarked_and_registered_as_its_own_version(prefect_server, tmp_path, tiny_checkpoint,
+                                                                          text_file, eval_text, monkeypatch):
+    from mlflow import MlflowClient
+
+    from flows.prune_release import run
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    params = flow_params(tmp_path, tiny_checkpoint, text_file, eval_text, benchmark={"speed": False},
+                         heal={"enabled": True, "data": str(text_file), "steps": 2, "seq_len": 16, "batch_size": 2,
+                               "grad_accum": 1, "save_every": 1},
+                         registry={"enabled": True, "model_name": "tiny-pruned", "rule": "perplexity"},
+                         export={"gguf": True})
+    summary = run(params)
+    healed = Path(summary["healed"]["path"])
+    assert (healed / "healing.json").is_file() and summary["healed"]["steps"] == 2
+    assert "healed_perplexity" in summary["metrics"] and Path(summary["healed"]["gguf"]["path"]).parent.name == "gguf-healed"
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    pruned_v, healed_v = (client.get_model_version("tiny-pruned", v) for v in ("1", "2"))
+    assert "healed" not in pruned_v.tags and healed_v.tags["healed"] == "true" and healed_v.tags["heal_steps"] == "2"
+    assert float(healed_v.tags["perplexity"]) == pytest.approx(summary["metrics"]["healed_perplexity"])
+    assert healed_v.tags["promotion.decision"] in {"promoted", "kept champion"}  # judged against the unhealed one
+    assert client.get_run(healed_v.run_id).info.run_name.endswith(" healed")
+    assert summary["registry"]["healed"]["version"] == "2"
+
+    mtime = (healed / "healing.json").stat().st_mtime
+    run(params)  # a rerun trains nothing again
+    assert (healed / "healing.json").stat().st_mtime == mtime

@@ -10,12 +10,13 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from tiny import save_tiny
 
+from coopprune.config import HealParams
 from coopprune.errors import CoopPruneError
-from coopprune.heal import HEALING_FILE, HealConfig, distill_loss, heal, lora_targets
+from coopprune.heal import HEALING_FILE, distill_loss, heal, lora_targets
 from coopprune.models import load_model
 from coopprune.prune import count_parameters, make_record, prune_layers, save_pruned
-from tiny import save_tiny
 
 
 @pytest.fixture(scope="module")
@@ -27,9 +28,9 @@ def pruned(tmp_path_factory) -> Path:
     return save_pruned(loaded, root / "pruned", make_record(loaded, removed, "sleb", before))
 
 
-def config(text_file: Path, **overrides) -> HealConfig:
-    return HealConfig(**{"data": str(text_file), "steps": 6, "seq_len": 16, "batch_size": 2, "grad_accum": 2,
-                         "lr": 5e-3, "save_every": 2, **overrides})
+def config(text_file: Path, **overrides) -> HealParams:
+    return HealParams.from_dict({"data": str(text_file), "steps": 6, "seq_len": 16, "batch_size": 2, "grad_accum": 2,
+                         "lr": 5e-3, "save_every": 2, **overrides}, "heal")
 
 
 def weights(folder: Path) -> dict[str, torch.Tensor]:
@@ -88,9 +89,9 @@ def test_a_stopped_run_resumes_to_the_same_weights(pruned, text_file, tmp_path):
 
 
 def test_bad_settings_fail_before_any_work(pruned, text_file, tmp_path):
-    with pytest.raises(CoopPruneError, match="steps must be >= 1"):
+    with pytest.raises(CoopPruneError, match="heal: steps: Input should be greater than or equal to 1"):
         config(text_file, steps=0)
-    with pytest.raises(CoopPruneError, match="'lm' or 'distill'"):
+    with pytest.raises(CoopPruneError, match="heal: loss: Input should be 'lm' or 'distill'"):
         config(text_file, loss="mse")
     with pytest.raises(CoopPruneError, match="no config.json"):
         heal(tmp_path, tmp_path / "out", config(text_file), progress=False)
