@@ -29,7 +29,7 @@ from coopprune.models import load_model
 from coopprune.prune import prune_layers
 
 RESULTS = Path(__file__).parent / "results"
-PROMPT = "The capital of France is Paris. The capital of Italy is"
+PROMPT = "Once upon a time, in a small village by the sea, there lived"
 
 
 def logits(model, ids: torch.Tensor) -> torch.Tensor:
@@ -38,9 +38,13 @@ def logits(model, ids: torch.Tensor) -> torch.Tensor:
 
 
 def greedy_hf(model, ids: torch.Tensor, n: int) -> list[int]:
+    """Argmax decoding for exactly ``n`` tokens, end-of-text included (as llama.cpp's loop below;
+    ``generate`` would stop there, or with ``min_new_tokens`` forbid it)."""
+    seq = ids
     with torch.inference_mode():
-        out = model.generate(ids, max_new_tokens=n, min_new_tokens=n, do_sample=False)
-    return out[0, ids.shape[1]:].tolist()
+        for _ in range(n):
+            seq = torch.cat([seq, model(seq).logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+    return seq[0, ids.shape[1]:].tolist()
 
 
 def greedy_llama_cpp(path: Path, ids: list[int], n: int) -> tuple[list[int] | None, str]:
