@@ -121,6 +121,13 @@ def main() -> None:
                 "dask_sweep.md", read("dask_sweep.md")),
         section("4-5. Pruning plus quantization; inference gain", ".venv/bin/python bench/deployment.py",
                 "deployment.md", read("deployment.md")),
+        section("6. Healing with LoRA: LM loss vs distillation", ".venv/bin/python bench/heal.py", "heal.md",
+                read("heal.md"), ("heal_curve.png",)),
+        section("7. GGUF for llama.cpp: pruned directly and exported", ".venv/bin/python bench/gguf_export.py",
+                "gguf_export.md", read("gguf_export.md")),
+        section("8. The registry as a person sees it (MLflow UI, headless Chromium)",
+                "make run && .venv/bin/python bench/registry_ui.py", "registry_ui.md", read("registry_ui.md"),
+                ("registry_ui.png",)),
     ]
     DOC.parent.mkdir(exist_ok=True)
     DOC.write_text("\n".join(parts))

@@ -122,6 +122,8 @@ def materialize_gguf(gguf_file: Path, out_dir: Path, *, source: dict[str, Any] |
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from coopprune.gguf_export import check_gguf_file
+
     gguf_file, out_dir = Path(gguf_file), Path(out_dir)
     if _is_materialized(out_dir):
         return out_dir
@@ -129,11 +131,7 @@ def materialize_gguf(gguf_file: Path, out_dir: Path, *, source: dict[str, Any] |
         raise CoopPruneError(
             f"{out_dir} exists but is not a finished coopprune checkpoint; delete it or choose another"
         )
-    if not gguf_file.is_file():
-        raise CoopPruneError(f"GGUF file not found: {gguf_file}")
-    with open(gguf_file, "rb") as fh:
-        if fh.read(4) != b"GGUF":
-            raise CoopPruneError(f"not a GGUF file (no GGUF magic bytes): {gguf_file}")
+    check_gguf_file(gguf_file)
     try:
         loaded = AutoModelForCausalLM.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name, dtype=torch.float32)
         tokenizer = AutoTokenizer.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name)

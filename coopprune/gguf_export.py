@@ -49,16 +49,22 @@ def check_output(dst: str | Path, overwrite: bool) -> Path:
     return dst
 
 
-def open_gguf(path: str | Path) -> Any:
-    """A ``GGUFReader`` over ``path``, or a one-line error for what is not a readable GGUF."""
-    from gguf import GGUFReader
-
+def check_gguf_file(path: str | Path) -> Path:
+    """``path`` if it is a file that starts like a GGUF, else a one-line error."""
     path = Path(path)
     if not path.is_file():
         raise CoopPruneError(f"GGUF file not found: {path}")
     with open(path, "rb") as fh:
         if fh.read(4) != b"GGUF":
             raise CoopPruneError(f"not a GGUF file (no GGUF magic bytes): {path}")
+    return path
+
+
+def open_gguf(path: str | Path) -> Any:
+    """A ``GGUFReader`` over ``path``, or a one-line error for what is not a readable GGUF."""
+    from gguf import GGUFReader
+
+    path = check_gguf_file(path)
     try:
         return GGUFReader(path)
     except Exception as exc:  # noqa: BLE001 - gguf raises many types for damaged files
