@@ -4,7 +4,7 @@ Starts ``mlflow server`` over the local registry that ``make run`` writes (``sql
 ``--tracking-uri`` looks at a running server instead), opens the page of ``models:/NAME@ALIAS`` in
 Debian's Chromium (``apt-get install chromium``), and checks that the rendered page shows what the
 registry holds: every alias of the version, its scores (zero-shot mean, perplexity), the removed
-layers and method, its lineage (the source run, by the name the flow gave it) and the signature's
+layers, method and base model, its lineage (the source run, by the name the flow gave it) and the signature's
 schema. Saves a screenshot and a table:
 
     python bench/registry_ui.py [--backend-store-uri sqlite:///mlflow.db] [--model NAME] [--alias champion]
@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from servers import BIN, free_port, process, wait_http
 
 RESULTS = Path(__file__).parent / "results"
-SCORES = ("zero_shot_mean", "perplexity", "removed_layers", "method")
+SCORES = ("zero_shot_mean", "perplexity", "removed_layers", "method", "base_model")
 
 
 def chromium() -> str | None:

@@ -137,6 +137,7 @@ def publish(params: Params, summary: dict[str, Any], label: str = "pruned") -> d
     version = registry.register_pruned(run_id, model_path, name, {
         registry.ZERO_SHOT_MEAN: metrics.get(f"{label}_zero_shot_mean"),
         registry.PERPLEXITY: metrics.get(f"{label}_perplexity"),
+        registry.BASE_MODEL: tags["base_model"],  # the real name, not pruning.json's "default"
         "release_fingerprint": tags["release_fingerprint"],
         "mask_dataset_dvc_md5": tags["mask_dataset_dvc_md5"],
         "gguf": f"gguf/{Path(gguf['path']).name}" if gguf else None,

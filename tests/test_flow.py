@@ -75,7 +75,7 @@ def test_flow_threads_and_dask_give_the_same_dataset(prefect_server, tmp_path, t
     assert gguf.name == "llama-pruned.f16.gguf" and "exported" in summary["gguf"]["how"]
     assert read_facts(gguf)["removed_layers"] == summary["pruned"]["removed_layers"]
     version = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").get_model_version("tiny-pruned", "1")
-    assert version.tags["gguf"] == f"gguf/{gguf.name}"
+    assert version.tags["gguf"] == f"gguf/{gguf.name}" and version.tags["base_model"] == str(tiny_checkpoint)
     assert [f.path for f in MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").list_artifacts(logged.info.run_id, "gguf")] \
         == [version.tags["gguf"]]
     out = Path(threads.output_dir)
