@@ -128,12 +128,15 @@ def publish(params: Params, summary: dict[str, Any], label: str = "pruned") -> d
     inputs["masks"] = {"name": "mask dataset", "source": str(masks), "digest": tags["mask_dataset_sha256"]}
     with tempfile.TemporaryDirectory(prefix=".mlflow-model-", dir=out) as tmp:  # logged, then gone
         model_path, model_dir = registered_model_dir(out / label, Path(tmp))
-        artifacts = {model_path: model_dir, "plots": out / "plots", "benchmark": out / "benchmark",
-                     "surrogate": out / "surrogate"}
+        artifacts = {"plots": out / "plots", "benchmark": out / "benchmark", "surrogate": out / "surrogate"}
+        flavored = (model_dir / "MLmodel").is_file()
+        if not flavored:
+            artifacts[model_path] = model_dir
         if gguf:
             artifacts["gguf"] = Path(gguf["path"])
         run_id = registry.log_run(params.registry.experiment, run_name, params.model_dump(), metrics, artifacts,
-                                  tags, start_time=summary.get("started_at"), inputs=inputs)
+                                  tags, start_time=summary.get("started_at"), inputs=inputs,
+                                  models={model_path: model_dir} if flavored else None)
     version = registry.register_pruned(run_id, model_path, name, {
         registry.ZERO_SHOT_MEAN: metrics.get(f"{label}_zero_shot_mean"),
         registry.PERPLEXITY: metrics.get(f"{label}_perplexity"),

@@ -174,8 +174,13 @@ def log_run(
     artifact_location: str | None = None,
     start_time: float | None = None,
     inputs: Mapping[str, Mapping[str, str]] | None = None,
+    models: Mapping[str, str | Path] | None = None,
 ) -> str:
     """Log one finished run and return its id; safe to call from several threads at once.
+
+    ``models`` maps a name to a local MLflow model folder (``MLmodel`` inside): each becomes a
+    logged model of the run (MLflow 3's model entity: the run's "Logged models", ``models:/<id>``),
+    its ``MLmodel`` stamped with the model id, ready for :func:`register_pruned`.
 
     ``inputs``: the run's datasets by role (``{"calibration": {"name", "source", "digest"}}``),
     logged as MLflow dataset inputs (the UI's "Datasets used", with the role as their context).
@@ -190,9 +195,13 @@ def log_run(
     """
     uri = tracking or tracking_uri(Path.cwd())
     local = {dest.strip("/"): Path(path) for dest, path in artifacts.items()}
-    for path in local.values():
+    model_dirs = {name: Path(path) for name, path in (models or {}).items()}
+    for path in [*local.values(), *model_dirs.values()]:
         if not path.exists():
             raise CoopPruneError(f"artifact to log does not exist: {path}")
+    for name, path in model_dirs.items():
+        if not (path / MLMODEL).is_file():
+            raise CoopPruneError(f"model '{name}' to log is not an MLflow model folder (no {MLMODEL}): {path}")
     now = int(time.time() * 1000)
     metric_list = []
     for key, value in _flatten(metrics).items():
@@ -222,12 +231,45 @@ def log_run(
                         client.log_artifacts(run_id, str(path), artifact_path=dest or None)
                     else:
                         client.log_artifact(run_id, str(path), artifact_path=dest or None)
+            for name, path in model_dirs.items():
+                _log_model(client, run, name, path)
         except BaseException:
             with contextlib.suppress(Exception):
                 client.set_terminated(run_id, "FAILED")
             raise
         client.set_terminated(run_id, "FINISHED")
     return run_id
+
+
+def _log_model(client: MlflowClient, run: Any, name: str, path: Path) -> str:
+    """``path`` as a logged model of ``run`` (what ``mlflow.<flavor>.log_model`` does, on this client):
+    created, linked as the run's output, its files uploaded with ``MLmodel`` naming the model id,
+    then READY (FAILED if the upload breaks, so a half-logged model never looks usable)."""
+    from mlflow.entities import LoggedModelOutput, LoggedModelStatus
+    from mlflow.models import Model
+
+    spec = Model.load(str(path / MLMODEL))
+    flavor = next(iter(set(spec.flavors) - {"python_function"}), "custom")
+    logged = client.create_logged_model(run.info.experiment_id, name=name, source_run_id=run.info.run_id,
+                                        tags={"mlflow.modelFlavor": flavor})
+    try:
+        client.log_outputs(run.info.run_id, [LoggedModelOutput(logged.model_id, step=0)])
+        spec.model_id, spec.run_id, spec.artifact_path = logged.model_id, run.info.run_id, logged.artifact_location
+        with tempfile.TemporaryDirectory(prefix="coopprune-mlmodel-") as tmp, _artifact_store(logged.artifact_location):
+            spec.save(str(Path(tmp) / MLMODEL))
+            for item in path.iterdir():
+                if item.name != MLMODEL:
+                    if item.is_dir():
+                        client.log_model_artifacts(logged.model_id, str(item), artifact_path=item.name)
+                    else:
+                        client.log_model_artifact(logged.model_id, str(item))
+            client.log_model_artifact(logged.model_id, str(Path(tmp) / MLMODEL))
+        client.finalize_logged_model(logged.model_id, LoggedModelStatus.READY)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            client.finalize_logged_model(logged.model_id, LoggedModelStatus.FAILED)
+        raise
+    return logged.model_id
 
 
 def _dataset_input(role: str, spec: Mapping[str, str]) -> Any:
@@ -304,10 +346,12 @@ def register_pruned(
     tracking: str | None = None,
     alias: str = CANDIDATE,
 ) -> str:
-    """Register the run's checkpoint folder as a new version of ``model_name`` and point ``alias`` at it.
+    """Register the run's model as a new version of ``model_name`` and point ``alias`` at it.
 
-    Uses ``create_model_version`` on the run's artifact URI: ``mlflow.register_model`` refuses a plain
-    folder (no MLmodel) in MLflow 3. Tags come from the checkpoint's ``pruning.json`` (base fingerprint,
+    ``checkpoint_artifact_path`` names a logged model of the run (``log_run(models=...)``; the
+    version's source is then ``models:/<model id>``) or, for a checkpoint MLflow has no flavor
+    for, a plain folder among its artifacts (``create_model_version`` on the artifact URI:
+    ``mlflow.register_model`` refuses a folder without MLmodel in MLflow 3). Tags come from the checkpoint's ``pruning.json`` (base fingerprint,
     removed layers, method, parameters) overridden by ``tags`` (e.g. ``zero_shot_mean``, ``perplexity``;
     None values are skipped). Returns the version number.
     """
@@ -321,18 +365,22 @@ def register_pruned(
             if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
                 raise
             raise NotRegistered(f"no MLflow run {run_id} at {uri}") from None
-        with _artifact_store(run.info.artifact_uri):
-            names = {Path(f.path).name for f in client.list_artifacts(run_id, path)}
-            inner = path
-            if MLMODEL in names:  # an MLflow model: the checkpoint is its model/ folder
-                inner = f"{path}/{CHECKPOINT_DIR}"
-                names = {Path(f.path).name for f in client.list_artifacts(run_id, inner)}
+        logged = _logged_model(client, run, path)
+        location = logged.artifact_location if logged else run.info.artifact_uri
+        with _artifact_store(location):
+            if logged is not None:  # a logged model: the checkpoint is its model/ folder
+                inner = f"{logged.artifact_location.rstrip('/')}/{CHECKPOINT_DIR}"
+                names = {Path(f.path).name for f in client.list_logged_model_artifacts(logged.model_id, CHECKPOINT_DIR)}
+            else:
+                inner = f"{run.info.artifact_uri.rstrip('/')}/{path}"
+                names = {Path(f.path).name for f in client.list_artifacts(run_id, path)}
             if "config.json" not in names:
-                raise CoopPruneError(f"run {run_id} has no checkpoint at artifact path '{path}' (no config.json)")
+                raise CoopPruneError(f"run {run_id} has no checkpoint at '{path}' (no config.json)")
             record: dict[str, Any] = {}
             if "pruning.json" in names:
                 with tempfile.TemporaryDirectory(prefix="coopprune-registry-") as tmp:
-                    local = client.download_artifacts(run_id, f"{inner}/pruning.json", tmp)
+                    local = mlflow.artifacts.download_artifacts(artifact_uri=f"{inner}/pruning.json", dst_path=tmp,
+                                                                tracking_uri=uri)
                     record = json.loads(Path(local).read_text())
         all_tags = {**version_tags(record), **_strings(tags)}
         try:
@@ -340,11 +388,20 @@ def register_pruned(
         except MlflowException as exc:
             if exc.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise
-        version = client.create_model_version(
-            model_name, source=f"{run.info.artifact_uri.rstrip('/')}/{path}", run_id=run_id, tags=all_tags
-        ).version
+        source = f"models:/{logged.model_id}" if logged else f"{run.info.artifact_uri.rstrip('/')}/{path}"
+        version = client.create_model_version(model_name, source=source, run_id=run_id, tags=all_tags,
+                                              model_id=logged.model_id if logged else None).version
         client.set_registered_model_alias(model_name, alias, str(version))
     return str(version)
+
+
+def _logged_model(client: MlflowClient, run: Any, name: str) -> Any:
+    """The READY logged model ``name`` of ``run``, if it has one (else the name is an artifact path)."""
+    from mlflow.entities import LoggedModelStatus
+
+    found = client.search_logged_models([run.info.experiment_id], filter_string=f"name = '{name}'")
+    mine = [m for m in found if m.source_run_id == run.info.run_id and m.status == LoggedModelStatus.READY]
+    return mine[0] if mine else None
 
 
 def already_pruned(

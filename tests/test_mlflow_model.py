@@ -11,6 +11,7 @@ from pathlib import Path
 
 import mlflow
 import pytest
+from mlflow.entities import LoggedModelStatus
 from test_quantize import quantized_checkpoint  # noqa: F401  (fixture)
 from test_registry import REMOVED, ZS, pruned, template_db, uri  # noqa: F401  (fixtures)
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -59,7 +60,8 @@ def test_what_is_not_a_transformers_checkpoint_is_refused(tmp_path, quantized_ch
 
 
 def register(uri: str, mlflow_model: Path) -> str:  # noqa: F811
-    run_id = registry.log_run("coopprune", "tiny semivalue k=2", {}, {ZS: 0.4}, {"model": mlflow_model}, {}, tracking=uri)
+    run_id = registry.log_run("coopprune", "tiny semivalue k=2", {}, {ZS: 0.4}, {}, {}, tracking=uri,
+                              models={"model": mlflow_model})
     version = registry.register_pruned(run_id, "model", "tiny-pruned", {ZS: 0.4, "perplexity": 9.5}, tracking=uri)
     registry.promote("tiny-pruned", ZS, tracking=uri)
     return version
@@ -67,8 +69,13 @@ def register(uri: str, mlflow_model: Path) -> str:  # noqa: F811
 
 def test_registered_as_an_mlflow_model_and_loaded_back_as_a_checkpoint(uri, mlflow_model, tmp_path):  # noqa: F811
     version = register(uri, mlflow_model)
-    mv = registry.MlflowClient(uri).get_model_version("tiny-pruned", version)
+    client = registry.MlflowClient(uri)
+    mv = client.get_model_version("tiny-pruned", version)
     assert mv.tags["removed_layers"] == ",".join(map(str, REMOVED))  # read from model/pruning.json
+    outputs = client.get_run(mv.run_id).outputs.model_outputs  # the run's "Logged models"
+    logged = client.get_logged_model(outputs[0].model_id)
+    assert mv.source == f"models:/{logged.model_id}" and logged.status == LoggedModelStatus.READY
+    assert mlflow.models.get_model_info(f"models:/{logged.model_id}").model_id == logged.model_id
     folder = registry.load_registered("models:/tiny-pruned@champion", tmp_path / "champion", tracking=uri)
     assert folder.name == CHECKPOINT_DIR and (folder / "pruning.json").is_file()
     assert AutoModelForCausalLM.from_pretrained(folder).config.num_hidden_layers > 0

@@ -60,9 +60,9 @@ def test_the_flow_registers_through_a_tracking_server_with_s3_artifacts(prefect_
     assert summary["registry"]["version"] == "1" and summary["registry"]["promotion"]["promoted"]
 
     keys = {o["Key"] for o in s3.list_objects_v2(Bucket="coopprune-models")["Contents"]}
-    model = [k for k in keys if "/artifacts/model/" in k]
-    assert any(k.endswith("/model/MLmodel") for k in model), sorted(keys)[:20]
-    assert any(k.endswith("/model/model/config.json") for k in model)
+    model = [k for k in keys if "/models/m-" in k]  # the logged model's own artifact location
+    assert any(k.endswith("/artifacts/MLmodel") for k in model), sorted(keys)[:20]
+    assert any(k.endswith("/artifacts/model/config.json") for k in model)
     assert any(k.endswith(".safetensors") for k in model)
 
     folder = load_registered("models:/tiny-pruned@champion", tmp_path / "champion")
