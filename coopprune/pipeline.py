@@ -505,7 +505,7 @@ def run_stage(params: Params, stage: str, progress: bool = True) -> dict[str, An
     if stage == "benchmark":
         return benchmark_release(params)
     if stage == "heal":
-        return heal_release(params, progress)
+        return heal_stage(params, progress)
     if stage == "export":
         return export_release(params)
     raise CoopPruneError(f"unknown stage '{stage}'; stages: {', '.join(STAGES)}")
@@ -526,6 +526,24 @@ def heal_release(params: Params, progress: bool = True) -> dict[str, Any]:
         healing = heal(out / "pruned", out / "healed", params.heal, overwrite=True, progress=progress,
                        extra={"key": key}).record
     return {"path": str(out / "healed"), **{k: healing[k] for k in ("steps", "tokens", "data_fingerprint", "minutes", "loss")}}
+
+
+def heal_stage(params: Params, progress: bool = True) -> dict[str, Any]:
+    """DVC's ``heal`` stage: heal and benchmark the healed model with the pruned one's settings
+    (``heal_metrics.json``); with ``heal.enabled: false`` it records that and does nothing else,
+    so the stage's outputs always exist and a disabled step costs nothing."""
+    out = Path(params.output_dir)
+    if not params.heal.enabled:
+        with atomic_dir(out / "healed", overwrite=True) as tmp:
+            write_json(tmp / "healing.json", {"enabled": False})
+        write_json(out / "heal_metrics.json", {"healed": False})
+        return {"enabled": False}
+    healed = heal_release(params, progress)
+    score = benchmark(params, healed["path"], out / "healed" / "benchmark.json")
+    metrics = {"healed": True, "heal_steps": healed["steps"], "heal_tokens": healed["tokens"],
+               "heal_minutes": healed["minutes"], **release_metrics(out / "healed", {"healed": score})}
+    write_json(out / "heal_metrics.json", metrics)
+    return {**healed, "metrics": metrics}
 
 
 def export_release(params: Params, checkpoint: str | Path | None = None) -> dict[str, Any]:
