@@ -108,3 +108,23 @@ def test_the_cli_heals_and_reports(pruned, text_file, tmp_path):
     assert result.returncode == 0, result.stderr
     assert "2 steps, 64 tokens" in result.stdout and (tmp_path / "healed" / HEALING_FILE).is_file()
     assert_user_error(cli("heal", str(pruned), "--out", str(tmp_path / "x"), "--loss", "mse"), "'lm' or 'distill'")
+
+
+def test_the_heal_stage_heals_and_benchmarks_or_records_that_it_is_off(pruned, text_file, tmp_path):
+    import shutil
+
+    from coopprune import pipeline
+    from coopprune.config import Params
+    from tiny import write_text
+
+    shutil.copytree(pruned, tmp_path / "run" / "pruned")
+    values = {"model": {"source": json.loads((pruned / "pruning.json").read_text())["base_model"]},
+              "evaluation": {"text": str(write_text(tmp_path / "eval.jsonl", 40)), "window": 16, "max_windows": 4},
+              "benchmark": {"tasks": [], "speed": False}, "output_dir": str(tmp_path / "run")}
+    off = pipeline.run_stage(Params.from_dict(values), "heal")
+    assert off == {"enabled": False} and json.loads((tmp_path / "run" / "heal_metrics.json").read_text()) == {"healed": False}
+    values["heal"] = {"enabled": True, "data": str(text_file), "steps": 2, "seq_len": 16, "batch_size": 2, "grad_accum": 1}
+    on = pipeline.run_stage(Params.from_dict(values), "heal", progress=False)
+    metrics = json.loads((tmp_path / "run" / "heal_metrics.json").read_text())
+    assert on["steps"] == 2 and metrics["healed"] and metrics["heal_steps"] == 2 and metrics["healed_perplexity"] > 1
+    assert (tmp_path / "run" / "healed" / "model.safetensors").is_file()
