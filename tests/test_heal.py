@@ -113,9 +113,10 @@ def test_the_cli_heals_and_reports(pruned, text_file, tmp_path):
 def test_the_heal_stage_heals_and_benchmarks_or_records_that_it_is_off(pruned, text_file, tmp_path):
     import shutil
 
+    from tiny import write_text
+
     from coopprune import pipeline
     from coopprune.config import Params
-    from tiny import write_text
 
     shutil.copytree(pruned, tmp_path / "run" / "pruned")
     values = {"model": {"source": json.loads((pruned / "pruning.json").read_text())["base_model"]},
