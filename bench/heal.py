@@ -93,6 +93,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--every", type=int, default=25)
     parser.add_argument("--zero-shot-ks", type=int, nargs="*", default=[6])
+    parser.add_argument("--zero-shot-methods", nargs="+", default=None, help="zero-shot for these methods only (default: all)")
     parser.add_argument("--limit", type=int, default=200)
     args = parser.parse_args()
     bench = Bench(args.quality_work, args.ks)
@@ -100,7 +101,7 @@ def main() -> None:
     rows = [cell(bench, args.work, m, k, loss, args.steps, args.every, splits)
             for k in args.ks for m in args.methods for loss in args.losses]
     for row in rows:
-        if row["k"] in args.zero_shot_ks:
+        if row["k"] in args.zero_shot_ks and (args.zero_shot_methods is None or row["method"] in args.zero_shot_methods):
             # before healing: the quality bench's cell for the same pruned model, when it has one
             q = args.quality_work / f"zeroshot-{args.limit}" / f"layers-{'-'.join(map(str, row['removed']))}.json"
             row["zero_shot_before"] = (json.loads(q.read_text()) if q.is_file()
