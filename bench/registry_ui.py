@@ -66,6 +66,8 @@ def expectations(tracking: str, name: str, alias: str) -> tuple[str, dict[str, s
         if key in version.tags:
             expected[f"tag {key}"] = version.tags[key]
     expected["lineage: source run"] = run.info.run_name
+    if version.source.startswith("models:/"):  # a logged model: the page links it as the source model
+        expected["lineage: source (logged) model"] = "Source Model"
     expected["signature schema"] = "Inputs (1)"
     return version.version, expected
 

@@ -90,6 +90,7 @@ def test_the_ui_version_page_shows_aliases_scores_lineage_and_schema(uri, mlflow
     with mlflow_ui(uri, tmp_path / "ui.log") as ui:
         rows = check_version_page(ui, "tiny-pruned", "champion", tmp_path / "page.png")
     assert {r["check"] for r in rows} >= {"alias @champion", "alias @candidate", "tag zero_shot_mean",
-                                          "tag perplexity", "lineage: source run", "signature schema"}
+                                          "tag perplexity", "lineage: source run", "lineage: source (logged) model",
+                                          "signature schema"}
     assert all(r["shown"] == "yes" for r in rows), rows
     assert (tmp_path / "page.png").stat().st_size > 10_000
