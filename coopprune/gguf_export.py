@@ -100,6 +100,15 @@ def read_facts(path: str | Path) -> dict[str, Any]:
     return {name[len(FACTS):]: field.contents() for name, field in reader.fields.items() if name.startswith(FACTS)}
 
 
+def copy_field(writer: Any, field: Any, value: Any = None) -> None:
+    """Write a reader's metadata field to ``writer`` with its own type (``value`` replaces its contents)."""
+    from gguf import GGUFValueType
+
+    kind = field.types[0]
+    writer.add_key_value(field.name, field.contents() if value is None else value, kind,
+                         sub_type=field.types[-1] if kind == GGUFValueType.ARRAY else None)
+
+
 def _add_facts(writer: Any, facts: Mapping[str, Any]) -> None:
     for key, value in facts.items():
         if value is None:
@@ -114,8 +123,8 @@ def _add_facts(writer: Any, facts: Mapping[str, Any]) -> None:
         elif isinstance(value, (list, tuple)) and all(isinstance(v, int) for v in value):
             from gguf import GGUFValueType
 
-            writer.add_array(name, [int(v) for v in value]) if value else writer.add_key_value(
-                name, [], GGUFValueType.ARRAY, sub_type=GGUFValueType.INT32)
+            # add_array infers the item type from the first item; an empty list needs it named
+            writer.add_key_value(name, [int(v) for v in value], GGUFValueType.ARRAY, sub_type=GGUFValueType.INT32)
         else:
             writer.add_string(name, value if isinstance(value, str) else json.dumps(value))
 
@@ -157,14 +166,12 @@ def prune_gguf(
         for field in reader.fields.values():
             if field.name == Keys.General.ARCHITECTURE or field.name.startswith(("GGUF.", FACTS)):
                 continue
-            kind = field.types[0]
-            sub = field.types[-1] if kind == GGUFValueType.ARRAY else None
             value = field.contents()
             if field.name == f"{arch}.block_count":
                 value = len(kept)
-            elif field.name.startswith(f"{arch}.") and kind == GGUFValueType.ARRAY and len(value) == n:
+            elif field.name.startswith(f"{arch}.") and field.types[0] == GGUFValueType.ARRAY and len(value) == n:
                 value = [value[i] for i in kept]  # one entry per block (head counts, FFN sizes, ...)
-            writer.add_key_value(field.name, value, kind, sub_type=sub)
+            copy_field(writer, field, value)
         _add_facts(writer, {"source_block_count": n, **(facts or {}), "removed_layers": removed})
         tensors = []
         for tensor in reader.tensors:
@@ -222,16 +229,14 @@ def _write_hparams(writer: Any, config: Any, arch: str) -> None:
 def _write_vocab(writer: Any, checkpoint: Path, vocab_from: Path | None, n_vocab: int) -> None:
     """The tokenizer: copied from the GGUF the model came from (exactly what llama.cpp read before,
     pre-tokenizer included), else built from the checkpoint's byte-level BPE tokenizer."""
-    from gguf import GGUFValueType, SpecialVocab
+    from gguf import SpecialVocab
     from gguf.vocab import BpeVocab
 
     if vocab_from is not None:
         reader = open_gguf(vocab_from)
         for field in reader.fields.values():
             if field.name.startswith("tokenizer."):
-                kind = field.types[0]
-                writer.add_key_value(field.name, field.contents(), kind,
-                                     sub_type=field.types[-1] if kind == GGUFValueType.ARRAY else None)
+                copy_field(writer, field)
         return
     try:
         vocab = BpeVocab(checkpoint)

@@ -148,7 +148,6 @@ def heal(
     state_dir = _state_dir(out)
     state = _load_state(state_dir, model, optimizer, settings_key(config)) or {
         "key": settings_key(config), "step": 0, "losses": [], "tokens": 0, "seconds": 0.0}
-    micro = max(1, config.batch_size)
     bar = tqdm(total=config.steps, initial=state["step"], desc=f"healing ({config.loss})", disable=not progress)
     segment = time.perf_counter()
     while state["step"] < config.steps:
@@ -156,7 +155,7 @@ def heal(
         optimizer.zero_grad(set_to_none=True)
         total = 0.0
         for m in range(config.grad_accum):
-            ids = windows[batch_indices(len(windows), step, m, micro, config.seed)]
+            ids = windows[batch_indices(len(windows), step, m, config.batch_size, config.seed)]
             if teacher is None:
                 loss = model(input_ids=ids, labels=ids).loss
             else:

@@ -520,9 +520,8 @@ def heal_release(params: Params, progress: bool = True) -> dict[str, Any]:
     record = json.loads((out / "pruned" / "pruning.json").read_text())
     done = out / "healed" / HEALING_FILE
     key = {"settings": settings_key(params.heal), "removed": record["removed_layers"], "base": record["base_fingerprint"]}
-    if done.is_file() and json.loads(done.read_text()).get("key") == key:
-        healing = json.loads(done.read_text())
-    else:
+    healing = json.loads(done.read_text()) if done.is_file() else {}
+    if healing.get("key") != key:
         healing = heal(out / "pruned", out / "healed", params.heal, overwrite=True, progress=progress,
                        extra={"key": key}).record
     return {"path": str(out / "healed"), **{k: healing[k] for k in ("steps", "tokens", "data_fingerprint", "minutes", "loss")}}
@@ -532,16 +531,18 @@ def heal_stage(params: Params, progress: bool = True) -> dict[str, Any]:
     """DVC's ``heal`` stage: heal and benchmark the healed model with the pruned one's settings
     (``heal_metrics.json``); with ``heal.enabled: false`` it records that and does nothing else,
     so the stage's outputs always exist and a disabled step costs nothing."""
+    from coopprune.heal import HEALING_FILE
+
     out = Path(params.output_dir)
     if not params.heal.enabled:
         with atomic_dir(out / "healed", overwrite=True) as tmp:
-            write_json(tmp / "healing.json", {"enabled": False})
+            write_json(tmp / HEALING_FILE, {"enabled": False})
         write_json(out / "heal_metrics.json", {"healed": False})
         return {"enabled": False}
     healed = heal_release(params, progress)
     score = benchmark(params, healed["path"], out / "healed" / "benchmark.json")
     metrics = {"healed": True, "heal_steps": healed["steps"], "heal_tokens": healed["tokens"],
-               "heal_minutes": healed["minutes"], **release_metrics(out / "healed", {"healed": score})}
+               "heal_minutes": healed["minutes"], **score_metrics({"healed": score})}
     write_json(out / "heal_metrics.json", metrics)
     return {**healed, "metrics": metrics}
 
@@ -552,10 +553,11 @@ def export_release(params: Params, checkpoint: str | Path | None = None) -> dict
     one, that file is pruned directly, keeping the quantization users serve; otherwise the
     checkpoint is exported in ``export.dtype``."""
     from coopprune.gguf_export import base_gguf, export_gguf, prune_gguf, record_facts
+    from coopprune.heal import HEALING_FILE
 
     pruned = Path(checkpoint) if checkpoint else Path(params.output_dir) / "pruned"
     record = json.loads((pruned / "pruning.json").read_text())
-    healed = (pruned / "healing.json").is_file()
+    healed = (pruned / HEALING_FILE).is_file()
     folder = Path(params.output_dir) / ("gguf-healed" if healed else "gguf")
     source = None if healed else base_gguf(pruned)
     if source is not None:
@@ -613,7 +615,19 @@ def collect_plots(out: Path, curve: list[dict[str, Any]]) -> Path:
 
 
 def release_metrics(out: Path, scores: dict[str, Any]) -> dict[str, Any]:
-    """The flat numbers DVC and MLflow track: quality and cost of the base and pruned models."""
+    """The flat numbers DVC and MLflow track: quality and cost of the base and pruned models, and
+    the surrogate's held-out fit."""
+    metrics = score_metrics(scores)
+    surrogate = out / "surrogate" / "surrogate.json"
+    if surrogate.is_file():
+        m = json.loads(surrogate.read_text()).get("metrics") or {}
+        metrics["surrogate_heldout_spearman"] = (m.get("overall") or {}).get("spearman")
+        metrics["surrogate_within_stratum_spearman"] = m.get("mean_within_stratum_spearman")
+    return metrics
+
+
+def score_metrics(scores: dict[str, Any]) -> dict[str, Any]:
+    """``<label>_perplexity``, ``<label>_zero_shot_mean``, ... for each benchmarked model."""
     metrics: dict[str, Any] = {}
     for label, s in scores.items():
         metrics[f"{label}_perplexity"] = s["perplexity"]["perplexity"]
@@ -624,11 +638,6 @@ def release_metrics(out: Path, scores: dict[str, Any]) -> dict[str, Any]:
             for batch, rate in s["speed"]["tokens_per_second"].items():
                 metrics[f"{label}_tokens_per_s_batch{batch}"] = rate
             metrics[f"{label}_peak_rss_mb"] = s["speed"]["peak_rss_mb"]
-    surrogate = out / "surrogate" / "surrogate.json"
-    if surrogate.is_file():
-        m = json.loads(surrogate.read_text()).get("metrics") or {}
-        metrics["surrogate_heldout_spearman"] = (m.get("overall") or {}).get("spearman")
-        metrics["surrogate_within_stratum_spearman"] = m.get("mean_within_stratum_spearman")
     return metrics
 
 

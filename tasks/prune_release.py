@@ -71,8 +71,9 @@ def benchmark(params: Params, checkpoint: str, label: str) -> dict[str, Any]:
 
 @task(name="heal", cache_policy=NO_CACHE)
 def heal(params: Params, pruned: dict[str, Any]) -> dict[str, Any]:
-    """LoRA healing of the pruned checkpoint (``heal.enabled``); resumes a killed run's training."""
-    return pipeline.run_stage(params, "heal", progress=False)
+    """LoRA healing of the pruned checkpoint (``heal.enabled``); resumes a killed run's training.
+    The flow benchmarks the result itself (``benchmark-healed``), not DVC's heal stage."""
+    return pipeline.heal_release(params, progress=False)
 
 
 @task(name="export-gguf", cache_policy=NO_CACHE, task_run_name="export-gguf-{label}")
@@ -115,9 +116,9 @@ def publish(params: Params, summary: dict[str, Any], label: str = "pruned") -> d
         "removed_layers": ",".join(map(str, summary["pruned"]["removed_layers"])),
         "method": params.prune.method,
     }
-    if healed:
-        tags |= {"healed": "true", "heal_steps": healed["steps"], "heal_loss": healed["loss"],
-                 "heal_data_fingerprint": healed["data_fingerprint"]}
+    heal_tags = {"healed": "true", "heal_steps": healed["steps"], "heal_loss": healed["loss"],
+                 "heal_data_fingerprint": healed["data_fingerprint"]} if healed else {}
+    tags |= heal_tags
     name = params.registry.model_name or registry.registered_model_name(params.model.source)
     k = len(summary["pruned"]["removed_layers"])
     run_name = f"{registry.registered_model_name(params.model.source, suffix='')} {params.prune.method} k={k}" + (
@@ -144,7 +145,7 @@ def publish(params: Params, summary: dict[str, Any], label: str = "pruned") -> d
         "release_fingerprint": tags["release_fingerprint"],
         "mask_dataset_dvc_md5": tags["mask_dataset_dvc_md5"],
         "gguf": f"gguf/{Path(gguf['path']).name}" if gguf else None,
-        **({k: tags[k] for k in ("healed", "heal_steps", "heal_loss", "heal_data_fingerprint")} if healed else {}),
+        **heal_tags,
     })
     result: dict[str, Any] = {"run_id": run_id, "model_name": name, "version": version, "alias": registry.CANDIDATE}
     if params.registry.promote:

@@ -15,7 +15,7 @@ from tiny import save_tiny
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from coopprune.errors import CoopPruneError
-from coopprune.gguf_export import export_gguf, open_gguf, prune_gguf, read_facts
+from coopprune.gguf_export import copy_field, export_gguf, open_gguf, prune_gguf, read_facts
 from coopprune.models import load_model
 from coopprune.prune import count_parameters, make_record, prune_layers, save_pruned
 
@@ -62,7 +62,7 @@ def test_an_exported_checkpoint_loads_back_with_its_logits(pruned, tmp_path):
 
 def quantize_matrices(src: Path, dst: Path) -> Path:
     """A Q8_0 copy of an f32 GGUF (matrices quantized, norms kept), as a user's quantized file."""
-    from gguf import GGMLQuantizationType, GGUFValueType, GGUFWriter
+    from gguf import GGMLQuantizationType, GGUFWriter
     from gguf.quants import quantize
 
     reader = open_gguf(src)
@@ -70,9 +70,7 @@ def quantize_matrices(src: Path, dst: Path) -> Path:
     writer = GGUFWriter(str(dst), arch)
     for field in reader.fields.values():
         if field.name != "general.architecture" and not field.name.startswith("GGUF."):
-            kind = field.types[0]
-            writer.add_key_value(field.name, field.contents(), kind,
-                                 sub_type=field.types[-1] if kind == GGUFValueType.ARRAY else None)
+            copy_field(writer, field)
     for tensor in reader.tensors:
         data = np.array(tensor.data)
         if data.ndim == 2 and data.shape[-1] % 32 == 0:
@@ -111,7 +109,7 @@ def test_pruning_a_quantized_gguf_equals_pruning_its_dequantized_model(tmp_path)
 
 
 def test_per_layer_metadata_arrays_lose_the_removed_entries(tmp_path):
-    from gguf import GGUFValueType, GGUFWriter
+    from gguf import GGUFWriter
 
     src = export_gguf(save_tiny(tmp_path / "base", "llama", n_layers=4), tmp_path / "base.gguf", dtype="f32")
     reader = open_gguf(src)
@@ -120,9 +118,7 @@ def test_per_layer_metadata_arrays_lose_the_removed_entries(tmp_path):
         if field.name == "llama.feed_forward_length":  # per-layer FFN sizes, as OpenELM-style files have
             writer.add_array(field.name, [64, 65, 66, 67])
         elif field.name != "general.architecture" and not field.name.startswith("GGUF."):
-            kind = field.types[0]
-            writer.add_key_value(field.name, field.contents(), kind,
-                                 sub_type=field.types[-1] if kind == GGUFValueType.ARRAY else None)
+            copy_field(writer, field)
     for tensor in reader.tensors:
         writer.add_tensor(tensor.name, np.array(tensor.data))
     writer.write_header_to_file()
