@@ -12,7 +12,7 @@ Resumable: selections, perplexities and zero-shot scores are cached per cell und
 (the surrogate methods' mask stores too), so a long sweep completes over several calls. Every
 cell is logged to MLflow (experiment ``coopprune-quality``, one run per cell, updated in place).
 
-    python bench/quality.py [--work bench/work/quality] [--stages select ppl zeroshot calibration]
+    python bench/quality.py [--work bench/work/quality] [--stages select ppl zeroshot]
 """
 
 from __future__ import annotations
@@ -62,6 +62,7 @@ class Arm:
     ``sweep``: trains on the shared 200-mask Stage-1 sweep (on its own copy, so no arm sees another's
     evaluations); else it starts from nothing and pays for all it evaluates. ``strategy``: one shot,
     ``iterative`` (rounds of 3) or ``sublayers`` (attention and MLP apart, parameter budget).
+    ``n_windows``: LAMBADA calibration windows of 128 tokens, drawn with the same seed.
     """
 
     method: str
@@ -71,6 +72,7 @@ class Arm:
     strategy: str = "one-shot"
     seed: int = 0
     options: tuple[tuple[str, Any], ...] = ()
+    n_windows: int = 10
 
 
 ARMS: dict[str, Arm] = {
@@ -80,6 +82,9 @@ ARMS: dict[str, Arm] = {
     "game-search-screen": Arm("game-search", "kl", per_k=True, options=(("screen_share", 0.1), ("greedy_width", None))),
     # the version measured before the shortlist greedy seed (greedy_width: null)
     "game-search-nogreedy": Arm("game-search", "kl", per_k=True, options=(("greedy_width", None),)),
+    # target 4, the calibration question for the default: 64 x 128 tokens instead of 10 x 128
+    "game-search-64": Arm("game-search", "kl", per_k=True, n_windows=64),
+    "game-search-ppl-64": Arm("game-search", "ppl_ratio", per_k=True, n_windows=64),
     "evopress": Arm("evopress", "kl", per_k=True),
     "evopress-ppl": Arm("evopress", "ppl_ratio", per_k=True),
     "semivalue": Arm("semivalue", sweep=True),
@@ -113,19 +118,32 @@ class Bench:
                                         "game": {"utility": "ppl_ratio"}, "sampling": {"remove_ratios": list(PAPER_REMOVE_RATIOS)},
                                         "output_dir": str(work)})  # the paper's Stage-1 sweep
         self.loaded = load_model(model)
-        c = self.params.calibration
-        self.windows = calibration_windows(self.loaded.tokenizer, load_texts(c.source), c.n_windows, c.window, c.seed)
+        self._windows: dict[int, Any] = {}
+        self.windows = self.calibration(n_windows)
         self.n_layers = len(self.loaded.architecture.layers(self.loaded.model))
         self.layer_params = [sum(p.numel() for p in layer.parameters())
                              for layer in self.loaded.architecture.layers(self.loaded.model)]
         self.total_params = count_parameters(self.loaded.model)
-        self.tokens_per_pass = int(self.windows.input_ids.shape[0] * (self.windows.input_ids.shape[1] - 1))
+        self.tokens_per_pass = self.tokens(n_windows)
 
-    def evaluator(self, utility: str = "ppl_ratio", sublayers: bool = False) -> MaskEvaluator:
+    def calibration(self, n_windows: int) -> Any:
+        """The calibration windows (LAMBADA, the params' seed), built once per size."""
+        if n_windows not in self._windows:
+            c = self.params.calibration
+            self._windows[n_windows] = calibration_windows(self.loaded.tokenizer, load_texts(c.source), n_windows, c.window, c.seed)
+        return self._windows[n_windows]
+
+    def tokens(self, n_windows: int) -> int:
+        """Tokens one full pass over ``n_windows`` calibration windows scores."""
+        ids = self.calibration(n_windows).input_ids
+        return int(ids.shape[0] * (ids.shape[1] - 1))
+
+    def evaluator(self, utility: str = "ppl_ratio", sublayers: bool = False, n_windows: int | None = None) -> MaskEvaluator:
         cls = SublayerEvaluator if sublayers else MaskEvaluator
         vocab = self.loaded.model.config.vocab_size
-        objective = objective_for(utility_spec(utility).objective, self.tokens_per_pass, vocab)
-        return cls(self.loaded.model, self.loaded.architecture, self.windows.input_ids,
+        n = n_windows or self.params.calibration.n_windows
+        objective = objective_for(utility_spec(utility).objective, self.tokens(n), vocab)
+        return cls(self.loaded.model, self.loaded.architecture, self.calibration(n).input_ids,
                    self.params.calibration.batch_size, objective=objective)
 
     def sweep(self) -> MaskDataset:
@@ -144,7 +162,8 @@ class Bench:
 
     def game(self, label: str, arm: Arm) -> LayerGame:
         store = self.own_store(label) if arm.sweep else None
-        return LayerGame(self.evaluator(arm.utility, arm.strategy == "sublayers"), arm.utility, store=store, progress=True)
+        return LayerGame(self.evaluator(arm.utility, arm.strategy == "sublayers", arm.n_windows), arm.utility,
+                         store=store, progress=True)
 
     def held_out(self, split: str, window: int) -> torch.Tensor:
         docs = load_texts(self.params.evaluation.text)[SPLITS[split]]
@@ -210,8 +229,8 @@ def select(bench: Bench, label: str) -> dict[str, Any]:
                        "bottom_k_stability_at_kmax": c.details.get("bottom_k_stability")}
     for k in ks:  # the Stage-1 sweep an arm trained on is part of its cost
         cost[k]["passes"] = cost[k]["passes"] + sweep_masks
-        cost[k]["tokens"] = cost[k]["passes"] * bench.tokens_per_pass
-    result = {"method": label, "registry_method": arm.method, "utility": arm.utility,
+        cost[k]["tokens"] = cost[k]["passes"] * bench.tokens(arm.n_windows)
+    result = {"method": label, "registry_method": arm.method, "utility": arm.utility, "n_windows": arm.n_windows,
               "removed": {str(k): v for k, v in removed.items()}, "cost": {str(k): v for k, v in cost.items()},
               "sweep_masks_read": sweep_masks, "seconds": time.perf_counter() - start, **details}
     if arm.per_k and cache.is_file():  # keep the ks an earlier call measured (runs per k accumulate)
@@ -359,34 +378,6 @@ def zero_shots(
     return out
 
 
-def calibration_size(
-    bench: Bench, ks: list[int], budget: int, sizes: tuple[int, ...] = (10, 64), compute: bool = True
-) -> list[dict[str, Any]]:
-    """The paper's question: does more calibration text change what shapley-adjusted removes?
-    Both arms get ``budget`` new real evaluations and no sweep (their own permutation chains)."""
-    rows = []
-    ids = evaluation_windows(bench.loaded.tokenizer, load_texts(bench.params.evaluation.text), 128, PPL_WINDOWS[128]).input_ids
-    for n_windows in sizes:
-        cache = bench.work / "calibration" / f"{n_windows}.json"
-        if not cache.is_file() and not compute:
-            continue
-        if not cache.is_file():
-            arm = bench if n_windows == bench.params.calibration.n_windows else Bench(bench.work, ks, n_windows, bench.model)
-            game = LayerGame(arm.evaluator(), progress=True)
-            start = time.perf_counter()
-            c = get_estimator("shapley-adjusted", surrogate=SurrogateConfig(), bootstrap=0).estimate(game, budget=budget, seed=0)
-            removed = {k: select_layers(c.values, k) for k in ks}
-            masks = np.ones((len(ks), bench.n_layers), dtype=bool)
-            for row, k in enumerate(ks):
-                masks[row, removed[k]] = False
-            ppl = [r.perplexity for r in MaskEvaluator(bench.loaded.model, bench.loaded.architecture, ids, 8).evaluate(masks, progress=False)]
-            write_json(cache, {"n_windows": n_windows, "values": c.values.tolist(), "evaluations": c.evaluations,
-                               "seconds": time.perf_counter() - start, "removed": {str(k): removed[k] for k in ks},
-                               "ppl128": {str(k): p for k, p in zip(ks, ppl)}})
-        rows.append(json.loads(cache.read_text()))
-    return rows
-
-
 def log_to_mlflow(table: list[dict[str, Any]]) -> None:
     """One MLflow run per cell (found again by its ``cell`` tag and updated, never duplicated)."""
     import mlflow
@@ -417,7 +408,7 @@ def build_table(bench: Bench, selections: dict, ppl: dict, zs: dict) -> list[dic
                 continue
             rows.append({
                 "method": m, "k": k, "removed": s["removed"][str(k)], "parameters_kept": parameters_kept(bench, s, k),
-                "utility": s["utility"], "passes": s["cost"][str(k)]["passes"], "tokens": s["cost"][str(k)]["tokens"],
+                "utility": s["utility"], "n_windows": s.get("n_windows", 10), "passes": s["cost"][str(k)]["passes"], "tokens": s["cost"][str(k)]["tokens"],
                 "sweep_masks_read": s["sweep_masks_read"],
                 "selection_seconds": round(s["cost"][str(k)].get("seconds", s["seconds"]), 1),
                 **ppl_fields(m, k), **zs_fields(zs.get(f"{m}/{k}")),
@@ -491,11 +482,25 @@ def targets(rows: list[dict[str, Any]], split: str = "") -> list[str]:
     return lines
 
 
-def write_tables(rows: list[dict[str, Any]], calibration: list[dict[str, Any]], results: Path = RESULTS,
-                 curves: dict[str, Any] | None = None) -> None:
+#: Target 4: the default's search with either utility on 10 x 128 and on 64 x 128 calibration tokens.
+CALIBRATION_ARMS = ("game-search", "game-search-ppl", "game-search-64", "game-search-ppl-64")
+
+
+def calibration_question(rows: list[dict[str, Any]]) -> list[str]:
+    """The default's sets per calibration size and utility, where the 64 x 128 arms were run."""
+    measured = {r["k"] for r in rows if r["method"] in CALIBRATION_ARMS[2:]}
+    lines = ["| k | calibration | utility | removed | tokens (k) | PPL@128 val | PPL@128 test | PPL@512 val | PPL@512 test |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if r["k"] in measured and r["method"] in CALIBRATION_ARMS:
+            lines.append(f"| {r['k']} | {r['n_windows']} x 128 | {r['utility']} | {r['removed']} | {fmt(r['tokens'] / 1e3, 0)} | "
+                         f"{fmt(r.get('ppl128_val'))} | {fmt(r.get('ppl128'))} | {fmt(r.get('ppl512_val'))} | {fmt(r.get('ppl512'))} |")
+    return lines if len(lines) > 2 else []
+
+
+def write_tables(rows: list[dict[str, Any]], results: Path = RESULTS, curves: dict[str, Any] | None = None) -> None:
     results.mkdir(parents=True, exist_ok=True)
-    write_json(results / "quality.json", {"rows": rows, "calibration_size": calibration, "curves": curves or {},
-                                          "date": time.strftime("%Y-%m-%d")})
+    write_json(results / "quality.json", {"rows": rows, "curves": curves or {}, "date": time.strftime("%Y-%m-%d")})
     lines = ["| k | method | utility | removed | params kept (M) | real passes | tokens (k) | selection s | "
              "PPL@128 val | PPL@128 test | PPL@512 val | PPL@512 test | zero-shot mean |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -505,7 +510,7 @@ def write_tables(rows: list[dict[str, Any]], calibration: list[dict[str, Any]], 
                      f"{fmt(r.get('passes'), 1)} | {fmt(tokens / 1e3 if tokens is not None else None, 0)} | "
                      f"{fmt(r.get('selection_seconds'), 0)} | {fmt(r.get('ppl128_val'))} | {fmt(r.get('ppl128'))} | "
                      f"{fmt(r.get('ppl512_val'))} | {fmt(r.get('ppl512'))} | {fmt(r.get('zero_shot_mean'), 3)} |")
-    lines += ["", "Real passes: full-calibration forward passes (10 x 128 tokens) the selection consumed for that k, a "
+    lines += ["", "Real passes: full-calibration forward passes (10 x 128 tokens; 64 x 128 for the -64 arms) the selection consumed for that k, a "
               "screen on a share of the windows counted as that share, and the 200-mask Stage-1 sweep included for the arms "
               "that train on it. Ranked methods are computed once up to the largest k (their cost is that run's); SLEB's "
               "greedy order costs its first k steps. Held-out text: BoolQ passages split alternately, even ones "
@@ -522,11 +527,10 @@ def write_tables(rows: list[dict[str, Any]], calibration: list[dict[str, Any]], 
                   f"about {np.mean([r['zero_shot_mean_se'] for r in zs_rows if 'zero_shot_mean_se' in r]):.3f}; a difference "
                   "between two models' means below about 0.02 is within one standard error of that difference "
                   "(unpaired; the shared items make it somewhat tighter)."]
-    if len(calibration) == 2:
-        lines += ["", "| calibration | new passes | selection s | " + " | ".join(f"removed at k={k} | PPL@128 at k={k}" for k in calibration[0]["ppl128"]) + " |",
-                  "|---|---|---|" + "---|---|" * len(calibration[0]["ppl128"])]
-        lines += [f"| {c['n_windows']} x 128 | {c['evaluations']} | {c['seconds']:.0f} | "
-                  + " | ".join(f"{c['removed'][k]} | {fmt(c['ppl128'][k])}" for k in c["ppl128"]) + " |" for c in calibration]
+    question = calibration_question(rows)
+    if question:
+        lines += ["", "Calibration (target 4): the default's search with the KL utility and with the PPL ratio, on 10 x 128 "
+                  "and on 64 x 128 LAMBADA calibration tokens (the same seed); tokens: the selection's, as above.", "", *question]
     (results / "quality.md").write_text("\n".join(lines) + "\n")
     if curves:
         for k in sorted({int(key.split("/")[1]) for key in curves}):
@@ -577,13 +581,11 @@ def main() -> None:
     parser.add_argument("--model", default="default", help="checkpoint (a tiny one smoke-tests this script)")
     parser.add_argument("--ks", type=int, nargs="+", default=[3, 6, 9, 12])
     parser.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS)
-    parser.add_argument("--stages", nargs="+", default=["select", "ppl", "zeroshot", "calibration"])
+    parser.add_argument("--stages", nargs="+", default=["select", "ppl", "zeroshot"], choices=["select", "ppl", "zeroshot"])
     parser.add_argument("--zero-shot-ks", type=int, nargs="+", default=[6, 12])
     parser.add_argument("--limit", type=int, default=200, help="zero-shot items per task (seeded subset)")
     parser.add_argument("--zero-shot-methods", nargs="+", choices=METHODS, default=None,
                         help="compute zero-shot cells for these methods only (default: all)")
-    parser.add_argument("--calibration-budget", type=int, default=200)
-    parser.add_argument("--calibration-ks", type=int, nargs="+", default=[6, 12])
     parser.add_argument("--no-mlflow", action="store_true")
     args = parser.parse_args()
     bench = Bench(args.work, args.ks, model=args.model)
@@ -593,12 +595,11 @@ def main() -> None:
     ppl = perplexities(bench, selections, compute="ppl" in args.stages)
     zs = zero_shots(bench, selections, args.zero_shot_ks, args.limit, compute="zeroshot" in args.stages,
                     methods=args.zero_shot_methods)
-    calibration = calibration_size(bench, args.calibration_ks, args.calibration_budget, compute="calibration" in args.stages)
     curves = search_curves(bench, selections, compute="ppl" in args.stages)
     rows = average_random(build_table(bench, selections, ppl, zs))
     # a smoke test on another model writes beside its cells, never over the published results
     results = RESULTS if args.model == "default" else args.work / "results"
-    write_tables(rows, calibration, results, curves)
+    write_tables(rows, results, curves)
     plot_selections(selections, 6 if 6 in args.ks else max(args.ks), results)
     if not args.no_mlflow:
         log_to_mlflow(rows)

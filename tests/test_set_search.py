@@ -7,8 +7,9 @@ import pytest
 
 from coopprune.errors import CoopPruneError
 from coopprune.estimators import get_estimator
-from coopprune.estimators.evopress import generations_rule, level_switch
+from coopprune.estimators.evopress import generations_rule
 from coopprune.estimators.game_search import LogTarget, default_budget, strata_around
+from coopprune.estimators.removal import level_switch
 from coopprune.game import FunctionGame
 from coopprune.select import select_layers
 from coopprune.surrogate import SurrogateConfig
@@ -132,12 +133,12 @@ def test_set_searches_end_to_end_with_a_kl_store(method, tiny_checkpoint, text_f
     as it is made, so a second run (a resumed one) never repeats one; the checkpoint reloads."""
     import json
 
+    from tiny import N_LAYERS, prune_request
     from transformers import AutoModelForCausalLM
 
     from coopprune import pipeline
     from coopprune.config import Params
     from coopprune.dataset import MaskDataset
-    from tiny import N_LAYERS, prune_request
 
     params = Params.from_dict({
         "model": {"source": str(tiny_checkpoint)},
@@ -163,7 +164,7 @@ def test_set_searches_end_to_end_with_a_kl_store(method, tiny_checkpoint, text_f
 
 def test_game_search_under_a_cost_budget_finds_the_best_set_that_fits():
     """Players of two sizes (attention and MLP halves): the best set within the cost budget."""
-    from coopprune.estimators.game_search import Removal
+    from coopprune.estimators.removal import Removal
 
     n = 12
     costs = [1.0, 2.0] * (n // 2)
@@ -188,8 +189,9 @@ def test_game_search_under_a_cost_budget_finds_the_best_set_that_fits():
 def test_game_search_on_sublayer_players_end_to_end(tiny_checkpoint, text_file, tmp_path):
     import json
 
-    from coopprune import pipeline
     from tiny import prune_request
+
+    from coopprune import pipeline
 
     out = tmp_path / "out"
     result = pipeline.prune(prune_request(tiny_checkpoint, out, "game-search", remove=2, calib=str(text_file), n_windows=4,

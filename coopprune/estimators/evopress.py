@@ -28,27 +28,13 @@ import numpy as np
 
 from coopprune.errors import CoopPruneError
 from coopprune.estimators.base import Contributions, Estimator, register
-from coopprune.estimators.search import removal_mask
+from coopprune.estimators.removal import level_switch, removal_mask
 from coopprune.game import Game
 
 
 def generations_rule(k: int, n_movable: int) -> int:
     """Their script: int(k * (n - k) / 1.5)."""
     return int(k * (n_movable - k) / 1.5)
-
-
-def level_switch(parent: tuple[int, ...], movable: list[int], rng: np.random.Generator, max_mutations: int = 3) -> tuple[int, ...]:
-    """min(U{1..m}, U{1..m}) swaps of a removed and a kept block (biased toward one swap)."""
-    removed = set(parent)
-    flips = min(int(rng.integers(1, max_mutations + 1)), int(rng.integers(1, max_mutations + 1)))
-    for _ in range(flips):
-        kept = [i for i in movable if i not in removed]
-        if not kept or not removed:
-            break
-        out = int(rng.choice(kept))
-        back = int(rng.choice(sorted(removed)))
-        removed = (removed | {out}) - {back}
-    return tuple(sorted(removed))
 
 
 @register

@@ -35,23 +35,19 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from coopprune.errors import CoopPruneError
 from coopprune.estimators.base import Contributions, register
-from coopprune.estimators.evopress import level_switch
-from coopprune.estimators.search import removal_mask
+from coopprune.estimators.removal import Predict, Removal, removal_mask
 from coopprune.estimators.surrogate_based import SurrogateEstimator
 from coopprune.game import Game
 from coopprune.sampling import StrataPlan
 from coopprune.shapley import semivalue, stratified_masks
 from coopprune.surrogate import Surrogate, fit_validated, regression_metrics
-
-Predict = Callable[[np.ndarray], np.ndarray]
 
 
 class LogTarget:
@@ -91,113 +87,6 @@ def strata_around(k: int, n_movable: int) -> list[int]:
     """Removal counts k/2, k and 3k/2 (clipped): masks near the decision, and some slack."""
     half = math.ceil(k / 2)
     return sorted({max(1, k - half), k, min(n_movable - 1, k + half)})
-
-
-@dataclass(frozen=True)
-class Removal:
-    """Which removal sets are candidates: subsets of ``movable`` whose cost fits ``max_cost`` and
-    that no further movable player fits into. Unit costs and ``max_cost = k`` give exactly the
-    k-sets; sublayer players give the sets within a parameter budget (attention and MLP differ)."""
-
-    n_players: int
-    movable: tuple[int, ...]
-    costs: tuple[float, ...]
-    max_cost: float
-
-    @classmethod
-    def of_size(cls, n_players: int, movable: Sequence[int], k: int) -> Removal:
-        return cls(n_players, tuple(movable), (1.0,) * n_players, float(k))
-
-    @property
-    def unit(self) -> bool:
-        return all(c == 1.0 for c in self.costs)
-
-    def cost(self, removed: Sequence[int]) -> float:
-        return float(sum(self.costs[i] for i in removed))
-
-    def complete(self, removed: Sequence[int], order: Sequence[int]) -> tuple[int, ...]:
-        """Add players from ``order`` while they fit: a maximal set."""
-        out, total = set(removed), self.cost(removed)
-        for i in order:
-            if i not in out and total + self.costs[i] <= self.max_cost + 1e-9:
-                out.add(int(i))
-                total += self.costs[i]
-        return tuple(sorted(out))
-
-    def valid(self, removed: Sequence[int]) -> bool:
-        kept = [i for i in self.movable if i not in set(removed)]
-        total = self.cost(removed)
-        return (set(removed) <= set(self.movable) and total <= self.max_cost + 1e-9
-                and all(total + self.costs[i] > self.max_cost + 1e-9 for i in kept))
-
-    def random(self, rng: np.random.Generator) -> tuple[int, ...]:
-        return self.complete((), [int(i) for i in rng.permutation(self.movable)])
-
-    def swaps(self, removed: tuple[int, ...]) -> list[tuple[int, ...]]:
-        """Every set one exchange away: one removed player back, one kept one out; with unequal
-        costs the slack this leaves is filled by each player that fits in turn (then in order)."""
-        kept = [i for i in self.movable if i not in set(removed)]
-        found = set()
-        for back in removed:
-            rest = [i for i in removed if i != back]
-            for out in kept:
-                if self.cost(rest) + self.costs[out] > self.max_cost + 1e-9:
-                    continue
-                if self.unit:
-                    found.add(tuple(sorted(rest + [out])))
-                    continue
-                others = [i for i in kept if i != out]
-                fill = [i for i in others if self.cost(rest) + self.costs[out] + self.costs[i] <= self.max_cost + 1e-9]
-                for first in fill or [None]:
-                    found.add(self.complete(rest + [out] + ([first] if first is not None else []), others))
-        return sorted(found - {removed})
-
-    def mutate(self, removed: tuple[int, ...], rng: np.random.Generator, max_mutations: int = 3) -> tuple[int, ...]:
-        """EvoPress's level switch generalised: min(U{1..m}, U{1..m}) times, one removed player
-        comes back and random kept ones that fit go out."""
-        if self.unit:
-            return level_switch(removed, list(self.movable), rng, max_mutations)
-        current = set(removed)
-        for _ in range(min(int(rng.integers(1, max_mutations + 1)), int(rng.integers(1, max_mutations + 1)))):
-            if not current:
-                break
-            back = int(rng.choice(sorted(current)))
-            kept = [i for i in self.movable if i not in current and i != back]
-            current = set(self.complete(sorted(current - {back}), [int(i) for i in rng.permutation(kept)]))
-        return tuple(sorted(current))
-
-    def scaled(self, factor: float) -> Removal:
-        return dataclasses.replace(self, max_cost=self.max_cost * factor)
-
-    def greedy(self, predict: Predict) -> tuple[int, ...]:
-        """SLEB on the surrogate: remove, while anything fits, the player whose removal keeps the
-        most predicted utility."""
-        removed: list[int] = []
-        while True:
-            options = [i for i in self.movable if i not in removed
-                       and self.cost(removed) + self.costs[i] <= self.max_cost + 1e-9]
-            if not options:
-                return tuple(sorted(removed))
-            scores = predict(np.stack([removal_mask(self.n_players, removed + [i]) for i in options]))
-            removed.append(options[int(np.argmax(scores))])
-
-    def by_values(self, values: np.ndarray) -> tuple[int, ...]:
-        """The least-contributing players that fit (a ranking method's choice)."""
-        return self.complete((), sorted(self.movable, key=lambda i: (values[i], i)))
-
-    def local_search(self, score: Predict, start: tuple[int, ...]) -> tuple[int, ...]:
-        """Best-improvement exchanges while the score rises."""
-        current = start
-        best = float(score(removal_mask(self.n_players, current)[None])[0])
-        while True:
-            options = self.swaps(current)
-            if not options:
-                return current
-            values = score(np.stack([removal_mask(self.n_players, o) for o in options]))
-            top = int(np.argmax(values))
-            if values[top] <= best + 1e-12:
-                return current
-            current, best = options[top], float(values[top])
 
 
 @register

@@ -18,41 +18,16 @@ any coalition, so this method asks it the pruning question directly:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
 
 from coopprune.estimators.base import Contributions, register
+from coopprune.estimators.removal import Predict, Removal, removal_mask
 from coopprune.estimators.semivalue import Semivalue
 from coopprune.game import Game
 from coopprune.select import select_layers
-
-Predict = Callable[[np.ndarray], np.ndarray]
-
-
-def removal_mask(n_players: int, removed: Iterable[int]) -> np.ndarray:
-    mask = np.ones(n_players, dtype=bool)
-    mask[list(removed)] = False
-    return mask
-
-
-def improve_by_swaps(predict: Predict, n_players: int, removed: Sequence[int], movable: Sequence[int]) -> tuple[int, ...]:
-    """Swap one removed and one kept (unprotected) player while the predicted utility rises."""
-    current = set(removed)
-    best = float(predict(removal_mask(n_players, current)[None])[0])
-    while True:
-        swaps = [(out, back) for out in movable if out not in current for back in current]
-        if not swaps:
-            return tuple(sorted(current))
-        trials = np.stack([removal_mask(n_players, current - {back} | {out}) for out, back in swaps])
-        scores = predict(trials)
-        top = int(np.argmax(scores))
-        if scores[top] <= best + 1e-12:
-            return tuple(sorted(current))
-        best = float(scores[top])
-        out, back = swaps[top]
-        current = current - {back} | {out}
 
 
 def search_removals(
@@ -61,7 +36,7 @@ def search_removals(
     """Distinct removal sets (the starts and their local optima, swapping only ``movable`` players),
     best predicted utility first."""
     pool = {tuple(sorted(s)) for s in starts}
-    pool |= {improve_by_swaps(predict, n_players, s, movable) for s in list(pool)}
+    pool |= {Removal.of_size(n_players, movable, len(s)).local_search(predict, s) for s in list(pool)}
     sets = sorted(pool)
     scores = predict(np.stack([removal_mask(n_players, s) for s in sets]))
     return sorted(zip(sets, scores.tolist()), key=lambda item: (-item[1], item[0]))
