@@ -47,6 +47,14 @@ WHEEL_DIR_ENV = "COOPPRUNE_WHEEL_DIR"
 _PROBE = "The quick brown fox jumps over the lazy dog. She opened the door and looked at the rain."
 
 
+def base_model_name(source: str) -> str:
+    """What a person recognises: the hub id or folder as given, the bundled default by its real name
+    (``pruning.json`` keeps the source as loaded, ``default``, so it reloads)."""
+    if source == "default":
+        return f"HuggingFaceTB/{DEFAULT_MODEL_NAME} ({Path(MODEL_MEMBER).name} from {MODEL_WHEEL.name}=={MODEL_WHEEL.version})"
+    return source
+
+
 def _say(message: str, progress: bool) -> None:
     if progress:
         print(f"coopprune: {message}", file=sys.stderr, flush=True)

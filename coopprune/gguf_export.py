@@ -28,6 +28,7 @@ import numpy as np
 
 from coopprune.atomic import atomic_path
 from coopprune.errors import CoopPruneError
+from coopprune.fetch import DEFAULT_MODEL_NAME, base_model_name
 
 #: GGUF architectures whose blocks only differ by their ``blk.N.`` tensors: safe to drop and renumber.
 RENUMBERABLE = ("llama", "qwen2", "qwen3")
@@ -132,7 +133,10 @@ def _add_facts(writer: Any, facts: Mapping[str, Any]) -> None:
 def record_facts(record: Mapping[str, Any]) -> dict[str, Any]:
     """What of a ``pruning.json`` record travels in a GGUF's metadata."""
     keys = ("base_model", "base_fingerprint", "removed_layers", "method", "layers_before", "layers_after")
-    return {key: record[key] for key in keys if record.get(key) is not None}
+    facts = {key: record[key] for key in keys if record.get(key) is not None}
+    if "base_model" in facts:  # the real name, not the "default" alias the checkpoint reloads by
+        facts["base_model"] = base_model_name(str(facts["base_model"]))
+    return facts
 
 
 def prune_gguf(
@@ -307,7 +311,8 @@ def export_gguf(
 
     with atomic_path(dst) as tmp:
         writer = gguf.GGUFWriter(str(tmp), arch)
-        writer.add_name(str(record.get("base_model") or checkpoint.name) + ("-pruned" if record else ""))
+        base = str(record.get("base_model") or checkpoint.name)
+        writer.add_name((DEFAULT_MODEL_NAME if base == "default" else Path(base.rstrip("/")).name) + ("-pruned" if record else ""))
         writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16 if dtype == "f16" else gguf.LlamaFileType.ALL_F32)
         _write_hparams(writer, config, arch)
         _write_vocab(writer, checkpoint, Path(vocab_from) if vocab_from else None, config.vocab_size)

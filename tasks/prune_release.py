@@ -17,6 +17,7 @@ from prefect.cache_policies import NO_CACHE
 from coopprune import pipeline
 from coopprune.config import Params
 from coopprune.dataset import MaskDataset
+from coopprune.fetch import base_model_name
 
 
 @task(name="prepare-data", cache_policy=NO_CACHE)
@@ -108,7 +109,7 @@ def publish(params: Params, summary: dict[str, Any], label: str = "pruned") -> d
     gguf = (healed or summary).get("gguf")
     masks = Path(summary["mask_dataset"]["path"])
     tags = {
-        "base_model": registry.base_model_name(params.model.source),
+        "base_model": base_model_name(params.model.source),
         "base_model_revision": params.model.revision,
         "release_fingerprint": release_fingerprint(params, summary),
         "mask_dataset_dvc_md5": dvc_out_md5(masks),

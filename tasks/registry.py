@@ -290,15 +290,6 @@ def _dataset_input(role: str, spec: Mapping[str, str]) -> Any:
 # ------------------------------------------------------------------------------------------ registry
 
 
-def base_model_name(base_model: str) -> str:
-    """What a person recognises: the hub id or folder name, the bundled default by its real name."""
-    if base_model == "default":
-        from coopprune.fetch import DEFAULT_MODEL_NAME, MODEL_MEMBER, MODEL_WHEEL
-
-        return f"HuggingFaceTB/{DEFAULT_MODEL_NAME} ({Path(MODEL_MEMBER).name} from {MODEL_WHEEL.name}=={MODEL_WHEEL.version})"
-    return base_model
-
-
 def registered_model_name(base_model: str, suffix: str = "-pruned") -> str:
     """``HuggingFaceTB/SmolLM2-135M-Instruct`` (or a folder / .gguf path) -> ``SmolLM2-135M-Instruct-pruned``:
     one registered model per base model, a name that is safe inside ``models:/NAME@alias``."""

@@ -15,7 +15,7 @@ from tiny import save_tiny
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from coopprune.errors import CoopPruneError
-from coopprune.gguf_export import copy_field, export_gguf, open_gguf, prune_gguf, read_facts
+from coopprune.gguf_export import copy_field, export_gguf, open_gguf, prune_gguf, read_facts, record_facts
 from coopprune.models import load_model
 from coopprune.prune import count_parameters, make_record, prune_layers, save_pruned
 
@@ -58,6 +58,13 @@ def test_an_exported_checkpoint_loads_back_with_its_logits(pruned, tmp_path):
     facts = read_facts(f16)
     assert facts["removed_layers"] == REMOVED and facts["method"] == "game-search"
     assert facts["layers_before"] == 5 and facts["layers_after"] == 3
+
+
+def test_facts_name_the_bundled_default_by_its_real_name() -> None:
+    """``pruning.json`` keeps the alias the checkpoint reloads by; the GGUF a user serves says what it is."""
+    facts = record_facts({"base_model": "default", "method": "sleb", "removed_layers": [1], "extra": 1})
+    assert facts["base_model"].startswith("HuggingFaceTB/SmolLM2-135M-Instruct") and "extra" not in facts
+    assert record_facts({"base_model": "org/model"})["base_model"] == "org/model"
 
 
 def quantize_matrices(src: Path, dst: Path) -> Path:
