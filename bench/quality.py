@@ -119,12 +119,10 @@ class Bench:
                                         "output_dir": str(work)})  # the paper's Stage-1 sweep
         self.loaded = load_model(model)
         self._windows: dict[int, Any] = {}
-        self.windows = self.calibration(n_windows)
         self.n_layers = len(self.loaded.architecture.layers(self.loaded.model))
         self.layer_params = [sum(p.numel() for p in layer.parameters())
                              for layer in self.loaded.architecture.layers(self.loaded.model)]
         self.total_params = count_parameters(self.loaded.model)
-        self.tokens_per_pass = self.tokens(n_windows)
 
     def calibration(self, n_windows: int) -> Any:
         """The calibration windows (LAMBADA, the params' seed), built once per size."""

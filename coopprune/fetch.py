@@ -55,6 +55,15 @@ def base_model_name(source: str) -> str:
     return source
 
 
+def short_model_name(source: str) -> str:
+    """The model's own name, without its organisation, folders or ``.gguf``: the bundled default's
+    is SmolLM2-135M-Instruct."""
+    if source == "default":
+        return DEFAULT_MODEL_NAME
+    base = source.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1]
+    return base[:-5] if base.lower().endswith(".gguf") else base
+
+
 def _say(message: str, progress: bool) -> None:
     if progress:
         print(f"coopprune: {message}", file=sys.stderr, flush=True)

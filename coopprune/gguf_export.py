@@ -28,7 +28,7 @@ import numpy as np
 
 from coopprune.atomic import atomic_path
 from coopprune.errors import CoopPruneError
-from coopprune.fetch import DEFAULT_MODEL_NAME, base_model_name
+from coopprune.fetch import base_model_name, short_model_name
 
 #: GGUF architectures whose blocks only differ by their ``blk.N.`` tensors: safe to drop and renumber.
 RENUMBERABLE = ("llama", "qwen2", "qwen3")
@@ -311,8 +311,7 @@ def export_gguf(
 
     with atomic_path(dst) as tmp:
         writer = gguf.GGUFWriter(str(tmp), arch)
-        base = str(record.get("base_model") or checkpoint.name)
-        writer.add_name((DEFAULT_MODEL_NAME if base == "default" else Path(base.rstrip("/")).name) + ("-pruned" if record else ""))
+        writer.add_name(short_model_name(str(record.get("base_model") or checkpoint.name)) + ("-pruned" if record else ""))
         writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16 if dtype == "f16" else gguf.LlamaFileType.ALL_F32)
         _write_hparams(writer, config, arch)
         _write_vocab(writer, checkpoint, Path(vocab_from) if vocab_from else None, config.vocab_size)

@@ -293,14 +293,9 @@ def _dataset_input(role: str, spec: Mapping[str, str]) -> Any:
 def registered_model_name(base_model: str, suffix: str = "-pruned") -> str:
     """``HuggingFaceTB/SmolLM2-135M-Instruct`` (or a folder / .gguf path) -> ``SmolLM2-135M-Instruct-pruned``:
     one registered model per base model, a name that is safe inside ``models:/NAME@alias``."""
-    if base_model == "default":
-        from coopprune.fetch import DEFAULT_MODEL_NAME
+    from coopprune.fetch import short_model_name
 
-        base = DEFAULT_MODEL_NAME
-    else:
-        base = base_model.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1]
-        base = base[:-5] if base.lower().endswith(".gguf") else base
-    name = re.sub(r"[^A-Za-z0-9._-]+", "-", base).strip("-.")
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", short_model_name(base_model)).strip("-.")
     if not name:
         raise CoopPruneError(f"cannot derive a registered model name from '{base_model}'")
     return name + suffix

@@ -33,7 +33,6 @@ def level_switch(parent: tuple[int, ...], movable: list[int], rng: np.random.Gen
     return tuple(sorted(removed))
 
 
-
 @dataclass(frozen=True)
 class Removal:
     """Which removal sets are candidates: subsets of ``movable`` whose cost fits ``max_cost`` and
