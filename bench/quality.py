@@ -464,7 +464,7 @@ def targets(rows: list[dict[str, Any]], split: str = "") -> list[str]:
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for k in sorted({r["k"] for r in rows if r["k"]}):
         cells = {r["method"]: r for r in rows if r["k"] == k and r.get("ppl128" + split) is not None}
-        if DEFAULT_ARM not in cells:
+        if DEFAULT_ARM not in cells or len(cells) < 2:  # nothing to compare with yet
             continue
         ours = cells[DEFAULT_ARM]
         others = {m: r for m, r in cells.items() if m != DEFAULT_ARM and not m.startswith("game-search")}
@@ -594,6 +594,9 @@ def main() -> None:
     zs = zero_shots(bench, selections, args.zero_shot_ks, args.limit, compute="zeroshot" in args.stages,
                     methods=args.zero_shot_methods)
     curves = search_curves(bench, selections, compute="ppl" in args.stages)
+    if "ppl" not in args.stages and "zeroshot" not in args.stages:  # selections only: the published tables stay
+        print("selections cached; the tables are written by a run with --stages ppl (and zeroshot)")
+        return
     rows = average_random(build_table(bench, selections, ppl, zs))
     # a smoke test on another model writes beside its cells, never over the published results
     results = RESULTS if args.model == "default" else args.work / "results"

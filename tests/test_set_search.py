@@ -8,7 +8,7 @@ import pytest
 from coopprune.errors import CoopPruneError
 from coopprune.estimators import get_estimator
 from coopprune.estimators.evopress import generations_rule
-from coopprune.estimators.game_search import LogTarget, default_budget, strata_around
+from coopprune.estimators.game_search import LogTarget, default_budget, initial_design, strata_around
 from coopprune.estimators.removal import level_switch
 from coopprune.game import FunctionGame
 from coopprune.select import select_layers
@@ -114,7 +114,8 @@ def test_game_search_screens_on_a_share_of_the_windows():
 
 
 def test_settings_scale_with_depth_and_k():
-    assert default_budget(30, 6) == 120 and default_budget(30, 12) == 180 and default_budget(60, 6) == 240
+    assert [default_budget(30, k) for k in (3, 6, 9, 12)] == [75, 120, 150, 180] and default_budget(60, 6) == 210
+    assert [initial_design(30, k) for k in (3, 6, 12)] == [45, 60, 60]  # a shallow cut starts on fewer masks
     assert strata_around(6, 30) == [3, 6, 9] and strata_around(1, 5) == [1, 2]
     assert generations_rule(6, 30) == 96  # EvoPress's script: int(k (L - k) / 1.5)
     rng = np.random.default_rng(0)

@@ -6,8 +6,10 @@ directly but pays a real pass for every set it looks at. This method keeps the p
 and uses it as the screen:
 
 1. Start from what is paid for: every evaluation the game knows (the Stage-1 sweep, the mask
-   store). When it knows fewer than ``initial`` (2L) masks, it evaluates every single removal
-   (``singles``) and draws the rest from strata around k (k/2, k and 3k/2 removals), seeded. The
+   store). When it knows fewer than ``initial`` masks (L + min(L, 5k): the L singles and five
+   masks per removed layer, at most L, as a shallow cut's search space is small), it evaluates
+   every single removal (``singles``) and draws the rest from strata around k (k/2, k and 3k/2
+   removals), seeded. The
    sets of the one-pass peers (Gromov's angular block, ShortGPT's bottom k: ``peer_seeds``) are
    evaluated once for real too, and so is SLEB's greedy path over a shortlist (each step tries
    the ``greedy_width`` players whose single removals cost least: (k - 1) x width passes).
@@ -77,10 +79,18 @@ class LogTarget:
         return np.exp((1 - targets) * self.floor) if self.log else targets
 
 
+def initial_design(n_players: int, k: int) -> int:
+    """Masks the search wants before its first round: the L single removals and 5 masks per
+    removed layer around k, at most L. A shallow cut has few sets to tell apart (C(30, 3) = 4,060
+    against C(30, 6) = 593,775), so it needs fewer to start: 45 at k = 3 of 30, 2L from k = L/5."""
+    return n_players + min(n_players, 5 * k)
+
+
 def default_budget(n_players: int, k: int) -> int:
-    """Real passes, initial design included: L (2 + k/3). For L = 30: 90 / 120 / 150 / 180 at
-    k = 3 / 6 / 9 / 12, a third of EvoPress's or less, and under SLEB's k L at k >= 6."""
-    return round(n_players * (2 + k / 3))
+    """Real passes, initial design included: that design plus L k / 3 for the rounds. For L = 30:
+    75 / 120 / 150 / 180 at k = 3 / 6 / 9 / 12, a third of EvoPress's tokens or less, and under
+    SLEB's ~k L at k >= 6."""
+    return initial_design(n_players, k) + round(n_players * k / 3)
 
 
 def strata_around(k: int, n_movable: int) -> list[int]:
@@ -222,7 +232,7 @@ class GameSearch(SurrogateEstimator):
         3k/2 players (for unequal costs: at those shares of the cost budget). Evaluations it
         already knows (a sweep) stand in for the design and count against the budget: returns how
         many did."""
-        wanted = 2 * game.n_players if self.initial is None else self.initial
+        wanted = initial_design(game.n_players, k) if self.initial is None else self.initial
         wanted = min(wanted, budget - self.per_round)  # always leave room for one round
         known = len(game.known()[0])
         if self.singles:  # measured even when a sweep stands in for the rest (paid for as they go)
