@@ -85,6 +85,8 @@ ARMS: dict[str, Arm] = {
     # target 4, the calibration question for the default: 64 x 128 tokens instead of 10 x 128
     "game-search-64": Arm("game-search", "kl", per_k=True, n_windows=64),
     "game-search-ppl-64": Arm("game-search", "ppl_ratio", per_k=True, n_windows=64),
+    # multi-fidelity: the search on 10 of the 64 windows, its 8 best sets confirmed on all 64
+    "game-search-64-f10": Arm("game-search", "kl", per_k=True, n_windows=64, options=(("fidelity", 10 / 64),)),
     "evopress": Arm("evopress", "kl", per_k=True),
     "evopress-ppl": Arm("evopress", "ppl_ratio", per_k=True),
     "semivalue": Arm("semivalue", sweep=True),

@@ -113,6 +113,33 @@ def test_game_search_screens_on_a_share_of_the_windows():
     assert found.passes > found.evaluations  # screens are paid for, at 2/10 of a pass each
 
 
+
+def test_game_search_at_a_lower_fidelity_confirms_its_best_sets_on_every_window():
+    """On its share of the windows the search prefers removing layer 9 (the screen undervalues it);
+    the confirmation on every window puts the true optimum first, paid at full price."""
+    value, n = redundant_pair_game(), 10
+
+    def screen(masks, rows):
+        return value(masks) * np.exp(0.13 * ~np.asarray(masks, bool)[:, 9])
+
+    game = FunctionGame(n, value, windows=10, screen_fn=screen)
+    found = get_estimator("game-search", fidelity=0.2, confirm=4, **SEARCH).estimate(game, budget=40, seed=0, k=3)
+    confirmed = found.details["search"]["fidelity"]["confirmed"]
+    assert confirmed[0]["removed"] == [0, 2, 9] and len(confirmed) == 4  # the screen's favourite
+    assert found.removal == best_set(value, n, 3)[0] == [0, 2, 3]
+    assert found.details["search"]["chosen_real"] == pytest.approx(best_set(value, n, 3)[1])
+    assert game.evaluations == 4  # only the confirmations ran on every window
+    assert 4 < found.passes <= 40  # screen evaluations at 2/10 of a pass each
+    again = get_estimator("game-search", fidelity=0.2, confirm=4, **SEARCH).estimate(
+        FunctionGame(n, value, windows=10, screen_fn=screen), budget=40, seed=0, k=3)
+    assert again.removal == found.removal and again.passes == found.passes
+    with pytest.raises(CoopPruneError, match="fidelity must be"):
+        get_estimator("game-search", fidelity=1.0)
+    with pytest.raises(CoopPruneError, match="and 8 confirmations"):
+        get_estimator("game-search", fidelity=0.5).check(n, 3, budget=10)
+    with pytest.raises(CoopPruneError, match="is all of them"):
+        get_estimator("game-search", fidelity=0.99, **SEARCH).estimate(FunctionGame(n, value, windows=10), budget=40, k=3)
+
 def test_settings_scale_with_depth_and_k():
     assert [default_budget(30, k) for k in (3, 6, 9, 12)] == [75, 120, 150, 180] and default_budget(60, 6) == 210
     assert [initial_design(30, k) for k in (3, 6, 12)] == [45, 60, 60]  # a shallow cut starts on fewer masks
@@ -162,6 +189,35 @@ def test_set_searches_end_to_end_with_a_kl_store(method, tiny_checkpoint, text_f
     assert len({m.tobytes() for m in masks}) == len(masks) == 8 + first.evaluations + second.evaluations - 2 * activations
     assert AutoModelForCausalLM.from_pretrained(tmp_path / "a").config.num_hidden_layers == N_LAYERS - 2
 
+
+
+def test_game_search_at_a_lower_fidelity_end_to_end(tiny_checkpoint, text_file, tmp_path):
+    """On a real (tiny) model with a KL store: the search runs on 2 of the 8 windows, only its
+    confirmations (full passes) reach the store, and the cost counts the screens at 1/4."""
+    import json
+
+    from tiny import prune_request
+
+    from coopprune import pipeline
+    from coopprune.config import Params
+    from coopprune.dataset import MaskDataset
+
+    params = Params.from_dict({
+        "model": {"source": str(tiny_checkpoint)},
+        "calibration": {"source": str(text_file), "n_windows": 8, "window": 24},
+        "sampling": {"remove": [1, 2], "per_stratum": 4, "shard_size": 4},
+    })
+    store = pipeline.sweep(params, tmp_path / "masks", progress=False)
+    common = dict(remove=2, calib=str(text_file), n_windows=8, window=24, utility="kl", progress=False,
+                  masks=store.path, epochs=200, bootstrap=0, budget=16,
+                  options={"per_round": 4, "fidelity": 0.25, "confirm": 3})
+    result = pipeline.prune(prune_request(tiny_checkpoint, tmp_path / "a", "game-search", **common))
+    record = json.loads((tmp_path / "a" / "pruning.json").read_text())
+    assert 1 <= result.evaluations <= 3 and len(MaskDataset.open(store.path)) == 8 + result.evaluations
+    assert result.evaluations < record["scores"]["passes"] <= 16
+    search = record["scores"]["rounds"][0]["search"]
+    assert (search["fidelity"]["windows"], search["fidelity"]["of"], len(search["fidelity"]["confirmed"])) == (2, 8, 3)
+    assert search["chosen_real"] >= max(c["full"] for c in search["fidelity"]["confirmed"])
 
 def test_game_search_under_a_cost_budget_finds_the_best_set_that_fits():
     """Players of two sizes (attention and MLP halves): the best set within the cost budget."""

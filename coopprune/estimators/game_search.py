@@ -24,6 +24,11 @@ and uses it as the screen:
 3. Stop when ``budget`` real passes are spent (the initial design included; evaluations it finds,
    a sweep's, stand in for the design and count against the budget) or after ``patience`` rounds
    without a better real set.
+4. With ``fidelity`` (a share of the windows), steps 1-3 run on that share of a larger
+   calibration set, a screen pass costing its share, and the ``confirm`` best sets the search
+   found are then evaluated on every window: the choice gets the tokens of the large set at about
+   the cost of the small one. Screen evaluations stay in memory (they are another game), so only
+   the confirmations reach the mask store.
 
 The result is the best k-removal set ever evaluated on the full calibration set, so on
 calibration it is never worse than any set it saw. Contributions are the semivalue of the final
@@ -126,9 +131,16 @@ class GameSearch(SurrogateEstimator):
         greedy_width: int | None = 4,
         trust: int | None = 2,
         base_masks: int = 20_000,
+        fidelity: float | None = None,
+        confirm: int = 8,
         **options: Any,
     ) -> None:
         super().__init__(base_masks=base_masks, **options)
+        if fidelity is not None and not 0 < fidelity < 1:
+            raise CoopPruneError(f"game-search: fidelity must be a share of the windows in (0, 1), got {fidelity}")
+        if confirm < 1:
+            raise CoopPruneError(f"game-search: confirm must be at least 1, got {confirm}")
+        self.fidelity, self.confirm = fidelity, confirm
         for key, value in (("per_round", per_round), ("ensemble", ensemble), ("patience", patience),
                            ("elites", elites), ("screen_factor", screen_factor)):
             if value < 1:
@@ -153,9 +165,15 @@ class GameSearch(SurrogateEstimator):
         if k is None:
             return
         budget = default_budget(n_players, k) if budget is None else budget
-        if budget < self.per_round:
+        if budget < self.per_round * (self.fidelity or 1) + self._reserve:
             raise CoopPruneError(f"game-search: a budget of {budget} real passes cannot buy one round of "
-                                 f"{self.per_round} (raise --budget or lower per_round)")
+                                 f"{self.per_round}" + (f" and {self.confirm} confirmations" if self._reserve else "")
+                                 + " (raise --budget or lower per_round)")
+
+    @property
+    def _reserve(self) -> int:
+        """Full passes kept back for the confirmation step (a lower-fidelity search only)."""
+        return self.confirm if self.fidelity is not None else 0
 
     def _estimate(
         self, game: Game, budget: int | None, seed: int, k: int | None,
@@ -171,11 +189,14 @@ class GameSearch(SurrogateEstimator):
         budget = default_budget(n, k) if budget is None else budget
         self.check(n, k, budget)
         rng = np.random.default_rng([seed, 0x6A3E])
+        full, game = game, self._search_game(game, seed)
+        room = budget - self._reserve  # the search's share; the confirmations are paid from the rest
         cost0 = game.cost
         strata = strata_around(k, len(movable))
-        paid = self._initial_design(game, removal, k, strata, budget, seed)  # evaluations found stand in for it
+        paid = self._initial_design(game, removal, k, strata, room, seed)  # evaluations found stand in for it
         seeds = self._peer_seeds(game, removal, k)
-        greedy = self._greedy_path(game, removal, k, room=budget - paid - (game.cost - cost0) - self.per_round)
+        round_cost = self.per_round * game.pass_cost
+        greedy = self._greedy_path(game, removal, k, room=room - paid - (game.cost - cost0) - round_cost)
         if greedy is not None:
             seeds["greedy"] = greedy
 
@@ -183,7 +204,7 @@ class GameSearch(SurrogateEstimator):
         trace = [{"round": 0, "passes": paid + game.cost - cost0, "removed": list(best), "utility": best_utility}]
         proposals: list[tuple[float, float]] = []  # (predicted before its real pass, real)
         stale, rounds = 0, 0
-        while paid + game.cost - cost0 + self.per_round <= budget + 1e-9 and stale < self.patience:
+        while paid + game.cost - cost0 + round_cost <= room + 1e-9 and stale < self.patience:
             rounds += 1
             ensemble, target = self._fit(game, seed + 101 * rounds)
             picked = self._propose(ensemble, game, removal, strata, rng)
@@ -198,6 +219,9 @@ class GameSearch(SurrogateEstimator):
             stale = 0 if new_utility > best_utility + 1e-12 else stale + 1
             best, best_utility = new_best, max(best_utility, new_utility)
             trace.append({"round": rounds, "passes": paid + game.cost - cost0, "removed": list(best), "utility": best_utility})
+        confirmed = self._confirm(full, game, removal) if game is not full else []
+        if confirmed:
+            best, best_utility = self._best_known(full, removal)
 
         masks, utilities = game.known()
         target = LogTarget(utilities)
@@ -214,10 +238,12 @@ class GameSearch(SurrogateEstimator):
                 "budget": budget, "rounds": rounds, "stopped": "patience" if stale >= self.patience else "budget",
                 "strata_removed": strata, "chosen_real": best_utility, "chosen_cost": removal.cost(best),
                 "max_cost": removal.max_cost, "passes_before": paid, "peer_seeds": seeds, "trace": trace,
+                "fidelity": None if game is full else {"windows": game.n_windows, "of": full.n_windows,
+                                                       "confirmed": confirmed},
                 "proposals_fit": regression_metrics(true, pred),
                 "settings": {"per_round": self.per_round, "ensemble": self.ensemble, "exploration": self.exploration,
                              "patience": self.patience, "screen_share": self.screen_share,
-                             "greedy_width": self.greedy_width},
+                             "greedy_width": self.greedy_width, "fidelity": self.fidelity, "confirm": self.confirm},
             },
             "training_masks": len(masks),
             "surrogate": {"config": dataclasses.asdict(final.config), "metrics": final.metrics},
@@ -226,6 +252,26 @@ class GameSearch(SurrogateEstimator):
                             replicates=self.bootstrap_values(masks, target(utilities), seed, values_of), details=details)
 
     # ------------------------------------------------------------------ steps
+    def _search_game(self, game: Game, seed: int) -> Game:
+        """The game the search runs on: ``game`` itself, or a seeded share of its windows."""
+        if self.fidelity is None:
+            return game
+        size = max(1, round(self.fidelity * game.n_windows))
+        if size >= game.n_windows:
+            raise CoopPruneError(f"game-search: a fidelity of {self.fidelity} of {game.n_windows} windows is all "
+                                 "of them (use more windows or a smaller share)")
+        rows = np.random.default_rng([seed, 0xF1DE]).choice(game.n_windows, size=size, replace=False)
+        return game.screen(sorted(int(i) for i in rows))
+
+    def _confirm(self, full: Game, screen: Game, removal: Removal) -> list[dict[str, Any]]:
+        """The ``confirm`` best sets of the lower-fidelity search, evaluated on every window."""
+        sets, utilities = self._candidates(screen, removal)
+        top = sorted(range(len(sets)), key=lambda i: (-utilities[i], sets[i]))[: self.confirm]
+        if not top:
+            return []
+        real = full.value_function(np.stack([removal_mask(full.n_players, sets[i]) for i in top]))
+        return [{"removed": list(sets[i]), "screen": float(utilities[i]), "full": float(u)} for i, u in zip(top, real)]
+
     def _initial_design(self, game: Game, removal: Removal, k: int, strata: list[int], budget: int, seed: int) -> int:
         """When the game knows too few masks: every single removal first (``singles``: what each
         player costs alone, L passes, the start of SLEB's path), then removal sets at k/2, k and
@@ -279,7 +325,8 @@ class GameSearch(SurrogateEstimator):
         left, and keeps the best. (k - 1) x width passes instead of SLEB's ~k L; the singles it
         ranks by are the initial design's. Unit costs only (for sizes the ranking is not the path);
         skipped when its passes do not fit in ``room``."""
-        if self.greedy_width is None or not removal.unit or not self.singles or (k - 1) * self.greedy_width > room:
+        if (self.greedy_width is None or not removal.unit or not self.singles
+                or (k - 1) * self.greedy_width * game.pass_cost > room):
             return None
         n = game.n_players
         single = game.value_function(np.stack([removal_mask(n, (i,)) for i in removal.movable]))  # known: free
