@@ -489,13 +489,15 @@ CALIBRATION_ARMS = ("game-search", "game-search-ppl", "game-search-64", "game-se
 def calibration_question(rows: list[dict[str, Any]]) -> list[str]:
     """The default's sets per calibration size and utility, where the 64 x 128 arms were run."""
     measured = {r["k"] for r in rows if r["method"] in CALIBRATION_ARMS[2:]}
-    lines = ["| k | arm | calibration | utility | removed | tokens (k) | PPL@128 val | PPL@128 test | PPL@512 val | PPL@512 test |",
+    lines = ["| k | arm | calibration | utility | removed | tokens (k) | "
+             "PPL@128 val | PPL@128 test | PPL@512 val | PPL@512 test |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if r["k"] in measured and r["method"] in CALIBRATION_ARMS:
             fidelity = dict(ARMS[r["method"]].options).get("fidelity")
             calibration = f"{r['n_windows']} x 128" + (f", search on {round(fidelity * r['n_windows'])}" if fidelity else "")
-            lines.append(f"| {r['k']} | {r['method']} | {calibration} | {r['utility']} | {r['removed']} | {fmt(r['tokens'] / 1e3, 0)} | "
+            lines.append(f"| {r['k']} | {r['method']} | {calibration} | {r['utility']} | {r['removed']} | "
+                         f"{fmt(r['tokens'] / 1e3, 0)} | "
                          f"{fmt(r.get('ppl128_val'))} | {fmt(r.get('ppl128'))} | {fmt(r.get('ppl512_val'))} | {fmt(r.get('ppl512'))} |")
     return lines if len(lines) > 2 else []
 
@@ -532,8 +534,9 @@ def write_tables(rows: list[dict[str, Any]], results: Path = RESULTS, curves: di
     question = calibration_question(rows)
     if question:
         lines += ["", "Calibration (target 4): the default's search with the KL utility and with the PPL ratio, on 10 x 128 "
-                  "and on 64 x 128 LAMBADA calibration tokens (the same seed), and the multi-fidelity option on 64 x 128 (the search on a "
-                  "seeded 10 of the 64 windows, its 8 best sets confirmed on all 64); tokens: the selection's, as above. "
+                  "and on 64 x 128 LAMBADA calibration tokens (the same seed), and the multi-fidelity option on 64 x 128 "
+                  "(the search on a seeded 10 of the 64 windows, its 8 best sets confirmed on all 64); tokens: the "
+                  "selection's, as above. "
                   "The peers were not run on 64 x 128.", "", *question]
     (results / "quality.md").write_text("\n".join(lines) + "\n")
     if curves:

@@ -138,7 +138,8 @@ def test_game_search_at_a_lower_fidelity_confirms_its_best_sets_on_every_window(
     with pytest.raises(CoopPruneError, match="and 8 confirmations"):
         get_estimator("game-search", fidelity=0.5).check(n, 3, budget=10)
     with pytest.raises(CoopPruneError, match="is all of them"):
-        get_estimator("game-search", fidelity=0.99, **SEARCH).estimate(FunctionGame(n, value, windows=10), budget=40, k=3)
+        get_estimator("game-search", fidelity=0.99, **SEARCH).estimate(
+            FunctionGame(n, value, windows=10), budget=40, k=3)
 
 def test_settings_scale_with_depth_and_k():
     assert [default_budget(30, k) for k in (3, 6, 9, 12)] == [75, 120, 150, 180] and default_budget(60, 6) == 210
