@@ -27,8 +27,9 @@ and uses it as the screen:
 4. With ``fidelity`` (a share of the windows), steps 1-3 run on that share of a larger
    calibration set, a screen pass costing its share, and the ``confirm`` best sets the search
    found are then evaluated on every window: the choice gets the tokens of the large set at about
-   the cost of the small one. Screen evaluations stay in memory (they are another game), so only
-   the confirmations reach the mask store.
+   the cost of the small one. Screen evaluations stay in memory (they are another game): only
+   the confirmations reach the mask store, a sweep's evaluations do not stand in for the design,
+   and a killed search repeats its screen passes. The trace is on the screen's utilities.
 
 The result is the best k-removal set ever evaluated on the full calibration set, so on
 calibration it is never worse than any set it saw. Contributions are the semivalue of the final
