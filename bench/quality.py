@@ -96,6 +96,7 @@ ARMS: dict[str, Arm] = {
     "sublayers": Arm("semivalue", strategy="sublayers"),
     "sleb": Arm("sleb"),
     "sleb-kl": Arm("sleb", "kl"),
+    "sleb-64": Arm("sleb", n_windows=64),  # the multi-fidelity option's calibration, for a like-for-like peer
     "bi": Arm("bi"),
     "angular": Arm("angular", per_k=True),
     "ppl": Arm("ppl"),
@@ -469,7 +470,8 @@ def targets(rows: list[dict[str, Any]], split: str = "") -> list[str]:
         if DEFAULT_ARM not in cells or len(cells) < 2:  # nothing to compare with yet
             continue
         ours = cells[DEFAULT_ARM]
-        others = {m: r for m, r in cells.items() if m != DEFAULT_ARM and not m.startswith("game-search")}
+        others = {m: r for m, r in cells.items()  # the peers on the default's calibration windows
+                  if m != DEFAULT_ARM and not m.startswith("game-search") and r["n_windows"] == ours["n_windows"]}
         best = {w: min(others.items(), key=lambda mr: mr[1][f"ppl{w}{split}"]) for w in PPL_WINDOWS} if others else {}
         wins = all(ours[f"ppl{w}{split}"] <= best[w][1][f"ppl{w}{split}"] for w in best)
         evo, sleb = cells.get("evopress"), cells.get("sleb")
@@ -483,12 +485,13 @@ def targets(rows: list[dict[str, Any]], split: str = "") -> list[str]:
 
 
 #: Target 4: the default's search with either utility on 10 x 128 and on 64 x 128 calibration tokens.
-CALIBRATION_ARMS = ("game-search", "game-search-ppl", "game-search-64", "game-search-ppl-64", "game-search-64-f10")
+CALIBRATION_ARMS = ("game-search", "game-search-ppl", "sleb", "game-search-64", "game-search-ppl-64",
+                    "game-search-64-f10", "sleb-64")
 
 
 def calibration_question(rows: list[dict[str, Any]]) -> list[str]:
-    """The default's sets per calibration size and utility, where the 64 x 128 arms were run."""
-    measured = {r["k"] for r in rows if r["method"] in CALIBRATION_ARMS[2:]}
+    """The default's sets per calibration size and utility (and SLEB's), where 64 x 128 arms were run."""
+    measured = {r["k"] for r in rows if r["method"] in CALIBRATION_ARMS and r["n_windows"] != 10}
     lines = ["| k | arm | calibration | utility | removed | tokens (k) | "
              "PPL@128 val | PPL@128 test | PPL@512 val | PPL@512 test |",
              "|---|---|---|---|---|---|---|---|---|---|"]
