@@ -266,12 +266,11 @@ class GameSearch(SurrogateEstimator):
 
     def _confirm(self, full: Game, screen: Game, removal: Removal) -> list[dict[str, Any]]:
         """The ``confirm`` best sets of the lower-fidelity search, evaluated on every window."""
-        sets, utilities = self._candidates(screen, removal)
-        top = sorted(range(len(sets)), key=lambda i: (-utilities[i], sets[i]))[: self.confirm]
+        top = self._ranked(screen, removal)[: self.confirm]
         if not top:
             return []
-        real = full.value_function(np.stack([removal_mask(full.n_players, sets[i]) for i in top]))
-        return [{"removed": list(sets[i]), "screen": float(utilities[i]), "full": float(u)} for i, u in zip(top, real)]
+        real = full.value_function(np.stack([removal_mask(full.n_players, st) for st, _ in top]))
+        return [{"removed": list(st), "screen": u, "full": float(r)} for (st, u), r in zip(top, real)]
 
     def _initial_design(self, game: Game, removal: Removal, k: int, strata: list[int], budget: int, seed: int) -> int:
         """When the game knows too few masks: every single removal first (``singles``: what each
@@ -353,13 +352,15 @@ class GameSearch(SurrogateEstimator):
         keep = [i for i, st in enumerate(sets) if np.isfinite(utilities[i]) and removal.valid(st)]
         return [sets[i] for i in keep], utilities[keep]
 
-    def _best_known(self, game: Game, removal: Removal) -> tuple[tuple[int, ...], float]:
-        """The best real candidate set (ties: the lower set), or nothing yet."""
+    def _ranked(self, game: Game, removal: Removal) -> list[tuple[tuple[int, ...], float]]:
+        """The real candidate sets, best first (ties: the lower set)."""
         sets, utilities = self._candidates(game, removal)
-        if not sets:
-            return (), -math.inf
-        top = min(range(len(sets)), key=lambda i: (-utilities[i], sets[i]))
-        return sets[top], float(utilities[top])
+        return sorted(zip(sets, utilities.tolist()), key=lambda su: (-su[1], su[0]))
+
+    def _best_known(self, game: Game, removal: Removal) -> tuple[tuple[int, ...], float]:
+        """The best real candidate set, or nothing yet."""
+        ranked = self._ranked(game, removal)
+        return ranked[0] if ranked else ((), -math.inf)
 
     def _propose(
         self, ensemble: Surrogate, game: Game, removal: Removal, strata: list[int], rng: np.random.Generator
@@ -371,8 +372,7 @@ class GameSearch(SurrogateEstimator):
             mu, sd = ensemble.predict(x, return_std=True)
             return mu + self.exploration * sd
 
-        sets, utilities = self._candidates(game, removal)
-        elites = [sets[i] for i in sorted(range(len(sets)), key=lambda i: (-utilities[i], sets[i]))[: self.elites]]
+        elites = [st for st, _ in self._ranked(game, removal)[: self.elites]]
         base = stratified_masks(n, strata, 4096, np.random.default_rng(int(rng.integers(1 << 31))), game.protected_players)
         seeds = {removal.greedy(mean), removal.by_values(semivalue(mean, n, base))}  # SLEB's path, the ranking
         starts = elites + sorted(seeds) + [removal.random(rng) for _ in range(self.restarts)]
