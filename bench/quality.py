@@ -467,12 +467,14 @@ def targets(rows: list[dict[str, Any]], split: str = "") -> list[str]:
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for k in sorted({r["k"] for r in rows if r["k"]}):
         cells = {r["method"]: r for r in rows if r["k"] == k and r.get("ppl128" + split) is not None}
-        if DEFAULT_ARM not in cells or len(cells) < 2:  # nothing to compare with yet
+        if DEFAULT_ARM not in cells:
             continue
         ours = cells[DEFAULT_ARM]
         others = {m: r for m, r in cells.items()  # the peers on the default's calibration windows
                   if m != DEFAULT_ARM and not m.startswith("game-search") and r["n_windows"] == ours["n_windows"]}
-        best = {w: min(others.items(), key=lambda mr: mr[1][f"ppl{w}{split}"]) for w in PPL_WINDOWS} if others else {}
+        if not others:  # nothing to compare with yet
+            continue
+        best = {w: min(others.items(), key=lambda mr: mr[1][f"ppl{w}{split}"]) for w in PPL_WINDOWS}
         wins = all(ours[f"ppl{w}{split}"] <= best[w][1][f"ppl{w}{split}"] for w in best)
         evo, sleb = cells.get("evopress"), cells.get("sleb")
         lines.append(
@@ -491,7 +493,8 @@ CALIBRATION_ARMS = ("game-search", "game-search-ppl", "sleb", "game-search-64", 
 
 def calibration_question(rows: list[dict[str, Any]]) -> list[str]:
     """The default's sets per calibration size and utility (and SLEB's), where 64 x 128 arms were run."""
-    measured = {r["k"] for r in rows if r["method"] in CALIBRATION_ARMS and r["n_windows"] != 10}
+    measured = {r["k"] for r in rows
+                if r["method"] in CALIBRATION_ARMS and r["n_windows"] != ARMS[DEFAULT_ARM].n_windows}
     lines = ["| k | arm | calibration | utility | removed | tokens (k) | "
              "PPL@128 val | PPL@128 test | PPL@512 val | PPL@512 test |",
              "|---|---|---|---|---|---|---|---|---|---|"]
@@ -539,8 +542,7 @@ def write_tables(rows: list[dict[str, Any]], results: Path = RESULTS, curves: di
         lines += ["", "Calibration (target 4): the default's search with the KL utility and with the PPL ratio, on 10 x 128 "
                   "and on 64 x 128 LAMBADA calibration tokens (the same seed), and the multi-fidelity option on 64 x 128 "
                   "(the search on a seeded 10 of the 64 windows, its 8 best sets confirmed on all 64); tokens: the "
-                  "selection's, as above. "
-                  "The peers were not run on 64 x 128.", "", *question]
+                  "selection's, as above. Of the peers only SLEB was run on 64 x 128 (sleb-64).", "", *question]
     (results / "quality.md").write_text("\n".join(lines) + "\n")
     if curves:
         for k in sorted({int(key.split("/")[1]) for key in curves}):
@@ -601,14 +603,14 @@ def main() -> None:
     bench = Bench(args.work, args.ks, model=args.model)
     cached = {m: json.loads(f.read_text()) for m in args.methods if (f := args.work / "select" / f"{m}.json").is_file()}
     selections = {m: select(bench, m) for m in args.methods} if "select" in args.stages else cached
+    if "ppl" not in args.stages and "zeroshot" not in args.stages:  # selections only: the published tables stay
+        print("selections cached; the tables are written by a run with --stages ppl (and zeroshot)")
+        return
     # a stage not asked for still contributes the cells it cached earlier, so the tables stay complete
     ppl = perplexities(bench, selections, compute="ppl" in args.stages)
     zs = zero_shots(bench, selections, args.zero_shot_ks, args.limit, compute="zeroshot" in args.stages,
                     methods=args.zero_shot_methods)
     curves = search_curves(bench, selections, compute="ppl" in args.stages)
-    if "ppl" not in args.stages and "zeroshot" not in args.stages:  # selections only: the published tables stay
-        print("selections cached; the tables are written by a run with --stages ppl (and zeroshot)")
-        return
     rows = average_random(build_table(bench, selections, ppl, zs))
     # a smoke test on another model writes beside its cells, never over the published results
     results = RESULTS if args.model == "default" else args.work / "results"
