@@ -113,7 +113,6 @@ def test_game_search_screens_on_a_share_of_the_windows():
     assert found.passes > found.evaluations  # screens are paid for, at 2/10 of a pass each
 
 
-
 def test_game_search_at_a_lower_fidelity_confirms_its_best_sets_on_every_window():
     """On its share of the windows the search prefers removing layer 9 (the screen undervalues it);
     the confirmation on every window puts the true optimum first, paid at full price."""
@@ -140,6 +139,7 @@ def test_game_search_at_a_lower_fidelity_confirms_its_best_sets_on_every_window(
     with pytest.raises(CoopPruneError, match="is all of them"):
         get_estimator("game-search", fidelity=0.99, **SEARCH).estimate(
             FunctionGame(n, value, windows=10), budget=40, k=3)
+
 
 def test_settings_scale_with_depth_and_k():
     assert [default_budget(30, k) for k in (3, 6, 9, 12)] == [75, 120, 150, 180] and default_budget(60, 6) == 210
@@ -191,7 +191,6 @@ def test_set_searches_end_to_end_with_a_kl_store(method, tiny_checkpoint, text_f
     assert AutoModelForCausalLM.from_pretrained(tmp_path / "a").config.num_hidden_layers == N_LAYERS - 2
 
 
-
 def test_game_search_at_a_lower_fidelity_end_to_end(tiny_checkpoint, text_file, tmp_path):
     """On a real (tiny) model with a KL store: the search runs on 2 of the 8 windows, only its
     confirmations (full passes) reach the store, and the cost counts the screens at 1/4."""
@@ -219,6 +218,7 @@ def test_game_search_at_a_lower_fidelity_end_to_end(tiny_checkpoint, text_file, 
     search = record["scores"]["rounds"][0]["search"]
     assert (search["fidelity"]["windows"], search["fidelity"]["of"], len(search["fidelity"]["confirmed"])) == (2, 8, 3)
     assert search["chosen_real"] >= max(c["full"] for c in search["fidelity"]["confirmed"])
+
 
 def test_game_search_under_a_cost_budget_finds_the_best_set_that_fits():
     """Players of two sizes (attention and MLP halves): the best set within the cost budget."""
