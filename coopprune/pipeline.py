@@ -116,7 +116,7 @@ def prune(request: PruneRequest) -> PruneResult:
     if p.iterative is not None and not 1 <= p.iterative <= k:
         raise CoopPruneError(f"--iterative takes a number of layers per round in [1, {k}], got {p.iterative}")
     budget = p.budget
-    estimator.check(2 * n_layers if sublayers else n_layers, p.iterative or k, budget)
+    estimator.check(2 * n_layers if sublayers else n_layers, p.iterative or k, budget, c.n_windows)
     store = MaskDataset.open(r.masks) if r.masks is not None else None
     docs = load_texts(c.source)
     if not docs:

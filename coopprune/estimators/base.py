@@ -116,8 +116,9 @@ class Estimator(ABC):
         if unknown:
             raise CoopPruneError(f"method '{cls.name}' has no option '{unknown[0]}'; it takes {', '.join(sorted(accepted - {'self'}))}")
 
-    def check(self, n_players: int, k: int | None, budget: int | None) -> None:
-        """Reject settings that cannot work, before any model is loaded (one-line error)."""
+    def check(self, n_players: int, k: int | None, budget: int | None, n_windows: int | None = None) -> None:
+        """Reject settings that cannot work, before any model is loaded (one-line error); ``n_windows``:
+        the calibration windows the game will have, where known."""
 
     @abstractmethod
     def _estimate(self, game: Game, budget: int | None, seed: int, k: int | None) -> Contributions: ...
