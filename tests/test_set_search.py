@@ -122,14 +122,15 @@ def test_game_search_at_a_lower_fidelity_confirms_its_best_sets_on_every_window(
         return value(masks) * np.exp(0.13 * ~np.asarray(masks, bool)[:, 9])
 
     game = FunctionGame(n, value, windows=10, screen_fn=screen)
-    found = get_estimator("game-search", fidelity=0.2, confirm=4, **SEARCH).estimate(game, budget=40, seed=0, k=3)
+    found = get_estimator("game-search", fidelity=0.2, confirm=4, refine=None, **SEARCH).estimate(
+        game, budget=40, seed=0, k=3)
     confirmed = found.details["search"]["fidelity"]["confirmed"]
     assert confirmed[0]["removed"] == [0, 2, 9] and len(confirmed) == 4  # the screen's favourite
     assert found.removal == best_set(value, n, 3)[0] == [0, 2, 3]
     assert found.details["search"]["chosen_real"] == pytest.approx(best_set(value, n, 3)[1])
     assert game.evaluations == 4  # only the confirmations ran on every window
     assert 4 < found.passes <= 40  # screen evaluations at 2/10 of a pass each
-    again = get_estimator("game-search", fidelity=0.2, confirm=4, **SEARCH).estimate(
+    again = get_estimator("game-search", fidelity=0.2, confirm=4, refine=None, **SEARCH).estimate(
         FunctionGame(n, value, windows=10, screen_fn=screen), budget=40, seed=0, k=3)
     assert again.removal == found.removal and again.passes == found.passes
     with pytest.raises(CoopPruneError, match="fidelity must be"):
@@ -276,3 +277,28 @@ def test_the_shortlist_greedy_seed_follows_sleb_for_its_width_times_k_passes():
     assert found.removal == [7, 8, 9]
     with pytest.raises(CoopPruneError, match="greedy_width must be at least 1"):
         get_estimator("game-search", greedy_width=0)
+
+
+def test_game_search_refines_the_confirmed_set_on_every_window():
+    """The screen slightly undervalues removing layer 3, so its best sets (the confirmed ones) keep it;
+    the full optimum is one exchange from them, and the hill-climb on every window finds it."""
+    value, n = redundant_pair_game(), 10
+
+    def screen(masks, rows):
+        return value(masks) * np.exp(-0.05 * ~np.asarray(masks, bool)[:, 3])
+
+    def search(refine):
+        game = FunctionGame(n, value, windows=10, screen_fn=screen)
+        return get_estimator("game-search", fidelity=0.2, confirm=2, refine=refine, **SEARCH).estimate(
+            game, budget=40, seed=0, k=3), game
+
+    plain, _ = search(None)
+    assert 3 not in plain.removal and plain.details["search"]["fidelity"]["refined"] == []
+    found, game = search(4)
+    assert found.removal == best_set(value, n, 3)[0] == [0, 2, 3]
+    refined = found.details["search"]["fidelity"]["refined"]
+    assert refined[0]["moved"] and not refined[-1]["moved"]
+    assert game.evaluations == 2 + sum(step["evaluated"] for step in refined)  # confirmations and refinement only
+    assert found.passes <= 40
+    with pytest.raises(CoopPruneError, match="refine must be"):
+        get_estimator("game-search", refine=0)

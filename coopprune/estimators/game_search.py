@@ -29,7 +29,10 @@ and uses it as the screen:
    found are then evaluated on every window: the choice gets the tokens of the large set at about
    the cost of the small one. Screen evaluations stay in memory (they are another game): only
    the confirmations reach the mask store, a sweep's evaluations do not stand in for the design,
-   and a killed search repeats its screen passes. The trace is on the screen's utilities.
+   and a killed search repeats its screen passes. The trace is on the screen's utilities. Then,
+   while the budget lasts, a hill-climb on every window from the best confirmed set (``refine``
+   neighbours per step, one exchange away, ranked by the screen's surrogate; null: off): a
+   screen's optimum is often one exchange from the full calibration's.
 
 The result is the best k-removal set ever evaluated on the full calibration set, so on
 calibration it is never worse than any set it saw. Contributions are the semivalue of the final
@@ -134,6 +137,7 @@ class GameSearch(SurrogateEstimator):
         base_masks: int = 20_000,
         fidelity: float | None = None,
         confirm: int = 8,
+        refine: int | None = 8,
         **options: Any,
     ) -> None:
         super().__init__(base_masks=base_masks, **options)
@@ -141,7 +145,9 @@ class GameSearch(SurrogateEstimator):
             raise CoopPruneError(f"game-search: fidelity must be a share of the windows in (0, 1), got {fidelity}")
         if confirm < 1:
             raise CoopPruneError(f"game-search: confirm must be at least 1, got {confirm}")
-        self.fidelity, self.confirm = fidelity, confirm
+        if refine is not None and refine < 1:
+            raise CoopPruneError(f"game-search: refine must be at least 1 (or null), got {refine}")
+        self.fidelity, self.confirm, self.refine = fidelity, confirm, refine
         for key, value in (("per_round", per_round), ("ensemble", ensemble), ("patience", patience),
                            ("elites", elites), ("screen_factor", screen_factor)):
             if value < 1:
@@ -161,8 +167,11 @@ class GameSearch(SurrogateEstimator):
             raise CoopPruneError(f"game-search: trust must be at least 1 exchange (or null), got {trust}")
         self.trust = trust
 
-    def check(self, n_players: int, k: int | None, budget: int | None) -> None:
-        """Fail before any model is loaded when the budget cannot buy one round."""
+    def check(self, n_players: int, k: int | None, budget: int | None, n_windows: int | None = None) -> None:
+        """Fail before any model is loaded when the budget cannot buy one round or the fidelity
+        leaves nothing to confirm on."""
+        if n_windows is not None and self.fidelity is not None:
+            self._screen_size(n_windows)
         if k is None:
             return
         budget = default_budget(n_players, k) if budget is None else budget
@@ -192,7 +201,7 @@ class GameSearch(SurrogateEstimator):
         rng = np.random.default_rng([seed, 0x6A3E])
         full, game = game, self._search_game(game, seed)
         room = budget - self._reserve  # the search's share; the confirmations are paid from the rest
-        cost0 = game.cost
+        cost0, full_cost0 = game.cost, full.cost
         strata = strata_around(k, len(movable))
         paid = self._initial_design(game, removal, k, strata, room, seed)  # evaluations found stand in for it
         seeds = self._peer_seeds(game, removal, k)
@@ -221,6 +230,7 @@ class GameSearch(SurrogateEstimator):
             best, best_utility = new_best, max(best_utility, new_utility)
             trace.append({"round": rounds, "passes": paid + game.cost - cost0, "removed": list(best), "utility": best_utility})
         confirmed = self._confirm(full, game, removal) if game is not full else []
+        refined = self._refine(full, game, removal, seed, budget - paid - (full.cost - full_cost0)) if confirmed else []
         if confirmed:
             best, best_utility = self._best_known(full, removal)
 
@@ -240,11 +250,12 @@ class GameSearch(SurrogateEstimator):
                 "strata_removed": strata, "chosen_real": best_utility, "chosen_cost": removal.cost(best),
                 "max_cost": removal.max_cost, "passes_before": paid, "peer_seeds": seeds, "trace": trace,
                 "fidelity": None if game is full else {"windows": game.n_windows, "of": full.n_windows,
-                                                       "confirmed": confirmed},
+                                                       "confirmed": confirmed, "refined": refined},
                 "proposals_fit": regression_metrics(true, pred),
                 "settings": {"per_round": self.per_round, "ensemble": self.ensemble, "exploration": self.exploration,
                              "patience": self.patience, "screen_share": self.screen_share,
-                             "greedy_width": self.greedy_width, "fidelity": self.fidelity, "confirm": self.confirm},
+                             "greedy_width": self.greedy_width, "fidelity": self.fidelity, "confirm": self.confirm,
+                             "refine": self.refine},
             },
             "training_masks": len(masks),
             "surrogate": {"config": dataclasses.asdict(final.config), "metrics": final.metrics},
@@ -253,14 +264,20 @@ class GameSearch(SurrogateEstimator):
                             replicates=self.bootstrap_values(masks, target(utilities), seed, values_of), details=details)
 
     # ------------------------------------------------------------------ steps
+    def _screen_size(self, n_windows: int) -> int:
+        """Windows the lower-fidelity search runs on: at least one, fewer than all."""
+        assert self.fidelity is not None
+        size = max(1, round(self.fidelity * n_windows))
+        if size >= n_windows:
+            raise CoopPruneError(f"game-search: a fidelity of {self.fidelity} of {n_windows} windows is all "
+                                 "of them (use more windows or a smaller share)")
+        return size
+
     def _search_game(self, game: Game, seed: int) -> Game:
         """The game the search runs on: ``game`` itself, or a seeded share of its windows."""
         if self.fidelity is None:
             return game
-        size = max(1, round(self.fidelity * game.n_windows))
-        if size >= game.n_windows:
-            raise CoopPruneError(f"game-search: a fidelity of {self.fidelity} of {game.n_windows} windows is all "
-                                 "of them (use more windows or a smaller share)")
+        size = self._screen_size(game.n_windows)
         rows = np.random.default_rng([seed, 0xF1DE]).choice(game.n_windows, size=size, replace=False)
         return game.screen(sorted(int(i) for i in rows))
 
@@ -271,6 +288,35 @@ class GameSearch(SurrogateEstimator):
             return []
         real = full.value_function(np.stack([removal_mask(full.n_players, st) for st, _ in top]))
         return [{"removed": list(st), "screen": u, "full": float(r)} for (st, u), r in zip(top, real)]
+
+    def _refine(self, full: Game, screen: Game, removal: Removal, seed: int, room: float) -> list[dict[str, Any]]:
+        """Hill-climb on every window from the best confirmed set: each step evaluates the ``refine``
+        unseen one-exchange neighbours the screen's surrogate ranks highest and moves to the best
+        while it is better, as long as ``room`` passes last. The screen's optimum is often one
+        exchange from the full set's, an exchange its windows misjudge."""
+        if self.refine is None:
+            return []
+        ensemble, _ = self._fit(screen, seed + 0x3EF)
+        best, best_utility = self._best_known(full, removal)
+        steps: list[dict[str, Any]] = []
+        while room >= self.refine * full.pass_cost - 1e-9:
+            seen = {tuple(np.flatnonzero(~m).tolist()) for m in full.known()[0]}
+            fresh = [st for st in removal.swaps(best) if st not in seen]
+            if not fresh:
+                break
+            scores = ensemble.predict(np.stack([removal_mask(full.n_players, st) for st in fresh]))
+            picked = [fresh[i] for i in np.argsort(-scores, kind="stable")[: self.refine]]
+            spent = full.cost
+            real = full.value_function(np.stack([removal_mask(full.n_players, st) for st in picked]))
+            room -= full.cost - spent
+            top = int(np.argmax(real))
+            moved = bool(real[top] > best_utility + 1e-12)
+            steps.append({"removed": list(picked[top]), "full": float(real[top]), "evaluated": len(picked),
+                          "moved": moved})
+            if not moved:
+                break
+            best, best_utility = picked[top], float(real[top])
+        return steps
 
     def _initial_design(self, game: Game, removal: Removal, k: int, strata: list[int], budget: int, seed: int) -> int:
         """When the game knows too few masks: every single removal first (``singles``: what each
