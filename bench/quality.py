@@ -87,8 +87,13 @@ ARMS: dict[str, Arm] = {
     "game-search-ppl-64": Arm("game-search", "ppl_ratio", per_k=True, n_windows=64),
     # multi-fidelity: the search on 10 of the 64 windows, its 8 best sets confirmed on all 64
     "game-search-64-f10": Arm("game-search", "kl", per_k=True, n_windows=64, options=(("fidelity", 10 / 64),)),
+    # the same before the hill-climb on every window after the confirmations (refine: null)
+    "game-search-64-f10-noref": Arm("game-search", "kl", per_k=True, n_windows=64,
+                                    options=(("fidelity", 10 / 64), ("refine", None))),
     "evopress": Arm("evopress", "kl", per_k=True),
     "evopress-ppl": Arm("evopress", "ppl_ratio", per_k=True),
+    # the peers on the multi-fidelity option's 64 x 128 calibration (EvoPress's screen: 4 of the 64)
+    "evopress-64": Arm("evopress", "kl", per_k=True, n_windows=64),
     "semivalue": Arm("semivalue", sweep=True),
     "semivalue-search": Arm("semivalue-search", per_k=True, sweep=True),
     "shapley-adjusted": Arm("shapley-adjusted", sweep=True),
@@ -100,6 +105,9 @@ ARMS: dict[str, Arm] = {
     "bi": Arm("bi"),
     "angular": Arm("angular", per_k=True),
     "ppl": Arm("ppl"),
+    "bi-64": Arm("bi", n_windows=64),
+    "angular-64": Arm("angular", per_k=True, n_windows=64),
+    "ppl-64": Arm("ppl", n_windows=64),
     "last": Arm("last"),
     **{f"random-{s}": Arm("random", seed=s) for s in range(3)},
 }
@@ -488,7 +496,7 @@ def targets(rows: list[dict[str, Any]], split: str = "") -> list[str]:
 
 #: Target 4: the default's search with either utility on 10 x 128 and on 64 x 128 calibration tokens.
 CALIBRATION_ARMS = ("game-search", "game-search-ppl", "sleb", "game-search-64", "game-search-ppl-64",
-                    "game-search-64-f10", "sleb-64")
+                    "game-search-64-f10", "game-search-64-f10-noref", "sleb-64", "evopress-64")
 
 
 def calibration_question(rows: list[dict[str, Any]]) -> list[str]:
@@ -576,6 +584,21 @@ def write_tables(rows: list[dict[str, Any]], results: Path = RESULTS, curves: di
     print("\n".join(lines))
 
 
+def carry_published(
+    published: dict[str, Any], rows: list[dict[str, Any]], curves: dict[str, Any],
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The published table with this call's cells in place of theirs: a run of some arms at some k
+    (hours each on a CPU, and a fresh checkout has no cell cache) adds to the table, never shrinks it."""
+    fresh = {(r["method"], r["k"]) for r in rows}
+    order = {m: i for i, m in enumerate(METHODS)}
+
+    def position(r: dict[str, Any]) -> tuple[bool, bool, int, int]:  # base, per k in registry order, random last
+        return (r["k"] > 0, r["method"].startswith("random"), r["k"], order.get(r["method"], len(order)))
+
+    kept = [r for r in published.get("rows", []) if (r["method"], r["k"]) not in fresh]
+    return sorted(kept + rows, key=position), {**published.get("curves", {}), **curves}
+
+
 def plot_selections(selections: dict[str, dict[str, Any]], k: int = 6, results: Path = RESULTS) -> None:
     """Contributions with bootstrap intervals of the game-theoretic selections, removed set at k in red."""
     from coopprune.plots import plot_contributions
@@ -599,6 +622,8 @@ def main() -> None:
     parser.add_argument("--zero-shot-methods", nargs="+", choices=METHODS, default=None,
                         help="compute zero-shot cells for these methods only (default: all)")
     parser.add_argument("--no-mlflow", action="store_true")
+    parser.add_argument("--fresh", action="store_true",
+                        help="write only this call's cells (default: add them to the published table)")
     args = parser.parse_args()
     bench = Bench(args.work, args.ks, model=args.model)
     cached = {m: json.loads(f.read_text()) for m in args.methods if (f := args.work / "select" / f"{m}.json").is_file()}
@@ -614,6 +639,8 @@ def main() -> None:
     rows = average_random(build_table(bench, selections, ppl, zs))
     # a smoke test on another model writes beside its cells, never over the published results
     results = RESULTS if args.model == "default" else args.work / "results"
+    if not args.fresh and (results / "quality.json").is_file():
+        rows, curves = carry_published(json.loads((results / "quality.json").read_text()), rows, curves)
     write_tables(rows, results, curves)
     plot_selections(selections, 6 if 6 in args.ks else max(args.ks), results)
     if not args.no_mlflow:

@@ -1,0 +1,25 @@
+"""bench/quality.py's table bookkeeping: a run of some arms adds to the published table."""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+spec = importlib.util.spec_from_file_location("quality", Path(__file__).parents[1] / "bench" / "quality.py")
+quality = sys.modules["quality"] = importlib.util.module_from_spec(spec)  # dataclasses look their module up
+spec.loader.exec_module(quality)
+
+
+def row(method, k, ppl):
+    return {"method": method, "k": k, "ppl128": ppl}
+
+
+def test_a_partial_run_replaces_its_cells_and_keeps_the_others():
+    published = {"rows": [row("base", 0, 30.0), row("sleb", 3, 40.0), row("evopress", 3, 39.0), row("sleb", 9, 99.0),
+                          row("random (mean of 3)", 3, 900.0)],
+                 "curves": {"sleb/3": [1], "evopress/3": [2]}}
+    rows, curves = quality.carry_published(published, [row("base", 0, 30.0), row("evopress-64", 9, 95.0),
+                                                       row("evopress", 3, 38.0)], {"evopress/3": [3]})
+    assert [(r["method"], r["k"]) for r in rows] == [
+        ("base", 0), ("evopress", 3), ("sleb", 3), ("evopress-64", 9), ("sleb", 9), ("random (mean of 3)", 3)]
+    assert next(r for r in rows if r["method"] == "evopress" and r["k"] == 3)["ppl128"] == 38.0
+    assert curves == {"sleb/3": [1], "evopress/3": [3]}
