@@ -30,8 +30,9 @@ and uses it as the screen:
    the cost of the small one. Screen evaluations stay in memory (they are another game): only
    the confirmations reach the mask store, a sweep's evaluations do not stand in for the design,
    and a killed search repeats its screen passes. The trace is on the screen's utilities. Then,
-   while the budget lasts, a hill-climb on every window from the best confirmed set (``refine``
-   neighbours per step, one exchange away, ranked by the screen's surrogate; null: off): a
+   while the budget lasts, a hill-climb on every window from the best confirmed set (per step
+   ``screen_factor`` x ``refine`` neighbours one exchange away, picked by the screen's surrogate,
+   are screened for real and the ``refine`` best evaluated on every window; null: off): a
    screen's optimum is often one exchange from the full calibration's.
 
 The result is the best k-removal set ever evaluated on the full calibration set, so on
@@ -290,29 +291,38 @@ class GameSearch(SurrogateEstimator):
         return [{"removed": list(st), "screen": u, "full": float(r)} for (st, u), r in zip(top, real)]
 
     def _refine(self, full: Game, screen: Game, removal: Removal, seed: int, room: float) -> list[dict[str, Any]]:
-        """Hill-climb on every window from the best confirmed set: each step evaluates the ``refine``
-        unseen one-exchange neighbours the screen's surrogate ranks highest and moves to the best
-        while it is better, as long as ``room`` passes last. The screen's optimum is often one
-        exchange from the full set's, an exchange its windows misjudge."""
+        """Hill-climb on every window from the best confirmed set, as long as ``room`` passes last:
+        each step screens the ``screen_factor`` x ``refine`` unseen one-exchange neighbours the
+        screen's surrogate ranks highest (real screen passes: the surrogate alone misses sets),
+        evaluates the ``refine`` best on every window and moves to the best while it is better.
+        The screen's optimum is often one exchange from the full calibration's."""
         if self.refine is None:
             return []
-        ensemble, _ = self._fit(screen, seed + 0x3EF)
         best, best_utility = self._best_known(full, removal)
+        width = self.refine * self.screen_factor
         steps: list[dict[str, Any]] = []
-        while room >= self.refine * full.pass_cost - 1e-9:
-            seen = {tuple(np.flatnonzero(~m).tolist()) for m in full.known()[0]}
-            fresh = [st for st in removal.swaps(best) if st not in seen]
+        while room >= width * screen.pass_cost + self.refine * full.pass_cost - 1e-9:
+            on_full = {tuple(np.flatnonzero(~m).tolist()) for m in full.known()[0]}
+            fresh = [st for st in removal.swaps(best) if st not in on_full]
             if not fresh:
                 break
-            scores = ensemble.predict(np.stack([removal_mask(full.n_players, st) for st in fresh]))
-            picked = [fresh[i] for i in np.argsort(-scores, kind="stable")[: self.refine]]
             spent = full.cost
+            screened = dict(self._ranked(screen, removal))
+            unknown = [st for st in fresh if st not in screened]
+            take: list[tuple[int, ...]] = []
+            if unknown:
+                ensemble, _ = self._fit(screen, seed + 0x3EF + len(steps))
+                scores = ensemble.predict(np.stack([removal_mask(full.n_players, st) for st in unknown]))
+                take = [unknown[i] for i in np.argsort(-scores, kind="stable")[:width]]
+                utilities = screen.value_function(np.stack([removal_mask(full.n_players, st) for st in take]))
+                screened |= dict(zip(take, utilities.tolist()))
+            picked = sorted((st for st in fresh if st in screened), key=lambda st: (-screened[st], st))[: self.refine]
             real = full.value_function(np.stack([removal_mask(full.n_players, st) for st in picked]))
             room -= full.cost - spent
             top = int(np.argmax(real))
             moved = bool(real[top] > best_utility + 1e-12)
-            steps.append({"removed": list(picked[top]), "full": float(real[top]), "evaluated": len(picked),
-                          "moved": moved})
+            steps.append({"removed": list(picked[top]), "full": float(real[top]), "screened": len(take),
+                          "evaluated": len(picked), "moved": moved})
             if not moved:
                 break
             best, best_utility = picked[top], float(real[top])
