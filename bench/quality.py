@@ -11,6 +11,9 @@ Gromov's angular block is chosen per k, and sublayer players at the parameter bu
 Resumable: selections, perplexities and zero-shot scores are cached per cell under ``--work``
 (the surrogate methods' mask stores too), so a long sweep completes over several calls. Every
 cell is logged to MLflow (experiment ``coopprune-quality``, one run per cell, updated in place).
+A call adds its cells to the published ``bench/results/quality.json`` (the cells it did not
+compute stay as published; ``--fresh`` writes only its own), so one arm at one k can be added
+from a fresh checkout without recomputing the table.
 
     python bench/quality.py [--work bench/work/quality] [--stages select ppl zeroshot]
 """
