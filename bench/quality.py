@@ -499,7 +499,7 @@ def targets(rows: list[dict[str, Any]], split: str = "") -> list[str]:
 
 #: Target 4: the default's search with either utility on 10 x 128 and on 64 x 128 calibration tokens.
 CALIBRATION_ARMS = ("game-search", "game-search-ppl", "sleb", "game-search-64", "game-search-ppl-64",
-                    "game-search-64-f10", "game-search-64-f10-noref", "sleb-64", "evopress-64")
+                    "game-search-64-f10", "game-search-64-f10-noref", "sleb-64", "bi-64", "angular-64", "evopress-64")
 
 
 def calibration_question(rows: list[dict[str, Any]]) -> list[str]:
@@ -552,8 +552,10 @@ def write_tables(rows: list[dict[str, Any]], results: Path = RESULTS, curves: di
     if question:
         lines += ["", "Calibration (target 4): the default's search with the KL utility and with the PPL ratio, on 10 x 128 "
                   "and on 64 x 128 LAMBADA calibration tokens (the same seed), and the multi-fidelity option on 64 x 128 "
-                  "(the search on a seeded 10 of the 64 windows, its 8 best sets confirmed on all 64); tokens: the "
-                  "selection's, as above. Of the peers only SLEB was run on 64 x 128 (sleb-64).", "", *question]
+                  "(the search on a seeded 10 of the 64 windows, its 8 best sets confirmed on all 64, then refined there; "
+                  "-noref: without the refinement); tokens: the selection's, as above. Of the peers SLEB, ShortGPT's BI "
+                  "and the angular block were run on 64 x 128 (sleb-64, bi-64, angular-64), EvoPress was not "
+                  "(evopress-64: about 7 hours here).", "", *question]
     (results / "quality.md").write_text("\n".join(lines) + "\n")
     if curves:
         for k in sorted({int(key.split("/")[1]) for key in curves}):
