@@ -25,8 +25,15 @@ def _values(dataset):
 
 
 def _rows_on_disk(path: Path) -> int:
-    lines = sum(len(j.read_text().splitlines()) for j in path.glob("*.journal"))
-    return lines + sum(pq.read_metadata(p).num_rows for p in path.glob("*.parquet"))
+    """Rows the running job has written; a journal sealed into its parquet between the listing and
+    the read counts on the next poll (reading it raced the job: CI failed on that once)."""
+    def lines(journal: Path) -> int:
+        try:
+            return len(journal.read_text().splitlines())
+        except FileNotFoundError:
+            return 0
+
+    return sum(map(lines, path.glob("*.journal"))) + sum(pq.read_metadata(p).num_rows for p in path.glob("*.parquet"))
 
 
 def test_sweep_killed_and_restarted_evaluates_every_mask_exactly_once(tmp_path):
