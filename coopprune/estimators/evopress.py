@@ -28,7 +28,7 @@ import numpy as np
 
 from coopprune.errors import CoopPruneError
 from coopprune.estimators.base import Contributions, Estimator, register
-from coopprune.estimators.removal import level_switch, removal_mask
+from coopprune.estimators.removal import level_switch, removal_masks
 from coopprune.game import Game
 
 
@@ -80,7 +80,7 @@ class EvoPress(Estimator):
         generations = generations_rule(k, len(movable)) if self.generations is None else self.generations
 
         def fitness(g: Game, sets: list[tuple[int, ...]]) -> np.ndarray:
-            return g.value_function(np.stack([removal_mask(n, s) for s in sets]))
+            return g.value_function(removal_masks(n, sets))
 
         starts = [tuple(sorted(int(i) for i in rng.choice(movable, size=k, replace=False))) for _ in range(self.initial)]
         scores = fitness(self._screen(game, rng), starts)

@@ -54,7 +54,7 @@ import numpy as np
 
 from coopprune.errors import CoopPruneError
 from coopprune.estimators.base import Contributions, register
-from coopprune.estimators.removal import Predict, Removal, removal_mask
+from coopprune.estimators.removal import Predict, Removal, removal_mask, removal_masks
 from coopprune.estimators.surrogate_based import SurrogateEstimator
 from coopprune.game import Game
 from coopprune.sampling import StrataPlan
@@ -101,6 +101,11 @@ def default_budget(n_players: int, k: int) -> int:
     75 / 120 / 150 / 180 at k = 3 / 6 / 9 / 12, a third of EvoPress's tokens or less, and under
     SLEB's ~k L at k >= 6."""
     return initial_design(n_players, k) + round(n_players * k / 3)
+
+
+def evaluated_sets(game: Game) -> set[tuple[int, ...]]:
+    """The removal sets ``game`` already knows (this run's or its store's): never paid for twice."""
+    return {tuple(np.flatnonzero(~m).tolist()) for m in game.known()[0]}
 
 
 def strata_around(k: int, n_movable: int) -> list[int]:
@@ -223,8 +228,8 @@ class GameSearch(SurrogateEstimator):
                 break
             if self.screen_share is not None:
                 picked = self._screened(game, picked, rng)
-            predicted = target.inverse(ensemble.predict(np.stack([removal_mask(n, s) for s in picked])))
-            real = game.value_function(np.stack([removal_mask(n, s) for s in picked]))
+            predicted = target.inverse(ensemble.predict(removal_masks(n, picked)))
+            real = game.value_function(removal_masks(n, picked))
             proposals += list(zip(predicted.tolist(), real.tolist()))
             new_best, new_utility = self._best_known(game, removal)
             stale = 0 if new_utility > best_utility + 1e-12 else stale + 1
@@ -287,7 +292,7 @@ class GameSearch(SurrogateEstimator):
         top = self._ranked(screen, removal)[: self.confirm]
         if not top:
             return []
-        real = full.value_function(np.stack([removal_mask(full.n_players, st) for st, _ in top]))
+        real = full.value_function(removal_masks(full.n_players, (st for st, _ in top)))
         return [{"removed": list(st), "screen": u, "full": float(r)} for (st, u), r in zip(top, real)]
 
     def _refine(self, full: Game, screen: Game, removal: Removal, seed: int, room: float) -> list[dict[str, Any]]:
@@ -302,7 +307,7 @@ class GameSearch(SurrogateEstimator):
         width = self.refine * self.screen_factor
         steps: list[dict[str, Any]] = []
         while room >= width * screen.pass_cost + self.refine * full.pass_cost - 1e-9:
-            on_full = {tuple(np.flatnonzero(~m).tolist()) for m in full.known()[0]}
+            on_full = evaluated_sets(full)
             fresh = [st for st in removal.swaps(best) if st not in on_full]
             if not fresh:
                 break
@@ -312,12 +317,12 @@ class GameSearch(SurrogateEstimator):
             take: list[tuple[int, ...]] = []
             if unknown:
                 ensemble, _ = self._fit(screen, seed + 0x3EF + len(steps))
-                scores = ensemble.predict(np.stack([removal_mask(full.n_players, st) for st in unknown]))
+                scores = ensemble.predict(removal_masks(full.n_players, unknown))
                 take = [unknown[i] for i in np.argsort(-scores, kind="stable")[:width]]
-                utilities = screen.value_function(np.stack([removal_mask(full.n_players, st) for st in take]))
+                utilities = screen.value_function(removal_masks(full.n_players, take))
                 screened |= dict(zip(take, utilities.tolist()))
             picked = sorted((st for st in fresh if st in screened), key=lambda st: (-screened[st], st))[: self.refine]
-            real = full.value_function(np.stack([removal_mask(full.n_players, st) for st in picked]))
+            real = full.value_function(removal_masks(full.n_players, picked))
             room -= full.cost - spent
             top = int(np.argmax(real))
             moved = bool(real[top] > best_utility + 1e-12)
@@ -338,7 +343,7 @@ class GameSearch(SurrogateEstimator):
         wanted = min(wanted, budget - self.per_round)  # always leave room for one round
         known = len(game.known()[0])
         if self.singles:  # measured even when a sweep stands in for the rest (paid for as they go)
-            singles = np.stack([removal_mask(game.n_players, (i,)) for i in removal.movable])
+            singles = removal_masks(game.n_players, ((i,) for i in removal.movable))
             game.value_function(singles[:wanted])
         missing = wanted - len(game.known()[0])
         if missing > 0:
@@ -349,7 +354,7 @@ class GameSearch(SurrogateEstimator):
             else:
                 rng = np.random.default_rng([seed, 0x1C])
                 sets = {removal.scaled(s / k).random(rng) for s in strata for _ in range(math.ceil(missing / len(strata)))}
-                plan = np.stack([removal_mask(game.n_players, s) for s in sorted(sets)])
+                plan = removal_masks(game.n_players, sorted(sets))
             seen = {m.tobytes() for m in game.known()[0]}
             plan = plan[[m.tobytes() not in seen for m in plan]]
             game.value_function(plan[np.random.default_rng([seed, 0x1D]).permutation(len(plan))[:missing]])
@@ -385,12 +390,12 @@ class GameSearch(SurrogateEstimator):
                 or (k - 1) * self.greedy_width * game.pass_cost > room):
             return None
         n = game.n_players
-        single = game.value_function(np.stack([removal_mask(n, (i,)) for i in removal.movable]))  # known: free
+        single = game.value_function(removal_masks(n, ((i,) for i in removal.movable)))  # known: free
         order = [removal.movable[i] for i in np.argsort(-single, kind="stable")]
         removed = [order[0]]
         while len(removed) < k:
             options = [i for i in order if i not in removed][: self.greedy_width]
-            values = game.value_function(np.stack([removal_mask(n, removed + [i]) for i in options]))
+            values = game.value_function(removal_masks(n, (removed + [i] for i in options)))
             removed.append(options[int(np.argmax(values))])
         return sorted(int(i) for i in removed)
 
@@ -439,11 +444,11 @@ class GameSearch(SurrogateEstimator):
         if self.trust is not None and elites:  # a surrogate is trusted only near real evaluations
             pool = {s for s in pool if min(len(set(s) - set(e)) for e in elites) <= self.trust}
         pool |= seeds
-        seen = {tuple(np.flatnonzero(~m).tolist()) for m in game.known()[0]}
+        seen = evaluated_sets(game)
         fresh = sorted(s for s in pool if s not in seen and removal.valid(s))
         if not fresh:
             return []
-        scores = acquisition(np.stack([removal_mask(n, s) for s in fresh]))
+        scores = acquisition(removal_masks(n, fresh))
         take = self.per_round * (self.screen_factor if self.screen_share is not None else 1)
         return [fresh[i] for i in np.argsort(-scores, kind="stable")[:take]]
 
@@ -453,5 +458,5 @@ class GameSearch(SurrogateEstimator):
         if size >= game.n_windows or len(candidates) <= self.per_round:
             return candidates[: self.per_round]
         screen = game.screen(sorted(int(i) for i in rng.choice(game.n_windows, size=size, replace=False)))
-        scores = screen.value_function(np.stack([removal_mask(game.n_players, s) for s in candidates]))
+        scores = screen.value_function(removal_masks(game.n_players, candidates))
         return [candidates[i] for i in np.argsort(-scores, kind="stable")[: self.per_round]]

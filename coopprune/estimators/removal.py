@@ -19,6 +19,12 @@ def removal_mask(n_players: int, removed: Iterable[int]) -> np.ndarray:
     return mask
 
 
+def removal_masks(n_players: int, sets: Iterable[Iterable[int]]) -> np.ndarray:
+    """One coalition row per removal set: the batch a game or a surrogate evaluates."""
+    rows = [removal_mask(n_players, s) for s in sets]
+    return np.stack(rows) if rows else np.ones((0, n_players), dtype=bool)
+
+
 def level_switch(parent: tuple[int, ...], movable: list[int], rng: np.random.Generator, max_mutations: int = 3) -> tuple[int, ...]:
     """min(U{1..m}, U{1..m}) swaps of a removed and a kept block (biased toward one swap)."""
     removed = set(parent)
@@ -118,7 +124,7 @@ class Removal:
                        and self.cost(removed) + self.costs[i] <= self.max_cost + 1e-9]
             if not options:
                 return tuple(sorted(removed))
-            scores = predict(np.stack([removal_mask(self.n_players, removed + [i]) for i in options]))
+            scores = predict(removal_masks(self.n_players, (removed + [i] for i in options)))
             removed.append(options[int(np.argmax(scores))])
 
     def by_values(self, values: np.ndarray) -> tuple[int, ...]:
@@ -133,7 +139,7 @@ class Removal:
             options = self.swaps(current)
             if not options:
                 return current
-            values = score(np.stack([removal_mask(self.n_players, o) for o in options]))
+            values = score(removal_masks(self.n_players, options))
             top = int(np.argmax(values))
             if values[top] <= best + 1e-12:
                 return current

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from coopprune.estimators.base import Contributions, register
-from coopprune.estimators.removal import Predict, Removal, removal_mask
+from coopprune.estimators.removal import Predict, Removal, removal_masks
 from coopprune.estimators.semivalue import Semivalue
 from coopprune.game import Game
 from coopprune.select import select_layers
@@ -38,7 +38,7 @@ def search_removals(
     pool = {tuple(sorted(s)) for s in starts}
     pool |= {Removal.of_size(n_players, movable, len(s)).local_search(predict, s) for s in list(pool)}
     sets = sorted(pool)
-    scores = predict(np.stack([removal_mask(n_players, s) for s in sets]))
+    scores = predict(removal_masks(n_players, sets))
     return sorted(zip(sets, scores.tolist()), key=lambda item: (-item[1], item[0]))
 
 
@@ -66,7 +66,7 @@ class SemivalueSearch(Semivalue):
         starts += [tuple(int(i) for i in rng.choice(movable, size=k, replace=False)) for _ in range(self.restarts)]
         found = search_removals(self.surrogate.predict, n, movable, starts)
         chosen = [s for s, _ in found if s != ranked][: max(self.verify - 1, 0)] + [ranked]
-        real = game.value_function(np.stack([removal_mask(n, s) for s in chosen]))
+        real = game.value_function(removal_masks(n, chosen))
         best = int(np.argmax(real))  # ties: the first, i.e. the higher predicted utility
         predicted = dict(found)
         result.removal = sorted(chosen[best])
