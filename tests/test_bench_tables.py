@@ -23,3 +23,8 @@ def test_a_partial_run_replaces_its_cells_and_keeps_the_others():
         ("base", 0), ("evopress", 3), ("sleb", 3), ("evopress-64", 9), ("sleb", 9), ("random (mean of 3)", 3)]
     assert next(r for r in rows if r["method"] == "evopress" and r["k"] == 3)["ppl128"] == 38.0
     assert curves == {"sleb/3": [1], "evopress/3": [3]}
+
+
+def test_the_calibration_note_names_the_depths_evopress_ran_at_on_64_windows():
+    assert "EvoPress was not" in quality.evopress_64_runs([row("evopress", 3, 39.0)])
+    assert "EvoPress at k = 3, 9 " in quality.evopress_64_runs([row("evopress-64", 9, 95.0), row("evopress-64", 3, 39.0)])
