@@ -65,7 +65,8 @@ def run_shard(evaluator: MaskEvaluator, dataset: MaskDataset, shard: int, progre
     manifest = dataset.manifest
     ids = dict(shard_ids(manifest))[shard]
     todo = [i for i in ids if not dataset.has(i)]
-    masks = np.array([bits_to_mask(manifest.plan[i]) for i in todo], dtype=bool).reshape(len(todo), -1)
+    # every row written but the seal missing (killed between the two): nothing to evaluate, seal it
+    masks = np.array([bits_to_mask(manifest.plan[i]) for i in todo], dtype=bool).reshape(len(todo), evaluator.n_players)
 
     def persist(j: int, result: MaskResult) -> None:
         dataset.append(result_row(todo[j], masks[j], result, manifest.identity, manifest.seed, shard))

@@ -140,3 +140,17 @@ def test_nan_losses_are_kept_flagged_and_aligned(tmp_path):
         uses_nan_layer = row["mask"][2]
         assert row["finite"] is (not uses_nan_layer)
         assert math.isnan(row["utility"]) is uses_nan_layer
+
+
+def test_a_shard_killed_between_its_last_row_and_its_seal_is_sealed_on_resume(tmp_path, monkeypatch):
+    from coopprune.sweep import run_shard
+
+    evaluator, manifest = build()
+    dataset = MaskDataset.create_or_resume(tmp_path / "d", manifest)
+    monkeypatch.setattr(MaskDataset, "seal", lambda self, shard: None)  # the kill, after the last row
+    run_shard(evaluator, dataset, 0, progress=False)
+    monkeypatch.undo()
+    rows = len(MaskDataset.open(tmp_path / "d"))
+    resumed = MaskDataset.create_or_resume(tmp_path / "d", manifest)
+    run_shard(evaluator, resumed, 0, progress=False)  # nothing left to evaluate: only the seal
+    assert resumed.is_sealed(0) and len(MaskDataset.open(tmp_path / "d")) == rows > 0
