@@ -103,6 +103,11 @@ class Windows:
     def length(self) -> int:
         return int(self.input_ids.shape[1])
 
+    def subset(self, rows: list[int]) -> Windows:
+        """Some of the windows, fingerprinted as what they are (a screen's own calibration set)."""
+        ids = self.input_ids[rows]
+        return Windows(ids, _fingerprint(ids))
+
 
 def _tokenize_stream(tokenizer: PreTrainedTokenizerBase, docs: list[str], needed: int | None) -> list[int]:
     sep = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []

@@ -17,7 +17,7 @@ Cost is counted two ways: ``evaluations`` (real evaluations on the full calibrat
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -171,6 +171,7 @@ class LayerGame(Game):
         protected: Sequence[int] = (),
         store: MaskDataset | None = None,
         progress: bool = False,
+        screen_stores: Mapping[tuple[int, ...], MaskDataset] | None = None,
     ) -> None:
         super().__init__(evaluator.n_players, protected)
         spec = utility_spec(utility)
@@ -183,6 +184,7 @@ class LayerGame(Game):
         self._utility = spec.fn
         self.progress = progress
         self.store = store
+        self.screen_stores = dict(screen_stores or {})
         if store is not None:
             identity = store.manifest.identity
             if identity.utility != self.utility_id or identity.n_layers != evaluator.n_players:
@@ -202,9 +204,13 @@ class LayerGame(Game):
         return len(self.evaluator.windows)
 
     def screen(self, rows: Sequence[int]) -> Game:
-        """Screen evaluations are kept in memory only: they are a different game (other windows)."""
+        """The game on ``rows`` only: a different game (other windows), so its evaluations go to
+        the store ``screen_stores`` holds for those rows (e.g. a Stage-1 sweep run there), or
+        stay in memory where it holds none."""
         rows = self._screen_rows(rows)
-        return self._as_screen(LayerGame(self.evaluator.subset(rows), self.utility_name, self.protected), rows)
+        store = self.screen_stores.get(tuple(rows))
+        return self._as_screen(LayerGame(self.evaluator.subset(rows), self.utility_name, self.protected, store,
+                                         self.progress), rows)
 
     def _evaluate(self, masks: np.ndarray) -> None:
         full = self.evaluator.full_loss

@@ -14,7 +14,7 @@ import torch
 from coopprune.atomic import atomic_dir, write_csv, write_json
 from coopprune.calibration import Windows, calibration_windows, evaluation_windows, load_texts, text_fingerprint
 from coopprune.config import GameParams, Params
-from coopprune.dataset import Manifest, MaskDataset
+from coopprune.dataset import Identity, Manifest, MaskDataset
 from coopprune.engine import MaskEvaluator
 from coopprune.errors import CoopPruneError
 from coopprune.estimators import ESTIMATORS, get_estimator
@@ -70,14 +70,17 @@ class PruneRequest:
     params: Params
     out_dir: Path
     masks: Path | None = None  # a mask dataset of the same model and calibration to reuse and extend
+    screen_masks: Path | None = None  # one on the method's screen windows (a sweep run there), reused and extended
+    create_masks: bool = False  # ``masks`` is this search's own cache: started empty where absent or of another game
     overwrite: bool = False
     decision_only: bool = False  # contributions report + decision.json, no checkpoint (two DVC stages)
     progress: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "out_dir", Path(self.out_dir))
-        if self.masks is not None:
-            object.__setattr__(self, "masks", Path(self.masks))
+        for name in ("masks", "screen_masks"):
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, Path(getattr(self, name)))
 
 
 def build_evaluator(loaded: LoadedModel, windows: torch.Tensor, batch_size: int, game: GameParams,
@@ -95,7 +98,10 @@ def prune(request: PruneRequest) -> PruneResult:
 
     ``prune.iterative``: layers removed per round (the game is re-run on the pruned model between
     rounds). ``masks``: a mask dataset of the same model and calibration (e.g. the sweep's) whose
-    evaluations are reused and extended. ``decision_only``: write the contributions report and
+    evaluations are reused and extended; ``screen_masks``: one on the windows a lower-fidelity
+    method searches on (``Estimator.screen_windows``), reused and extended by its screen (a
+    ``masks`` dataset on those windows, as ``coopprune sweep`` writes under a fidelity, is taken as
+    one). ``decision_only``: write the contributions report and
     ``decision.json`` to ``out_dir`` instead of a checkpoint (``apply_decision`` prunes later:
     the two DVC stages). Every argument is checked before weights are read.
     """
@@ -106,7 +112,7 @@ def prune(request: PruneRequest) -> PruneResult:
     if sublayers and p.iterative is not None:
         raise CoopPruneError("iterative pruning works on layer players; use one shot with --players sublayers")
     n_layers, architecture = model_depth(m.source, m.revision, m.trust_remote_code, with_architecture=True)
-    estimator = get_estimator(p.method, **estimator_options(r, n_layers))
+    estimator = get_estimator(p.method, **estimator_options(request.params, n_layers))
     if sublayers:
         check_sublayers(architecture)
     k = removal_count(n_layers, p.remove, p.ratio)
@@ -117,19 +123,35 @@ def prune(request: PruneRequest) -> PruneResult:
         raise CoopPruneError(f"--iterative takes a number of layers per round in [1, {k}], got {p.iterative}")
     budget = p.budget
     estimator.check(2 * n_layers if sublayers else n_layers, p.iterative or k, budget, c.n_windows)
-    store = MaskDataset.open(r.masks) if r.masks is not None else None
+    store = MaskDataset.open(r.masks) if r.masks is not None and not r.create_masks else None  # else: after loading
+    screen_store = MaskDataset.open(r.screen_masks) if r.screen_masks is not None else None
+    estimator_seed = request.params.sampling.seed
+    screen_rows = estimator.screen_windows(c.n_windows, estimator_seed)
+    if screen_store is not None and (screen_rows is None or sublayers):
+        raise CoopPruneError(f"method '{p.method}' does not search on a share of the windows here: "
+                             f"the screen mask dataset {r.screen_masks} is of no use to it")
     docs = load_texts(c.source)
     if not docs:
         raise CoopPruneError(f"calibration text is empty: {c.source}")
 
     loaded = load_model(m.source, m.revision, m.trust_remote_code, m.dtype, m.device)
     windows = calibration_windows(loaded.tokenizer, docs, c.n_windows, c.window, c.seed)
+    if (store is not None and screen_store is None and screen_rows is not None and not sublayers
+            and store.manifest.identity.calibration_fingerprint == windows.subset(screen_rows).fingerprint):
+        store, screen_store = None, store  # `coopprune sweep` under a fidelity ran there: the screen's store
     if store is not None:
         check_store(store, loaded.fingerprint, windows.fingerprint)
+    screens = {}
+    if screen_store is not None:
+        assert screen_rows is not None
+        check_store(screen_store, loaded.fingerprint, windows.subset(screen_rows).fingerprint)
+        screens = {tuple(screen_rows): screen_store}
     evaluator = build_evaluator(loaded, windows.input_ids, c.batch_size, game_params, sublayers)
     protected_players = [2 * i + h for i in prot for h in (0, 1)] if sublayers else list(prot)
-    game = LayerGame(evaluator, game_params.utility, protected=protected_players, store=store, progress=r.progress)
-    estimator_seed = request.params.sampling.seed
+    if r.masks is not None and store is None:
+        store = empty_store(r.masks, evaluator, loaded.fingerprint, windows.fingerprint, game_params)
+    game = LayerGame(evaluator, game_params.utility, protected=protected_players, store=store, progress=r.progress,
+                     screen_stores=screens)
     names = game.player_names
     params_before = count_parameters(loaded.model)
     extra_scores: dict[str, Any] = {}
@@ -164,7 +186,8 @@ def prune(request: PruneRequest) -> PruneResult:
         "budget": budget,
         "iterative": p.iterative,
         "masks": str(r.masks) if r.masks is not None else None,
-        "estimator_options": {key: str(v) for key, v in estimator_options(r, n_layers).items()},
+        "screen_masks": str(r.screen_masks) if r.screen_masks is not None else None,
+        "estimator_options": {key: str(v) for key, v in estimator_options(request.params, n_layers).items()},
     }
     surrogate = getattr(estimator, "surrogate", None)
     if r.decision_only:
@@ -227,23 +250,50 @@ def apply_decision(
     return PruneResult(out, removed, None, decision["scores"]["evaluations"])
 
 
-def estimator_options(request: PruneRequest, n_layers: int) -> dict[str, Any]:
+def estimator_options(params: Params, n_layers: int) -> dict[str, Any]:
     """Constructor options of the configured method: surrogate settings for the surrogate methods,
     free resamples off for the reference estimators with ``bootstrap: 0``, then ``prune.options``."""
     import inspect
 
     from coopprune.estimators.surrogate_based import SurrogateEstimator
 
-    cls, p, s = ESTIMATORS[request.params.prune.method], request.params.prune, request.params.sampling
+    cls, p, s = ESTIMATORS[params.prune.method], params.prune, params.sampling
     options: dict[str, Any] = {}
     if issubclass(cls, SurrogateEstimator):
         ratios = s.remove_ratios if s.remove is None else [r / n_layers for r in s.remove]
-        options = {"surrogate": SurrogateConfig(**request.params.surrogate.model_dump()),
+        options = {"surrogate": SurrogateConfig(**params.surrogate.model_dump()),
                    "remove_ratios": tuple(ratios) if ratios is not None else PAPER_REMOVE_RATIOS,
                    "bootstrap": p.bootstrap}
     elif p.bootstrap == 0 and "bootstrap" in inspect.signature(cls.__init__).parameters:
         options = {"bootstrap": 0}  # else 200 free resamples of what shapiq evaluated
     return {**options, **p.method_options}
+
+
+def screen_windows(params: Params, n_layers: int) -> list[int] | None:
+    """The calibration windows the configured method searches on before confirming on all of them
+    (its lower fidelity), or None: where a Stage-1 sweep is of use to it."""
+    if params.prune.players != "layers":
+        return None
+    estimator = get_estimator(params.prune.method, **estimator_options(params, n_layers))
+    return estimator.screen_windows(params.calibration.n_windows, params.sampling.seed)
+
+
+def empty_store(path: Path, evaluator: MaskEvaluator, model_fingerprint: str, calibration_fingerprint: str,
+                game: GameParams) -> MaskDataset:
+    """A mask dataset with nothing planned, for the evaluations a search makes on these windows:
+    resumed where one of the same identity is there, replaced where one of another game is (a
+    cache of what this output folder ran before, never a user's sweep)."""
+    import dataclasses
+    import shutil
+
+    identity = Identity(model_fingerprint, calibration_fingerprint, game.utility + evaluator.objective.id_suffix,
+                        evaluator.n_players, evaluator.full_loss)
+    if (path / "manifest.json").is_file():
+        store = MaskDataset.open(path)
+        if dataclasses.replace(store.manifest.identity, full_loss=identity.full_loss) == identity:  # full loss: derived
+            return store
+        shutil.rmtree(path)
+    return MaskDataset.create_or_resume(path, Manifest(identity=identity))
 
 
 def check_store(store: MaskDataset, model_fingerprint: str, calibration_fingerprint: str) -> None:
@@ -293,6 +343,9 @@ def sweep_setup(params: Params) -> SweepSetup:
     c = params.calibration
     windows = load_calibration(loaded, c.source, c.n_windows, c.window, c.seed)
     evaluator = build_evaluator(loaded, windows.input_ids, c.batch_size, params.game)
+    rows = screen_windows(params, n_layers)
+    if rows is not None:  # the method searches on these first: there the sweep stands in for its first evaluations
+        windows, evaluator = windows.subset(rows), evaluator.subset(rows)
     manifest = plan_manifest(
         evaluator, plan, loaded.fingerprint, windows.fingerprint,
         params.game.utility + evaluator.objective.id_suffix, params.sampling.shard_size
@@ -326,14 +379,14 @@ def evaluate_shard(params: Params, shard: int, out_dir: str | Path | None = None
     return len(dataset) - before
 
 
-def search_store(params: Params, sweep: MaskDataset) -> MaskDataset:
-    """``<output_dir>/search``: the sweep's evaluations plus every one the method makes, each
+def search_store(params: Params, sweep: MaskDataset, name: str = "search") -> MaskDataset:
+    """``<output_dir>/<name>``: the sweep's evaluations plus every one the method makes, each
     written as it is made (a killed search resumes without repeating one). The sweep itself is
     never extended, so its DVC output stays what the sweep stage wrote; a search store of another
     sweep (the sweep changed) is replaced by a fresh copy."""
     import shutil
 
-    dest = Path(params.output_dir) / "search"
+    dest = Path(params.output_dir) / name
     if (dest / "manifest.json").is_file():
         store = MaskDataset.open(dest)
         if store.manifest.to_json() == sweep.manifest.to_json() and len(store) >= len(sweep):
@@ -441,13 +494,21 @@ def prune_from_params(
 ) -> PruneResult:
     """``prune`` as configured in params, reusing (and extending) the sweep's mask dataset;
     ``decision_only`` writes ``<output_dir>/contributions`` for ``apply_decision`` instead.
-    Methods whose budget is a sweep's size get the sweep's unless ``prune.budget`` says."""
-    dataset = search_store(params, dataset or merge_sweep(masks_dir(params)))
+    Methods whose budget is a sweep's size get the sweep's unless ``prune.budget`` says. For a
+    method that searches on a share of the windows first, the sweep ran there (``sweep_setup``):
+    its copy is the screen's store, and the evaluations on every window get ``<output_dir>/search``."""
+    sweep = dataset or merge_sweep(masks_dir(params))
+    if screen_windows(params, sweep.manifest.identity.n_layers) is None:
+        stores: dict[str, Any] = {"masks": search_store(params, sweep).path}
+        (Path(params.output_dir) / "search-screen").mkdir(parents=True, exist_ok=True)  # a DVC output either way
+    else:
+        stores = {"masks": Path(params.output_dir) / "search", "create_masks": True,
+                  "screen_masks": search_store(params, sweep, "search-screen").path}
     out = Path(params.output_dir) / ("contributions" if decision_only else "pruned")
     prune_params = params.prune
     if prune_params.budget is None and ESTIMATORS[prune_params.method].budget_is_sweep:
-        prune_params = prune_params.model_copy(update={"budget": len(dataset.manifest.plan)})
-    return prune(PruneRequest(params.model_copy(update={"prune": prune_params}), out, masks=dataset.path,
+        prune_params = prune_params.model_copy(update={"budget": len(sweep.manifest.plan)})
+    return prune(PruneRequest(params.model_copy(update={"prune": prune_params}), out, **stores,
                               overwrite=True, progress=progress, decision_only=decision_only))
 
 

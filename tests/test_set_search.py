@@ -221,6 +221,57 @@ def test_game_search_at_a_lower_fidelity_end_to_end(tiny_checkpoint, text_file, 
     assert search["chosen_real"] >= max(c["full"] for c in search["fidelity"]["confirmed"])
 
 
+def test_under_a_fidelity_the_sweep_runs_on_the_screen_windows_and_stands_in_for_the_design(
+        tiny_checkpoint, text_file, tmp_path):
+    """With ``fidelity`` in params the Stage-1 sweep runs on the search's screen windows (a
+    fraction of a pass a mask); its copy is the screen's store, so the design pays for none of
+    its masks again and every screen evaluation persists; the evaluations on every window go to
+    ``search``. Run again, the search finds everything it wants already paid for."""
+    import json
+
+    from coopprune import pipeline
+    from coopprune.config import Params
+    from coopprune.dataset import MaskDataset
+
+    params = Params.from_dict({
+        "model": {"source": str(tiny_checkpoint)},
+        "calibration": {"source": str(text_file), "n_windows": 8, "window": 24},
+        "game": {"utility": "kl"},
+        "sampling": {"remove": [1, 2, 3], "per_stratum": 3, "shard_size": 4},
+        "surrogate": {"epochs": 200},
+        "prune": {"remove": 2, "bootstrap": 0, "budget": 24,
+                  "options": {"game-search": {"per_round": 4, "fidelity": 0.25, "confirm": 3, "refine": 2}}},
+        "output_dir": str(tmp_path / "run"),
+    })
+    rows = pipeline.screen_windows(params, 6)
+    sweep = pipeline.sweep(params, progress=False)
+    assert rows is not None and len(rows) == 2
+    loaded = pipeline.load_base(params)
+    windows = pipeline.load_calibration(loaded, str(text_file), 8, 24, 0)
+    assert sweep.manifest.identity.calibration_fingerprint == windows.subset(rows).fingerprint != windows.fingerprint
+
+    result = pipeline.prune_from_params(params, progress=False)
+    search = json.loads((tmp_path / "run" / "pruned" / "pruning.json").read_text())["scores"]["rounds"][0]["search"]
+    screen, full = MaskDataset.open(tmp_path / "run" / "search-screen"), MaskDataset.open(tmp_path / "run" / "search")
+    assert len(MaskDataset.open(sweep.path)) == 9  # the sweep itself is never extended
+    assert search["passes_before"] == 9 and len(screen) > 9  # the sweep stood in for the design; the screen persisted
+    confirmed = len(search["fidelity"]["confirmed"]) + sum(s["evaluated"] for s in search["fidelity"]["refined"])
+    assert len(full) == result.evaluations == confirmed  # the full game counts its own passes; the screen's are cost
+
+    again = pipeline.prune_from_params(params, progress=False)  # resumed from both stores: nothing paid twice
+    full_again = MaskDataset.open(tmp_path / "run" / "search")
+    assert len(full_again) == len(full) + again.evaluations
+    assert len({tuple(r["mask"]) for r in full_again.rows()}) == len(full_again)
+    import shutil  # `coopprune prune --masks <sweep>` under the fidelity: the sweep is taken as the screen's store
+
+    shutil.copytree(sweep.path, tmp_path / "mine")
+    cli = pipeline.prune(pipeline.PruneRequest(params, tmp_path / "cli", masks=tmp_path / "mine", progress=False))
+    assert len(MaskDataset.open(tmp_path / "mine")) > 9 and cli.evaluations >= 1
+    with pytest.raises(CoopPruneError, match="of no use to it"):
+        pipeline.prune(pipeline.PruneRequest(params.model_copy(update={"prune": params.prune.model_copy(
+            update={"options": {}})}), tmp_path / "x", screen_masks=screen.path))
+
+
 def test_game_search_under_a_cost_budget_finds_the_best_set_that_fits():
     """Players of two sizes (attention and MLP halves): the best set within the cost budget."""
     from coopprune.estimators.removal import Removal

@@ -120,6 +120,12 @@ class Estimator(ABC):
         """Reject settings that cannot work, before any model is loaded (one-line error); ``n_windows``:
         the calibration windows the game will have, where known."""
 
+    def screen_windows(self, n_windows: int, seed: int) -> list[int] | None:
+        """The calibration windows this method searches on before it confirms on all of them (a
+        lower fidelity), for the seed it runs with: a Stage-1 sweep there stands in for its first
+        evaluations, one on every window mostly does not. None: it searches on every window."""
+        return None
+
     @abstractmethod
     def _estimate(self, game: Game, budget: int | None, seed: int, k: int | None) -> Contributions: ...
 

@@ -27,9 +27,10 @@ and uses it as the screen:
 4. With ``fidelity`` (a share of the windows), steps 1-3 run on that share of a larger
    calibration set, a screen pass costing its share, and the ``confirm`` best sets the search
    found are then evaluated on every window: the choice gets the tokens of the large set at about
-   the cost of the small one. Screen evaluations stay in memory (they are another game): only
-   the confirmations reach the mask store, a sweep's evaluations do not stand in for the design,
-   and a killed search repeats its screen passes. The trace is on the screen's utilities. Then,
+   the cost of the small one. The screen is another game (other windows): its evaluations go to
+   the store the game holds for those windows (the pipeline runs the Stage-1 sweep there, per
+   ``screen_windows``, so the sweep stands in for the design and a killed search repeats no
+   screen pass), else they stay in memory. The trace is on the screen's utilities. Then,
    while the budget lasts, a hill-climb on every window from the best confirmed set (per step
    ``screen_factor`` x ``refine`` neighbours one exchange away, picked by the screen's surrogate,
    are screened for real and the ``refine`` best evaluated on every window; null: off): a
@@ -279,13 +280,17 @@ class GameSearch(SurrogateEstimator):
                                  "of them (use more windows or a smaller share)")
         return size
 
-    def _search_game(self, game: Game, seed: int) -> Game:
-        """The game the search runs on: ``game`` itself, or a seeded share of its windows."""
+    def screen_windows(self, n_windows: int, seed: int) -> list[int] | None:
+        """With a ``fidelity``: the seeded share of the windows the search runs on."""
         if self.fidelity is None:
-            return game
-        size = self._screen_size(game.n_windows)
-        rows = np.random.default_rng([seed, 0xF1DE]).choice(game.n_windows, size=size, replace=False)
-        return game.screen(sorted(int(i) for i in rows))
+            return None
+        rows = np.random.default_rng([seed, 0xF1DE]).choice(n_windows, size=self._screen_size(n_windows), replace=False)
+        return sorted(int(i) for i in rows)
+
+    def _search_game(self, game: Game, seed: int) -> Game:
+        """The game the search runs on: ``game`` itself, or its screen on ``screen_windows``."""
+        rows = self.screen_windows(game.n_windows, seed)
+        return game if rows is None else game.screen(rows)
 
     def _confirm(self, full: Game, screen: Game, removal: Removal) -> list[dict[str, Any]]:
         """The ``confirm`` best sets of the lower-fidelity search, evaluated on every window."""
