@@ -72,6 +72,14 @@ class Identity:
     n_layers: int
     full_loss: float
 
+    #: Fields computed from the others (the base model's loss on the windows the fingerprints
+    #: name): two identities that differ only there hold the same game.
+    DERIVED = ("full_loss",)
+
+    def matches(self, other: Identity) -> bool:
+        """Same game, the derived fields aside (they may differ in the last float bits across machines)."""
+        return all(getattr(self, f) == getattr(other, f) for f in asdict(self) if f not in self.DERIVED)
+
 
 @dataclass
 class Manifest:
@@ -249,7 +257,7 @@ def _check_same(old: Manifest, new: Manifest, path: Path) -> None:
         ("plan", old.plan, new.plan),
         ("shard_size", old.shard_size, new.shard_size),
     ]:
-        if key == "identity.full_loss":
+        if key.removeprefix("identity.") in Identity.DERIVED:
             continue  # derived from the fingerprints already compared
         if a != b:
             raise CoopPruneError(

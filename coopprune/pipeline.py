@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -136,15 +137,16 @@ def prune(request: PruneRequest) -> PruneResult:
 
     loaded = load_model(m.source, m.revision, m.trust_remote_code, m.dtype, m.device)
     windows = calibration_windows(loaded.tokenizer, docs, c.n_windows, c.window, c.seed)
-    if (store is not None and screen_store is None and screen_rows is not None and not sublayers
-            and store.manifest.identity.calibration_fingerprint == windows.subset(screen_rows).fingerprint):
+    screen_fingerprint = windows.subset(screen_rows).fingerprint if screen_rows is not None else None
+    if (store is not None and screen_store is None and screen_fingerprint is not None and not sublayers
+            and store.manifest.identity.calibration_fingerprint == screen_fingerprint):
         store, screen_store = None, store  # `coopprune sweep` under a fidelity ran there: the screen's store
     if store is not None:
         check_store(store, loaded.fingerprint, windows.fingerprint)
     screens = {}
     if screen_store is not None:
-        assert screen_rows is not None
-        check_store(screen_store, loaded.fingerprint, windows.subset(screen_rows).fingerprint)
+        assert screen_rows is not None and screen_fingerprint is not None
+        check_store(screen_store, loaded.fingerprint, screen_fingerprint)
         screens = {tuple(screen_rows): screen_store}
     evaluator = build_evaluator(loaded, windows.input_ids, c.batch_size, game_params, sublayers)
     protected_players = [2 * i + h for i in prot for h in (0, 1)] if sublayers else list(prot)
@@ -219,8 +221,6 @@ def apply_decision(
 
     ``dtype`` must be the one the decision was made in (the base model's fingerprint is checked).
     """
-    import shutil
-
     decision_dir = Path(decision_dir)
     if not (decision_dir / DECISION_FILE).is_file():
         raise CoopPruneError(f"no {DECISION_FILE} in {decision_dir}: run the contributions step first")
@@ -283,14 +283,11 @@ def empty_store(path: Path, evaluator: MaskEvaluator, model_fingerprint: str, ca
     """A mask dataset with nothing planned, for the evaluations a search makes on these windows:
     resumed where one of the same identity is there, replaced where one of another game is (a
     cache of what this output folder ran before, never a user's sweep)."""
-    import dataclasses
-    import shutil
-
     identity = Identity(model_fingerprint, calibration_fingerprint, game.utility + evaluator.objective.id_suffix,
                         evaluator.n_players, evaluator.full_loss)
     if (path / "manifest.json").is_file():
         store = MaskDataset.open(path)
-        if dataclasses.replace(store.manifest.identity, full_loss=identity.full_loss) == identity:  # full loss: derived
+        if store.manifest.identity.matches(identity):
             return store
         shutil.rmtree(path)
     return MaskDataset.create_or_resume(path, Manifest(identity=identity))
@@ -384,8 +381,6 @@ def search_store(params: Params, sweep: MaskDataset, name: str = "search") -> Ma
     written as it is made (a killed search resumes without repeating one). The sweep itself is
     never extended, so its DVC output stays what the sweep stage wrote; a search store of another
     sweep (the sweep changed) is replaced by a fresh copy."""
-    import shutil
-
     dest = Path(params.output_dir) / name
     if (dest / "manifest.json").is_file():
         store = MaskDataset.open(dest)
@@ -661,8 +656,6 @@ def report_release(params: Params, scores: dict[str, Any]) -> dict[str, Any]:
 
 def collect_plots(out: Path, curve: list[dict[str, Any]]) -> Path:
     """``<out>/plots``: the run's figures in one folder (what ``dvc plots show`` and MLflow pick up)."""
-    import shutil
-
     from coopprune.surrogate import PLOT_FILE
 
     folder = out / "plots"

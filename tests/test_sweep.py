@@ -1,5 +1,6 @@
 """The mask-utility dataset: resume after SIGKILL, schema, corruption, NaN handling."""
 
+import dataclasses
 import json
 import math
 import signal
@@ -88,6 +89,18 @@ def test_resume_with_different_plan_is_refused(tmp_path):
     evaluator, manifest = build()
     manifest.plan = manifest.plan[:-1]
     with pytest.raises(CoopPruneError, match="different plan"):
+        MaskDataset.create_or_resume(tmp_path / "d", manifest)
+
+
+def test_a_store_is_resumed_across_a_derived_field_and_refused_across_any_other(tmp_path):
+    sweep(tmp_path / "d")
+    evaluator, manifest = build()
+    identity = manifest.identity
+    manifest.identity = dataclasses.replace(identity, full_loss=identity.full_loss + 1e-12)
+    assert MaskDataset.create_or_resume(tmp_path / "d", manifest).manifest.identity.matches(manifest.identity)
+    assert not identity.matches(dataclasses.replace(identity, utility="kl"))
+    manifest.identity = dataclasses.replace(identity, utility="kl")
+    with pytest.raises(CoopPruneError, match="different identity.utility"):
         MaskDataset.create_or_resume(tmp_path / "d", manifest)
 
 
