@@ -8,8 +8,10 @@ selection consumed and its wall time. Each method is selected once and its remov
 off for every k (bottom-k of one ranking, SLEB's greedy order, the rounds of iterative pruning);
 Gromov's angular block is chosen per k, and sublayer players at the parameter budget of k layers.
 
-Resumable: selections, perplexities and zero-shot scores are cached per cell under ``--work``
-(the surrogate methods' mask stores too), so a long sweep completes over several calls. Every
+Resumable: selections, perplexities and zero-shot scores are cached per cell under ``--work``,
+and every arm's real evaluations go to its own mask store there as they are made (EvoPress's
+checkpoint after each generation too), so a long sweep, or one EvoPress run of hours, completes
+over several calls. Every
 cell is logged to MLflow (experiment ``coopprune-quality``, one run per cell, updated in place).
 A call adds its cells to the published ``bench/results/quality.json`` (the cells it did not
 compute stay as published; ``--fresh`` writes only its own), so one arm at one k can be added
@@ -35,7 +37,7 @@ import torch
 from coopprune import pipeline
 from coopprune.atomic import write_json
 from coopprune.calibration import calibration_windows, evaluation_windows, load_texts
-from coopprune.config import Params
+from coopprune.config import GameParams, Params
 from coopprune.dataset import MaskDataset
 from coopprune.engine import MaskEvaluator
 from coopprune.estimators import ESTIMATORS, get_estimator
@@ -173,9 +175,13 @@ class Bench:
         return MaskDataset.open(dest)
 
     def game(self, label: str, arm: Arm) -> LayerGame:
-        store = self.own_store(label) if arm.sweep else None
-        return LayerGame(self.evaluator(arm.utility, arm.strategy == "sublayers", arm.n_windows), arm.utility,
-                         store=store, progress=True)
+        """Every arm's real evaluations (and a method's checkpoint, e.g. EvoPress's) persist under
+        ``stores/<label>``, so an arm killed mid-selection resumes there."""
+        evaluator = self.evaluator(arm.utility, arm.strategy == "sublayers", arm.n_windows)
+        store = self.own_store(label) if arm.sweep else pipeline.empty_store(
+            self.work / "stores" / label, evaluator, self.loaded.fingerprint,
+            self.calibration(arm.n_windows).fingerprint, GameParams(utility=arm.utility))
+        return LayerGame(evaluator, arm.utility, store=store, progress=True)
 
     def held_out(self, split: str, window: int) -> torch.Tensor:
         docs = load_texts(self.params.evaluation.text)[SPLITS[split]]

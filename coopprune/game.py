@@ -18,6 +18,7 @@ Cost is counted two ways: ``evaluations`` (real evaluations on the full calibrat
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
 
@@ -27,6 +28,7 @@ from coopprune.errors import CoopPruneError
 from coopprune.sampling import normalize_layers
 from coopprune.utility import utility_spec
 
+STATE_FOLDER = "state"  # in a mask store: methods' checkpoints (never rows; the store ignores it)
 ADHOC_SEED = -1  # ``seed`` of dataset rows evaluated on demand rather than drawn by the sweep plan
 
 
@@ -126,6 +128,11 @@ class Game:
         """The game on the model with ``removed`` (player indices) already taken out."""
         return SubGame(self, removed)
 
+    def state_path(self, name: str) -> Path | None:
+        """Where a method may checkpoint its own search state for this game (what no mask store
+        holds, e.g. where an evolutionary search stands); None: the game persists nothing."""
+        return None
+
 
 class FunctionGame(Game):
     """A game whose utility is a plain vectorized function: synthetic games, tests, examples."""
@@ -137,11 +144,16 @@ class FunctionGame(Game):
         protected: Sequence[int] = (),
         windows: int = 1,
         screen_fn: Callable[[np.ndarray, list[int]], np.ndarray] | None = None,
+        state_dir: Path | None = None,
     ) -> None:
         super().__init__(n_players, protected)
         self.fn = fn
         self._windows = windows
         self.screen_fn = screen_fn  # (masks, window rows) -> utilities on those windows; None: fn
+        self.state_dir = state_dir  # where methods checkpoint (a resumable synthetic game); None: nowhere
+
+    def state_path(self, name: str) -> Path | None:
+        return None if self.state_dir is None else Path(self.state_dir) / f"{name}.json"
 
     @property
     def n_windows(self) -> int:
@@ -202,6 +214,10 @@ class LayerGame(Game):
     @property
     def n_windows(self) -> int:
         return len(self.evaluator.windows)
+
+    def state_path(self, name: str) -> Path | None:
+        """Beside the store's rows (its identity names the model, windows and utility the state is of)."""
+        return None if self.store is None else self.store.path / STATE_FOLDER / f"{name}.json"
 
     def screen(self, rows: Sequence[int]) -> Game:
         """The game on ``rows`` only: a different game (other windows), so its evaluations go to
@@ -304,6 +320,11 @@ class SubGame(Game):
         self.evaluations += passes
         self.cost += passes
         self.parent.charge(passes)
+
+    def state_path(self, name: str) -> Path | None:
+        """The parent's, named for the players taken out (a subgame is a game of its own)."""
+        removed = [i for i in range(self.parent.n_players) if i not in set(self._index)]
+        return self.parent.state_path(f"{name}-without-{'-'.join(map(str, removed))}")
 
     def known(self) -> tuple[np.ndarray, np.ndarray]:
         """Parent evaluations that apply here: those with every removed player off."""

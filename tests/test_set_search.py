@@ -1,5 +1,6 @@
 """Set searches on synthetic games whose best k-set is known: game-search (coopprune's) and EvoPress."""
 
+import json
 from itertools import combinations
 
 import numpy as np
@@ -104,6 +105,42 @@ def test_game_search_respects_protected_players_and_budget_checks():
         get_estimator("game-search", per_rnd=8)
 
 
+def test_a_killed_evopress_resumes_at_its_generation_with_the_same_draws(tmp_path):
+    """Checkpointed after every generation: the resumed run makes the uninterrupted run's choices
+    (the same random draws from the same parent), evaluates only what was left, and counts the
+    killed run's passes."""
+    value, n = redundant_pair_game(), 10
+    evo = dict(generations=12)
+    calls = {"whole": 0, "dying": 0, "resumed": 0}
+
+    def counted(name, die_at=None):
+        def fn(masks):
+            calls[name] += 1
+            if calls[name] == die_at:
+                raise KeyboardInterrupt  # killed mid-search
+            return value(masks)
+        return fn
+
+    whole = get_estimator("evopress", **evo).estimate(FunctionGame(n, counted("whole"), windows=16), seed=0, k=3)
+    with pytest.raises(KeyboardInterrupt):
+        get_estimator("evopress", **evo).estimate(
+            FunctionGame(n, counted("dying", die_at=9), windows=16, state_dir=tmp_path), seed=0, k=3)
+    saved = json.loads((tmp_path / "evopress-k3-seed0.json").read_text())
+    done = saved["trace"][-1]["generation"]
+    assert 0 < done < 12 and [t["generation"] for t in saved["trace"]] == list(range(done + 1))
+    resumed = get_estimator("evopress", **evo).estimate(
+        FunctionGame(n, counted("resumed"), windows=16, state_dir=tmp_path), seed=0, k=3)
+    assert resumed.removal == whole.removal
+    assert [(t["removed"], t["utility"]) for t in resumed.details["trace"]] == [
+        (t["removed"], t["utility"]) for t in whole.details["trace"]]
+    assert calls["resumed"] <= 2 * (12 - done) and calls["resumed"] < calls["whole"]  # what was left, no more
+    assert resumed.passes >= whole.passes  # the killed run's passes count (and the parent, unstored here, again)
+    assert resumed.seconds >= saved["seconds"] > 0 and resumed.details["earlier_seconds"] == saved["seconds"]
+    other = get_estimator("evopress", generations=5).estimate(
+        FunctionGame(n, value, windows=16, state_dir=tmp_path), seed=0, k=3)
+    assert len(other.details["trace"]) == 6  # other settings: the checkpoint is not theirs, the search starts afresh
+
+
 def test_game_search_screens_on_a_share_of_the_windows():
     value, n = cancelling_pair_game(), 10
     game = FunctionGame(n, value, windows=10)
@@ -188,7 +225,12 @@ def test_set_searches_end_to_end_with_a_kl_store(method, tiny_checkpoint, text_f
     assert len(MaskDataset.open(store.path)) == 8 + first.evaluations - activations
     second = pipeline.prune(prune_request(tiny_checkpoint, tmp_path / "b", method, **common))
     masks, _ = MaskDataset.open(store.path).arrays()
-    assert len({m.tobytes() for m in masks}) == len(masks) == 8 + first.evaluations + second.evaluations - 2 * activations
+    if method == "evopress":  # its checkpoint beside the store: the finished search is read back, cost and all
+        assert second.evaluations == first.evaluations and second.removed_layers == first.removed_layers
+        assert (store.path / "state" / "evopress-k2-seed0.json").is_file()
+        assert len({m.tobytes() for m in masks}) == len(masks) == 8 + first.evaluations
+    else:
+        assert len({m.tobytes() for m in masks}) == len(masks) == 8 + first.evaluations + second.evaluations - 2 * activations
     assert AutoModelForCausalLM.from_pretrained(tmp_path / "a").config.num_hidden_layers == N_LAYERS - 2
 
 

@@ -21,6 +21,9 @@ from coopprune.errors import CoopPruneError
 from coopprune.game import Game
 from coopprune.select import select_layers
 
+#: ``details`` key of a resumed method: seconds its killed runs spent before this one (counted in ``seconds``).
+EARLIER_SECONDS = "earlier_seconds"
+
 
 @dataclass
 class Contributions:
@@ -97,7 +100,7 @@ class Estimator(ABC):
         result.summarize_replicates(k, game.protected_players)
         result.evaluations = game.evaluations - used
         result.passes = game.cost - cost
-        result.seconds = time.perf_counter() - start
+        result.seconds = time.perf_counter() - start + float(result.details.get(EARLIER_SECONDS, 0.0))
         return result
 
     @classmethod

@@ -18,16 +18,23 @@ step 32,768 tokens, 1/16 of it, of a 131,072-token calibration set. Ours is 10 x
 the screen is ``screen_share`` = 1/16 of the windows, at least one (1 of 10), and the final step
 uses all the windows every method is scored on (a deterministic fitness: the parent is not
 re-evaluated, a cache hit). Cost: a screen evaluation counts as its share of a pass.
+
+Resumable: where the game persists (a mask store), the search's state (parent, trace, random
+state, passes spent) is checkpointed after every generation, so a killed run resumes at the
+generation it was in, with the same random draws (the same set) and its earlier passes counted.
 """
 
 from __future__ import annotations
 
+import time
 from math import comb
+from typing import Any
 
 import numpy as np
 
+from coopprune.atomic import write_json
 from coopprune.errors import CoopPruneError
-from coopprune.estimators.base import Contributions, Estimator, register
+from coopprune.estimators.base import EARLIER_SECONDS, Contributions, Estimator, register
 from coopprune.estimators.removal import level_switch, removal_masks
 from coopprune.game import Game
 
@@ -76,19 +83,41 @@ class EvoPress(Estimator):
         movable = [i for i in range(n) if i not in set(game.protected_players)]
         if not 1 <= k < len(movable):
             raise CoopPruneError(f"evopress needs 1 <= k < {len(movable)} removable players, got k={k}")
-        rng, cost0 = np.random.default_rng([seed, 0xE7D]), game.cost
+        rng, cost0, used0 = np.random.default_rng([seed, 0xE7D]), game.cost, game.evaluations
+        started, earlier_seconds = time.perf_counter(), 0.0
         generations = generations_rule(k, len(movable)) if self.generations is None else self.generations
 
         def fitness(g: Game, sets: list[tuple[int, ...]]) -> np.ndarray:
             return g.value_function(removal_masks(n, sets))
 
-        starts = [tuple(sorted(int(i) for i in rng.choice(movable, size=k, replace=False))) for _ in range(self.initial)]
-        scores = fitness(self._screen(game, rng), starts)
-        parent = starts[int(np.argmax(scores))]
-        parent_utility = float(fitness(game, [parent])[0])
-        trace = [{"generation": 0, "passes": game.cost - cost0, "removed": list(parent), "utility": parent_utility}]
+        settings = {"k": k, "seed": seed, "generations": generations, "offspring": self.offspring, "initial": self.initial,
+                    "survivors": self.survivors, "max_mutations": self.max_mutations, "screen_share": self.screen_share,
+                    "movable": movable}
+        checkpoint = game.state_path(f"evopress-k{k}-seed{seed}")
+        saved = _load_state(checkpoint, settings)
+        if saved is not None:  # a killed run: where it stood after its last finished generation
+            rng.bit_generator.state = saved["rng"]
+            parent, parent_utility, trace = tuple(saved["parent"]), float(saved["parent_utility"]), saved["trace"]
+            game.evaluations += saved["evaluations"]
+            game.spend(saved["passes"])
+            earlier_seconds = float(saved["seconds"])
+        else:
+            starts = [tuple(sorted(int(i) for i in rng.choice(movable, size=k, replace=False))) for _ in range(self.initial)]
+            scores = fitness(self._screen(game, rng), starts)
+            parent = starts[int(np.argmax(scores))]
+            parent_utility = float(fitness(game, [parent])[0])
+            trace = [{"generation": 0, "passes": game.cost - cost0, "removed": list(parent), "utility": parent_utility}]
+
+        def save() -> None:
+            if checkpoint is not None:
+                write_json(checkpoint, {"settings": settings, "parent": list(parent), "parent_utility": parent_utility,
+                                        "trace": trace, "rng": rng.bit_generator.state,
+                                        "passes": game.cost - cost0, "evaluations": game.evaluations - used0,
+                                        "seconds": earlier_seconds + time.perf_counter() - started})
+
+        save()
         space = comb(len(movable), k)
-        for generation in range(1, generations + 1):
+        for generation in range(trace[-1]["generation"] + 1, generations + 1):
             children: list[tuple[int, ...]] = []
             wanted, attempts = min(self.offspring, space - 1), 0
             while len(children) < wanted and attempts < 100 * self.offspring:
@@ -105,11 +134,22 @@ class EvoPress(Estimator):
             top = int(np.argmax(real))  # ties: a child first, as their sort keeps offspring order
             parent, parent_utility = finalists[top], float(real[top])
             trace.append({"generation": generation, "passes": game.cost - cost0, "removed": list(parent), "utility": parent_utility})
+            save()
         values = np.full(n, 1.0)
         values[list(game.protected_players)] = 2.0
         values[list(parent)] = 0.0
         details = {"generations": generations, "offspring": self.offspring, "initial": self.initial,
                    "survivors": self.survivors, "screen_windows": max(1, round(self.screen_share * game.n_windows)),
-                   "chosen_real": parent_utility, "trace": trace}
+                   "chosen_real": parent_utility, "trace": trace, EARLIER_SECONDS: earlier_seconds}
         return self._result(values, removal=sorted(parent), details=details)
 
+
+
+def _load_state(path: Any, settings: dict[str, Any]) -> dict[str, Any] | None:
+    """The checkpoint at ``path`` if it is of a search with these settings (else it is started afresh)."""
+    import json
+
+    if path is None or not path.is_file():
+        return None
+    state = json.loads(path.read_text())
+    return state if state.get("settings") == settings else None
