@@ -529,8 +529,8 @@ def evopress_64_runs(rows: list[dict[str, Any]]) -> str:
     """Which depths the EvoPress-on-64-windows peer has run at (an hour or more a depth on this CPU)."""
     ks = sorted(r["k"] for r in rows if r["method"] == "evopress-64")
     if not ks:
-        return "EvoPress was not (evopress-64: one to two and a half hours a k here)"
-    return f"EvoPress at k = {', '.join(map(str, ks))} (evopress-64; one to two and a half hours a k here)"
+        return "EvoPress was not (evopress-64: 40 minutes to over an hour a k here)"
+    return f"EvoPress at k = {', '.join(map(str, ks))} (evopress-64; 40 minutes to over an hour a k here)"
 
 
 def write_tables(rows: list[dict[str, Any]], results: Path = RESULTS, curves: dict[str, Any] | None = None) -> None:
@@ -607,7 +607,12 @@ def carry_published(
     published: dict[str, Any], rows: list[dict[str, Any]], curves: dict[str, Any],
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """The published table with this call's cells in place of theirs: a run of some arms at some k
-    (hours each on a CPU, and a fresh checkout has no cell cache) adds to the table, never shrinks it."""
+    (hours each on a CPU, and a fresh checkout has no cell cache) adds to the table, never shrinks it.
+    A fresh cell of the same model (removed set) keeps the published measurements it did not
+    repeat (e.g. the base model's zero-shot scores under ``--stages ppl``)."""
+    earlier = {(r["method"], r["k"]): r for r in published.get("rows", [])}
+    rows = [{**old, **r} if (old := earlier.get((r["method"], r["k"]))) and old.get("removed") == r.get("removed") else r
+            for r in rows]
     fresh = {(r["method"], r["k"]) for r in rows}
     order = {m: i for i, m in enumerate(METHODS)}
 

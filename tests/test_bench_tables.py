@@ -25,6 +25,15 @@ def test_a_partial_run_replaces_its_cells_and_keeps_the_others():
     assert curves == {"sleb/3": [1], "evopress/3": [3]}
 
 
+def test_a_fresh_cell_of_the_same_model_keeps_what_it_did_not_measure_again():
+    base = {**row("base", 0, 30.0), "removed": [], "zero_shot_mean": 0.43}
+    moved = {**row("sleb", 3, 40.0), "removed": [1, 2, 3], "zero_shot_mean": 0.40}
+    rows, _ = quality.carry_published({"rows": [base, moved]}, [
+        {**row("base", 0, 31.0), "removed": []}, {**row("sleb", 3, 41.0), "removed": [1, 2, 4]}], {})
+    assert rows[0] == {**base, "ppl128": 31.0}  # the base model's zero-shot is still its own
+    assert "zero_shot_mean" not in rows[1]  # another set: another model, nothing carried
+
+
 def test_the_calibration_note_names_the_depths_evopress_ran_at_on_64_windows():
     assert "EvoPress was not" in quality.evopress_64_runs([row("evopress", 3, 39.0)])
     assert "EvoPress at k = 3, 9 " in quality.evopress_64_runs([row("evopress-64", 9, 95.0), row("evopress-64", 3, 39.0)])
