@@ -279,6 +279,12 @@ class SubGame(Game):
         return getattr(self.parent, name)
 
     @property
+    def removed(self) -> list[int]:
+        """The parent's players taken out (every one not in this game)."""
+        kept = set(self._index)
+        return [i for i in range(self.parent.n_players) if i not in kept]
+
+    @property
     def layers(self) -> list[int]:
         parent_layers = self.parent.layers
         return [parent_layers[i] for i in self._index]
@@ -311,8 +317,7 @@ class SubGame(Game):
 
     def screen(self, rows: Sequence[int]) -> Game:
         """The parent's screen, minus the same removed players (its parent pays the parent)."""
-        removed = [i for i in range(self.parent.n_players) if i not in set(self._index)]
-        screened = SubGame(self.parent.screen(rows), removed)
+        screened = SubGame(self.parent.screen(rows), self.removed)
         screened.payer = self
         return screened
 
@@ -323,12 +328,10 @@ class SubGame(Game):
 
     def state_path(self, name: str) -> Path | None:
         """The parent's, named for the players taken out (a subgame is a game of its own)."""
-        removed = [i for i in range(self.parent.n_players) if i not in set(self._index)]
-        return self.parent.state_path(f"{name}-without-{'-'.join(map(str, removed))}")
+        return self.parent.state_path(f"{name}-without-{'-'.join(map(str, self.removed))}")
 
     def known(self) -> tuple[np.ndarray, np.ndarray]:
         """Parent evaluations that apply here: those with every removed player off."""
         masks, values = self.parent.known()
-        removed = np.setdiff1d(np.arange(self.parent.n_players), self._index)
-        applies = ~masks[:, removed].any(axis=1)
+        applies = ~masks[:, self.removed].any(axis=1)
         return masks[applies][:, self._index], values[applies]

@@ -26,8 +26,10 @@ generation it was in, with the same random draws (the same set) and its earlier 
 
 from __future__ import annotations
 
+import json
 import time
 from math import comb
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -144,11 +146,8 @@ class EvoPress(Estimator):
         return self._result(values, removal=sorted(parent), details=details)
 
 
-
-def _load_state(path: Any, settings: dict[str, Any]) -> dict[str, Any] | None:
+def _load_state(path: Path | None, settings: dict[str, Any]) -> dict[str, Any] | None:
     """The checkpoint at ``path`` if it is of a search with these settings (else it is started afresh)."""
-    import json
-
     if path is None or not path.is_file():
         return None
     state = json.loads(path.read_text())
