@@ -37,3 +37,16 @@ def test_a_fresh_cell_of_the_same_model_keeps_what_it_did_not_measure_again():
 def test_the_calibration_note_names_the_depths_evopress_ran_at_on_64_windows():
     assert "EvoPress was not" in quality.evopress_64_runs([row("evopress", 3, 39.0)])
     assert "EvoPress at k = 3, 9 " in quality.evopress_64_runs([row("evopress-64", 9, 95.0), row("evopress-64", 3, 39.0)])
+
+
+def test_the_targets_compare_an_arm_with_the_peers_on_its_own_calibration_windows():
+    def cell(method, n_windows, ppl, passes, tokens):
+        return {**row(method, 9, ppl), "ppl512": ppl - 10, "n_windows": n_windows, "passes": passes, "tokens": tokens}
+
+    rows = [cell("game-search-64-f10", 64, 94.0, 40.0, 473e3), cell("evopress-64", 64, 94.0, 328.0, 2666e3),
+            cell("sleb-64", 64, 100.0, 234.0, 1902e3), cell("sleb", 10, 90.0, 234.0, 297e3),  # fewer windows: not its peer
+            cell("game-search", 10, 100.0, 144.0, 183e3)]
+    default = quality.targets(rows)[2]
+    assert default.startswith("| 9 | 94 | evopress-64 (94) |") and "| yes | 40.0 | 328.0 | 234.0 | yes | yes |" in default
+    previous = quality.targets(rows, arm=quality.PREVIOUS_DEFAULT)[2]
+    assert previous.startswith("| 9 | 100 | sleb (90) |") and "| no | 144.0 |  | 234.0 |  | yes |" in previous

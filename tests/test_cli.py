@@ -123,7 +123,7 @@ def bad_gguf(tmp_path):
         ("no_cuda", "no CUDA device"),
         ("unknown_device", "unknown device 'tpu'"),
         ("search_budget", "cannot buy one round"),
-        ("fidelity_all", "is all of them"),
+        ("search_windows", "search_windows must be at least 1"),
         ("unknown_option", "no option 'per_rnd'"),
         ("bad_option", "NAME=VALUE"),
     ],
@@ -152,7 +152,7 @@ def test_bad_input(case, pattern, tiny_checkpoint, text_file, tmp_path, unsuppor
         "no_cuda": prune_args(tiny_checkpoint, out, "-k", "1", "--calib", str(text_file), "--device", "cuda"),
         "unknown_device": prune_args(tiny_checkpoint, out, "-k", "1", "--calib", str(text_file), "--device", "tpu"),
         "search_budget": prune_args(tiny_checkpoint, out, "-k", "1", "--calib", str(text_file), "--budget", "3"),
-        "fidelity_all": prune_args(tiny_checkpoint, out, "-k", "1", "--calib", str(text_file), "-o", "fidelity=0.95"),
+        "search_windows": prune_args(tiny_checkpoint, out, "-k", "1", "--calib", str(text_file), "-o", "search_windows=0"),
         "unknown_option": prune_args(tiny_checkpoint, out, "-k", "1", "--calib", str(text_file), "-o", "per_rnd=3"),
         "bad_option": prune_args(tiny_checkpoint, out, "-k", "1", "--calib", str(text_file), "-o", "per_round"),
     }[case]

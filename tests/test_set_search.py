@@ -159,7 +159,7 @@ def test_game_search_at_a_lower_fidelity_confirms_its_best_sets_on_every_window(
         return value(masks) * np.exp(0.13 * ~np.asarray(masks, bool)[:, 9])
 
     game = FunctionGame(n, value, windows=10, screen_fn=screen)
-    found = get_estimator("game-search", fidelity=0.2, confirm=4, refine=None, **SEARCH).estimate(
+    found = get_estimator("game-search", search_windows=2, confirm=4, refine=None, **SEARCH).estimate(
         game, budget=40, seed=0, k=3)
     confirmed = found.details["search"]["fidelity"]["confirmed"]
     assert confirmed[0]["removed"] == [0, 2, 9] and len(confirmed) == 4  # the screen's favourite
@@ -167,16 +167,18 @@ def test_game_search_at_a_lower_fidelity_confirms_its_best_sets_on_every_window(
     assert found.details["search"]["chosen_real"] == pytest.approx(best_set(value, n, 3)[1])
     assert game.evaluations == 4  # only the confirmations ran on every window
     assert 4 < found.passes <= 40  # screen evaluations at 2/10 of a pass each
-    again = get_estimator("game-search", fidelity=0.2, confirm=4, refine=None, **SEARCH).estimate(
+    again = get_estimator("game-search", search_windows=2, confirm=4, refine=None, **SEARCH).estimate(
         FunctionGame(n, value, windows=10, screen_fn=screen), budget=40, seed=0, k=3)
     assert again.removal == found.removal and again.passes == found.passes
-    with pytest.raises(CoopPruneError, match="fidelity must be"):
-        get_estimator("game-search", fidelity=1.0)
+    with pytest.raises(CoopPruneError, match="search_windows must be"):
+        get_estimator("game-search", search_windows=0)
     with pytest.raises(CoopPruneError, match="and 8 confirmations"):
-        get_estimator("game-search", fidelity=0.5).check(n, 3, budget=10)
-    with pytest.raises(CoopPruneError, match="is all of them"):
-        get_estimator("game-search", fidelity=0.99, **SEARCH).estimate(
+        get_estimator("game-search", search_windows=5).check(n, 3, budget=10, n_windows=10)
+    get_estimator("game-search", search_windows=5).check(n, 3, budget=10, n_windows=5)  # no screen: no confirmations
+    for every in (10, None):  # as many search windows as there are windows, or null: the search runs on all of them
+        whole = get_estimator("game-search", search_windows=every, **SEARCH).estimate(
             FunctionGame(n, value, windows=10), budget=40, k=3)
+        assert whole.details["search"]["fidelity"] is None
 
 
 def test_settings_scale_with_depth_and_k():
@@ -253,7 +255,7 @@ def test_game_search_at_a_lower_fidelity_end_to_end(tiny_checkpoint, text_file, 
     store = pipeline.sweep(params, tmp_path / "masks", progress=False)
     common = dict(remove=2, calib=str(text_file), n_windows=8, window=24, utility="kl", progress=False,
                   masks=store.path, epochs=200, bootstrap=0, budget=16,
-                  options={"per_round": 4, "fidelity": 0.25, "confirm": 3})
+                  options={"per_round": 4, "search_windows": 2, "confirm": 3})
     result = pipeline.prune(prune_request(tiny_checkpoint, tmp_path / "a", "game-search", **common))
     record = json.loads((tmp_path / "a" / "pruning.json").read_text())
     assert 1 <= result.evaluations <= 3 and len(MaskDataset.open(store.path)) == 8 + result.evaluations
@@ -265,7 +267,7 @@ def test_game_search_at_a_lower_fidelity_end_to_end(tiny_checkpoint, text_file, 
 
 def test_under_a_fidelity_the_sweep_runs_on_the_screen_windows_and_stands_in_for_the_design(
         tiny_checkpoint, text_file, tmp_path):
-    """With ``fidelity`` in params the Stage-1 sweep runs on the search's screen windows (a
+    """With ``search_windows`` fewer than the windows the Stage-1 sweep runs on the search's screen windows (a
     fraction of a pass a mask); its copy is the screen's store, so the design pays for none of
     its masks again and every screen evaluation persists; the evaluations on every window go to
     ``search``. Run again, the search finds everything it wants already paid for."""
@@ -282,7 +284,7 @@ def test_under_a_fidelity_the_sweep_runs_on_the_screen_windows_and_stands_in_for
         "sampling": {"remove": [1, 2, 3], "per_stratum": 3, "shard_size": 4},
         "surrogate": {"epochs": 200},
         "prune": {"remove": 2, "bootstrap": 0, "budget": 24,
-                  "options": {"game-search": {"per_round": 4, "fidelity": 0.25, "confirm": 3, "refine": 2}}},
+                  "options": {"game-search": {"per_round": 4, "search_windows": 2, "confirm": 3, "refine": 2}}},
         "output_dir": str(tmp_path / "run"),
     })
     rows = pipeline.screen_windows(params, 6)
@@ -382,7 +384,7 @@ def test_game_search_refines_the_confirmed_set_on_every_window():
 
     def search(refine):
         game = FunctionGame(n, value, windows=10, screen_fn=screen)
-        return get_estimator("game-search", fidelity=0.2, confirm=2, refine=refine, **SEARCH).estimate(
+        return get_estimator("game-search", search_windows=2, confirm=2, refine=refine, **SEARCH).estimate(
             game, budget=40, seed=0, k=3), game
 
     plain, _ = search(None)

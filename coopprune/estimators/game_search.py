@@ -24,10 +24,11 @@ and uses it as the screen:
 3. Stop when ``budget`` real passes are spent (the initial design included; evaluations it finds,
    a sweep's, stand in for the design and count against the budget) or after ``patience`` rounds
    without a better real set.
-4. With ``fidelity`` (a share of the windows), steps 1-3 run on that share of a larger
-   calibration set, a screen pass costing its share, and the ``confirm`` best sets the search
-   found are then evaluated on every window: the choice gets the tokens of the large set at about
-   the cost of the small one. The screen is another game (other windows): its evaluations go to
+4. On a calibration set of more than ``search_windows`` windows (default 10, the paper's
+   calibration size), steps 1-3 run on a seeded ``search_windows`` of them, a screen pass costing
+   that share, and the ``confirm`` best sets the search found are then evaluated on every window:
+   the choice gets the tokens of the large set at about the cost of the small one (null: the
+   search runs on every window). The screen is another game (other windows): its evaluations go to
    the store the game holds for those windows (the pipeline runs the Stage-1 sweep there, per
    ``screen_windows``, so the sweep stands in for the design and a killed search repeats no
    screen pass), else they stay in memory. The trace is on the screen's utilities. Then,
@@ -142,19 +143,19 @@ class GameSearch(SurrogateEstimator):
         greedy_width: int | None = 4,
         trust: int | None = 2,
         base_masks: int = 20_000,
-        fidelity: float | None = None,
+        search_windows: int | None = 10,
         confirm: int = 8,
         refine: int | None = 8,
         **options: Any,
     ) -> None:
         super().__init__(base_masks=base_masks, **options)
-        if fidelity is not None and not 0 < fidelity < 1:
-            raise CoopPruneError(f"game-search: fidelity must be a share of the windows in (0, 1), got {fidelity}")
+        if search_windows is not None and search_windows < 1:
+            raise CoopPruneError(f"game-search: search_windows must be at least 1 (or null: every window), got {search_windows}")
         if confirm < 1:
             raise CoopPruneError(f"game-search: confirm must be at least 1, got {confirm}")
         if refine is not None and refine < 1:
             raise CoopPruneError(f"game-search: refine must be at least 1 (or null), got {refine}")
-        self.fidelity, self.confirm, self.refine = fidelity, confirm, refine
+        self.search_windows, self.confirm, self.refine = search_windows, confirm, refine
         for key, value in (("per_round", per_round), ("ensemble", ensemble), ("patience", patience),
                            ("elites", elites), ("screen_factor", screen_factor)):
             if value < 1:
@@ -175,22 +176,21 @@ class GameSearch(SurrogateEstimator):
         self.trust = trust
 
     def check(self, n_players: int, k: int | None, budget: int | None, n_windows: int | None = None) -> None:
-        """Fail before any model is loaded when the budget cannot buy one round or the fidelity
-        leaves nothing to confirm on."""
-        if n_windows is not None and self.fidelity is not None:
-            self._screen_size(n_windows)
+        """Fail before any model is loaded when the budget cannot buy one round (and, on a
+        screen, the confirmations)."""
         if k is None:
             return
         budget = default_budget(n_players, k) if budget is None else budget
-        if budget < self.per_round * (self.fidelity or 1) + self._reserve:
+        size = self._screen_size(n_windows)
+        share = 1.0 if size is None else size / n_windows  # type: ignore[operator]
+        if budget < self.per_round * share + self._reserve(n_windows):
             raise CoopPruneError(f"game-search: a budget of {budget} real passes cannot buy one round of "
-                                 f"{self.per_round}" + (f" and {self.confirm} confirmations" if self._reserve else "")
+                                 f"{self.per_round}" + (f" and {self.confirm} confirmations" if size else "")
                                  + " (raise --budget or lower per_round)")
 
-    @property
-    def _reserve(self) -> int:
-        """Full passes kept back for the confirmation step (a lower-fidelity search only)."""
-        return self.confirm if self.fidelity is not None else 0
+    def _reserve(self, n_windows: int | None) -> int:
+        """Full passes kept back for the confirmation step (a search on a screen only)."""
+        return self.confirm if self._screen_size(n_windows) is not None else 0
 
     def _estimate(
         self, game: Game, budget: int | None, seed: int, k: int | None,
@@ -204,10 +204,10 @@ class GameSearch(SurrogateEstimator):
         removal = (Removal.of_size(n, movable, k) if costs is None
                    else Removal(n, tuple(movable), tuple(float(c) for c in costs), float(max_cost)))  # type: ignore[arg-type]
         budget = default_budget(n, k) if budget is None else budget
-        self.check(n, k, budget)
+        self.check(n, k, budget, game.n_windows)
         rng = np.random.default_rng([seed, 0x6A3E])
         full, game = game, self._search_game(game, seed)
-        room = budget - self._reserve  # the search's share; the confirmations are paid from the rest
+        room = budget - self._reserve(full.n_windows)  # the search's share; the confirmations are paid from the rest
         cost0, full_cost0 = game.cost, full.cost
         strata = strata_around(k, len(movable))
         paid = self._initial_design(game, removal, k, strata, room, seed)  # evaluations found stand in for it
@@ -261,7 +261,7 @@ class GameSearch(SurrogateEstimator):
                 "proposals_fit": regression_metrics(true, pred),
                 "settings": {"per_round": self.per_round, "ensemble": self.ensemble, "exploration": self.exploration,
                              "patience": self.patience, "screen_share": self.screen_share,
-                             "greedy_width": self.greedy_width, "fidelity": self.fidelity, "confirm": self.confirm,
+                             "greedy_width": self.greedy_width, "search_windows": self.search_windows, "confirm": self.confirm,
                              "refine": self.refine},
             },
             "training_masks": len(masks),
@@ -271,20 +271,18 @@ class GameSearch(SurrogateEstimator):
                             replicates=self.bootstrap_values(masks, target(utilities), seed, values_of), details=details)
 
     # ------------------------------------------------------------------ steps
-    def _screen_size(self, n_windows: int) -> int:
-        """Windows the lower-fidelity search runs on: at least one, fewer than all."""
-        assert self.fidelity is not None
-        size = max(1, round(self.fidelity * n_windows))
-        if size >= n_windows:
-            raise CoopPruneError(f"game-search: a fidelity of {self.fidelity} of {n_windows} windows is all "
-                                 "of them (use more windows or a smaller share)")
-        return size
+    def _screen_size(self, n_windows: int | None) -> int | None:
+        """Windows the search runs on when they are fewer than all; None: it runs on every window."""
+        if self.search_windows is None or n_windows is None or n_windows <= self.search_windows:
+            return None
+        return self.search_windows
 
     def screen_windows(self, n_windows: int, seed: int) -> list[int] | None:
-        """With a ``fidelity``: the seeded share of the windows the search runs on."""
-        if self.fidelity is None:
+        """On more than ``search_windows`` windows: the seeded ones the search runs on."""
+        size = self._screen_size(n_windows)
+        if size is None:
             return None
-        rows = np.random.default_rng([seed, 0xF1DE]).choice(n_windows, size=self._screen_size(n_windows), replace=False)
+        rows = np.random.default_rng([seed, 0xF1DE]).choice(n_windows, size=size, replace=False)
         return sorted(int(i) for i in rows)
 
     def _search_game(self, game: Game, seed: int) -> Game:
