@@ -50,3 +50,16 @@ def test_the_targets_compare_an_arm_with_the_peers_on_its_own_calibration_window
     assert default.startswith("| 9 | 94 | evopress-64 (94) |") and "| yes | 40.0 | 328.0 | 234.0 | yes | yes |" in default
     previous = quality.targets(rows, arm=quality.PREVIOUS_DEFAULT)[2]
     assert previous.startswith("| 9 | 100 | sleb (90) |") and "| no | 144.0 |  | 234.0 |  | yes |" in previous
+
+
+def test_an_arm_that_removes_the_same_set_ties_whatever_its_last_float_digits():
+    def cell(method, ppl, removed):
+        return {**row(method, 6, ppl), "ppl512": ppl - 10, "n_windows": 64, "passes": 40.0, "tokens": 350e3,
+                "removed": removed}
+
+    same = [13, 14, 15, 16, 17, 18]
+    rows = [cell("game-search-64-f10", 55.6357, same), cell("evopress-64", 55.6356, same),
+            cell("sleb-64", 62.5, [4, 5, 14, 16, 17, 18])]
+    assert "| yes |" in quality.targets(rows)[2]
+    rows[1]["removed"] = [12, 14, 15, 16, 17, 18]  # another set a hair lower: a loss
+    assert "| no |" in quality.targets(rows)[2]
