@@ -545,14 +545,16 @@ def evopress_64_runs(rows: list[dict[str, Any]]) -> str:
 def search_series(rows: list[dict[str, Any]], curves: dict[str, Any]) -> dict[int, dict[str, tuple[list[float], list[float]]]]:
     """Per k, each search's held-out perplexity of the set it would return if stopped there, against
     the calibration tokens spent so far: a pass on 64 windows costs 6.4 on 10, so arms on either
-    calibration share one axis only in tokens (each arm's tokens per pass read from its own row)."""
-    per_pass = {(r["method"], r["k"]): r["tokens"] / r["passes"] for r in rows if r.get("passes") and r.get("tokens")}
+    calibration share one axis only in tokens (each arm's tokens per pass read from its own row).
+    A plotted arm whose trace was not kept is drawn at its end point, the one point SLEB has anyway."""
     series: dict[int, dict[str, tuple[list[float], list[float]]]] = {}
-    for key, points in curves.items():
-        label, k = key.split("/")
-        if (scale := per_pass.get((label, int(k)))) is not None:
-            series.setdefault(int(k), {})[label] = ([pt["passes"] * scale / 1e3 for pt in points],
-                                                     [pt["ppl128_test"] for pt in points])
+    for r in rows:
+        if not (r.get("passes") and r.get("tokens")) or r["method"] not in CURVE_ARMS:
+            continue
+        points = curves.get(f"{r['method']}/{r['k']}") or [{"passes": r["passes"], "ppl128_test": r["ppl128"]}]
+        scale = r["tokens"] / r["passes"]
+        series.setdefault(int(r["k"]), {})[r["method"]] = ([pt["passes"] * scale / 1e3 for pt in points],
+                                                          [pt["ppl128_test"] for pt in points])
     return dict(sorted(series.items()))
 
 
@@ -603,7 +605,7 @@ def write_tables(rows: list[dict[str, Any]], results: Path = RESULTS, curves: di
             plot_lines(series, results / f"quality_search_k{k}.png",
                        xlabel="calibration tokens evaluated (thousands)",
                        ylabel="held-out perplexity (test, 128)", title=f"SmolLM2-135M, k={k}: held-out PPL of the best calibration set so far",
-                       logy=True)
+                       logx=True, logy=True)
     # drop-last and random sit orders of magnitude above (table); the plot compares the informed methods
     methods = [m for m in dict.fromkeys(r["method"] for r in rows) if m != "base" and m != "last" and not m.startswith("random")]
     base = next(r for r in rows if r["method"] == "base")

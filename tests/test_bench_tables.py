@@ -67,8 +67,11 @@ def test_an_arm_that_removes_the_same_set_ties_whatever_its_last_float_digits():
 
 def test_search_curves_share_one_axis_in_tokens_across_calibration_sizes():
     rows = [{**row("evopress", 6, 55.0), "passes": 10.0, "tokens": 12_800.0},
-            {**row("evopress-64", 6, 55.0), "passes": 10.0, "tokens": 81_920.0}]
+            {**row("evopress-64", 6, 55.0), "passes": 10.0, "tokens": 81_920.0},
+            {**row("sleb-64", 6, 62.5), "passes": 165.0, "tokens": 1_351_680.0},  # no trace kept: its end point
+            {**row("bi", 6, 72.6), "passes": 1.0, "tokens": 1_280.0}]  # not a search: not plotted
     curves = {"evopress/6": [{"passes": 5.0, "ppl128_test": 60.0}],
               "evopress-64/6": [{"passes": 5.0, "ppl128_test": 58.0}],
               "sleb/6": [{"passes": 1.0, "ppl128_test": 70.0}]}  # no row: nothing to scale by, left out
-    assert quality.search_series(rows, curves) == {6: {"evopress": ([6.4], [60.0]), "evopress-64": ([40.96], [58.0])}}
+    assert quality.search_series(rows, curves) == {6: {"evopress": ([6.4], [60.0]), "evopress-64": ([40.96], [58.0]),
+                                                       "sleb-64": ([1351.68], [62.5])}}
