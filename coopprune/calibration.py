@@ -94,6 +94,7 @@ class Windows:
 
     input_ids: torch.Tensor
     fingerprint: str
+    groups: tuple[str, ...] | None = None  # the domain of each window, for a mixture
 
     @property
     def n_windows(self) -> int:
@@ -106,7 +107,7 @@ class Windows:
     def subset(self, rows: list[int]) -> Windows:
         """Some of the windows, fingerprinted as what they are (a screen's own calibration set)."""
         ids = self.input_ids[rows]
-        return Windows(ids, _fingerprint(ids))
+        return Windows(ids, _fingerprint(ids), None if self.groups is None else tuple(self.groups[r] for r in rows))
 
 
 def _tokenize_stream(tokenizer: PreTrainedTokenizerBase, docs: list[str], needed: int | None) -> list[int]:
@@ -168,3 +169,73 @@ def evaluation_windows(
         raise CoopPruneError(f"evaluation text too short: {len(stream)} tokens, need at least {length}")
     ids = torch.tensor(stream[: slots * length], dtype=torch.long).view(slots, length)
     return Windows(ids, _fingerprint(ids))
+
+
+def allocate(weights: list[float], n_windows: int) -> list[int]:
+    """Windows per part in proportion to the weights (largest remainder; ties to the earlier part),
+    so equal weights give equal tokens."""
+    total = sum(weights)
+    exact = [n_windows * w / total for w in weights]
+    counts = [int(x) for x in exact]
+    for i in sorted(range(len(exact)), key=lambda i: (counts[i] - exact[i], i))[: n_windows - sum(counts)]:
+        counts[i] += 1
+    return counts
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """What to calibrate on: one text source, or a weighted mixture of named domains and sources.
+
+    A mixture's windows are drawn per part (``allocate``: equal weights, equal tokens), each with
+    :func:`calibration_windows` on that part's calibration documents (a bundled domain's
+    calibration pool, never its held-out documents), and stacked part by part with each window's
+    part in ``Windows.groups``. One source is read exactly as before the mixtures existed.
+    """
+
+    parts: tuple[tuple[str, float], ...]
+    n_windows: int
+    window: int
+    seed: int
+    mixture: bool = False
+
+    @classmethod
+    def from_params(cls, params: object) -> Calibration:
+        mix = getattr(params, "mix", None)
+        parts = tuple(mix.items()) if mix else ((getattr(params, "source"), 1.0),)
+        return cls(parts, params.n_windows, params.window, params.seed, mixture=bool(mix))  # type: ignore[attr-defined]
+
+    @property
+    def label(self) -> str:
+        if not self.mixture:
+            return self.parts[0][0]
+        return "mix(" + ", ".join(f"{name}={weight:g}" for name, weight in self.parts) + ")"
+
+    def documents(self) -> list[tuple[str, list[str]]]:
+        """Every part's calibration documents, read and checked (no part may be empty): call it
+        before loading a model, so a bad source fails first."""
+        from coopprune.domains import DOMAINS
+
+        out = []
+        for name, weight in self.parts:
+            if weight == 0:
+                continue
+            docs = DOMAINS[name].texts("calibration") if self.mixture and name in DOMAINS else load_texts(name)
+            if not docs:
+                raise CoopPruneError(f"calibration text is empty: {name}")
+            out.append((name, docs))
+        return out
+
+    def windows(self, tokenizer: PreTrainedTokenizerBase,
+                documents: list[tuple[str, list[str]]] | None = None) -> Windows:
+        documents = documents if documents is not None else self.documents()
+        if not self.mixture:
+            return calibration_windows(tokenizer, documents[0][1], self.n_windows, self.window, self.seed)
+        weights = [w for _, w in self.parts if w != 0]
+        counts = allocate(weights, self.n_windows)
+        chunks, groups = [], []
+        for (name, docs), n in zip(documents, counts, strict=True):
+            if n:
+                chunks.append(calibration_windows(tokenizer, docs, n, self.window, self.seed).input_ids)
+                groups += [name] * n
+        ids = torch.cat(chunks)
+        return Windows(ids, _fingerprint(ids), tuple(groups))

@@ -36,6 +36,20 @@ def _parse_layers(text: str | None) -> list[int]:
         raise CoopPruneError(f"layers are comma-separated indices (e.g. 3,5,7), got '{text}'") from None
 
 
+def _parse_mix(text: str) -> dict[str, float]:
+    """``books=1,code=2`` (a weight of 1 where none is given) as a calibration mix."""
+    mix: dict[str, float] = {}
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        name, _, weight = part.rpartition("=") if "=" in part else (part, "", "1")
+        try:
+            mix[name.strip()] = float(weight)
+        except ValueError:
+            raise CoopPruneError(f"--mix: weight of '{name.strip()}' is not a number: {weight!r}") from None
+    return mix
+
+
 def _parse_options(items: list[str] | None) -> dict[str, object]:
     """``NAME=VALUE`` pairs; values are read as YAML scalars (8, 0.5, true, null), else kept as text."""
     import yaml
@@ -76,6 +90,9 @@ def prune(
         ),
     ] = "game-search",
     calib: Annotated[str, typer.Option("--calib", help="Calibration text: file, folder, hf:NAME:SPLIT, lambada.")] = "lambada",
+    mix: Annotated[str | None, typer.Option(help="Calibrate on a mixture instead of --calib: NAME=WEIGHT,... of bundled "
+                                            "domains (books, science, howto, code) or sources, e.g. 'books=1,code=1'.")] = None,
+    aggregate: Annotated[str, typer.Option(help="How a mixture's domains combine: mean (token mean), worst, softmax.")] = "mean",
     n_windows: Annotated[int, typer.Option(help="Calibration windows (the paper: 10); game-search searches on 10 of them and confirms on all.")] = 64,
     window: Annotated[int, typer.Option(help="Tokens per calibration window.")] = 128,
     seed: Annotated[int, typer.Option(help="Seed for every random choice.")] = 0,
@@ -101,8 +118,9 @@ def prune(
 
     params = Params.from_dict({
         "model": {"source": model, "trust_remote_code": trust_remote_code, "device": device},
-        "calibration": {"source": calib, "n_windows": n_windows, "window": window, "seed": seed},
-        "game": {"utility": utility, "protected": _parse_layers(protect) or []},
+        "calibration": {**({"mix": _parse_mix(mix)} if mix else {"source": calib}),
+                        "n_windows": n_windows, "window": window, "seed": seed},
+        "game": {"utility": utility, "protected": _parse_layers(protect) or [], "aggregate": aggregate},
         "sampling": {"seed": seed},
         "surrogate": {"recipe": surrogate, "seed": seed},
         "prune": {"method": method, "remove": remove, "ratio": ratio, "iterative": iterative, "budget": budget,
@@ -277,7 +295,7 @@ def promote(
     model_name: Annotated[str, typer.Argument(help="Registered model, e.g. SmolLM2-135M-Instruct-pruned.")],
     rule: Annotated[
         str,
-        typer.Option(help="zero_shot_mean (higher mean accuracy at equal or fewer parameters) or perplexity (lower)."),
+        typer.Option(help="zero_shot_mean (higher mean accuracy at equal or fewer parameters), perplexity (lower) or domain_mean_perplexity (lower mean over the held-out domains)."),
     ] = "zero_shot_mean",
     tracking_uri: Annotated[
         str | None,

@@ -51,12 +51,46 @@ class CalibrationParams(_Section):
     window: int = Field(128, ge=2)
     seed: int = 0
     batch_size: int = Field(10, ge=1)
+    #: a weighted mixture instead of one source: bundled domain names (coopprune.domains) or any
+    #: source ``source`` takes, each with a weight (its share of the tokens), e.g. {books: 1, code: 1}
+    mix: dict[str, float] | None = None
+
+    @model_validator(mode="after")
+    def _valid_mix(self) -> CalibrationParams:
+        if self.mix is None:
+            return self
+        from coopprune.domains import DOMAINS, calibration_domains
+
+        if "source" in self.model_fields_set:
+            raise ValueError("give either source or mix, not both")
+        if not self.mix:
+            raise ValueError("mix is empty; name at least one domain or source with a weight")
+        for name, weight in self.mix.items():
+            if not (weight >= 0 and weight != float("inf")):
+                raise ValueError(f"weight of '{name}' must be a finite number >= 0, got {weight}")
+            domain = DOMAINS.get(name)
+            if domain is not None and domain.role == "evaluation":
+                raise ValueError(f"'{name}' is a held-out evaluation domain and cannot be calibrated on "
+                                 f"(calibration domains: {', '.join(calibration_domains())})")
+            if domain is None and not (name.startswith("hf:") or Path(name).expanduser().exists()):
+                raise ValueError(f"unknown domain '{name}' (bundled: {', '.join(calibration_domains())}; "
+                                 "or a file, folder or hf:NAME:SPLIT)")
+        if sum(self.mix.values()) <= 0:
+            raise ValueError("mix weights are all zero")
+        if sum(1 for w in self.mix.values() if w > 0) > self.n_windows:
+            raise ValueError(f"{sum(1 for w in self.mix.values() if w > 0)} parts need at least as many windows; "
+                             f"n_windows is {self.n_windows}")
+        return self
 
 
 class GameParams(_Section):
     utility: Literal["kl", "ppl_ratio", "loglik_diff"] = "kl"
     protected: list[int] = []
     kl_top_k: int | None = Field(None, ge=512)  # None: exact KL where the base log-probs fit in 2 GiB, else top-1024
+    #: how a mixture's domains combine: mean = per-token mean over all windows (the mix's weights);
+    #: worst = the worst domain's mean; softmax = temperature * log sum_d share_d exp(loss_d / temperature)
+    aggregate: Literal["mean", "worst", "softmax"] = "mean"
+    temperature: float = Field(0.1, gt=0)
 
 
 class SamplingParams(_Section):
@@ -131,6 +165,20 @@ class PruneParams(_Section):
 
 class EvaluationParams(_Section):
     text: str = "boolq"
+    #: held-out perplexity per domain (their evaluation documents, never calibrated on), reported
+    #: beside ``text`` in metrics.json and MLflow; [] for none
+    domains: list[str] = []
+
+    @field_validator("domains")
+    @classmethod
+    def _known_domains(cls, value: list[str]) -> list[str]:
+        from coopprune.domains import DOMAINS
+
+        for name in value:
+            if name not in DOMAINS or DOMAINS[name].role == "calibration":
+                held = [n for n, d in DOMAINS.items() if d.role != "calibration"]
+                raise ValueError(f"'{name}' is not a held-out domain; choose from {', '.join(held)}")
+        return list(dict.fromkeys(value))
     window: int = Field(128, ge=2)
     max_windows: int | None = Field(64, ge=1)
     batch_size: int = Field(8, ge=1)
@@ -153,7 +201,7 @@ class RegistryParams(_Section):
     enabled: bool = True
     experiment: str = "coopprune"
     model_name: str | None = None  # None: "<base model name>-pruned"
-    rule: Literal["zero_shot_mean", "perplexity"] = "zero_shot_mean"
+    rule: Literal["zero_shot_mean", "perplexity", "domain_mean_perplexity"] = "zero_shot_mean"
     promote: bool = True  # try to move alias champion to the new candidate
 
 
@@ -218,6 +266,13 @@ class Params(_Section):
     flow: FlowParams = FlowParams()
     release: ReleaseParams = ReleaseParams()
     output_dir: str = "runs/default"
+
+    @model_validator(mode="after")
+    def _aggregate_needs_a_mix(self) -> Params:
+        if self.game.aggregate != "mean" and not self.calibration.mix:
+            raise ValueError(f"game.aggregate '{self.game.aggregate}' combines the domains of a calibration mix; "
+                             "set calibration.mix (or aggregate: mean)")
+        return self
 
     @classmethod
     def load(cls, path: str | Path | None = None) -> Params:

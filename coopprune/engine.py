@@ -97,7 +97,7 @@ class MaskEvaluator:
     def subset(self, rows: list[int]) -> MaskEvaluator:
         """The same model and objective on some of the windows: a cheaper, noisier screen."""
         return type(self)(self.model, self.architecture, self.windows[rows], self.batch_size,
-                          self.share_prefixes, self.objective)
+                          self.share_prefixes, self.objective.subset(rows))
 
     def references(self) -> list[object]:
         """The objective's per-batch view of the base model (its log-probabilities for KL)."""
@@ -151,11 +151,11 @@ class MaskEvaluator:
                 mask = masks[i]
                 shared = _common_prefix(previous, mask) if self.share_prefixes else 0
                 start = time.perf_counter()
-                total = 0.0
+                parts = []
                 for b, batch in enumerate(self.batches):
                     recorder.target = cache[b]
-                    total += self._run(batch, mask, shared, cache[b], references[b])
-                loss = total / self.tokens
+                    parts.append(self._run(batch, mask, shared, cache[b], references[b]))
+                loss = self.objective.combine(parts, self.tokens)
                 results[i] = MaskResult(loss=loss, tokens=self.tokens, seconds=time.perf_counter() - start)
                 previous = mask
                 if on_result is not None:
@@ -164,7 +164,7 @@ class MaskEvaluator:
 
     def _run(
         self, input_ids: torch.Tensor, mask: np.ndarray, shared: int, cache: dict[int, object], reference: object
-    ) -> float:
+    ) -> object:
         kept = np.flatnonzero(mask).tolist()
         resume = [j for j in kept if j < shared]
         todo = [j for j in kept if j >= shared]

@@ -15,8 +15,10 @@ token is ``sum / (N * (T - 1))`` for every objective.
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -55,12 +57,31 @@ class Objective(ABC):
     @abstractmethod
     def reduce(self, logits: torch.Tensor, input_ids: torch.Tensor, reference: object) -> float: ...
 
+    def reduce_rows(self, logits: torch.Tensor, input_ids: torch.Tensor, reference: object) -> torch.Tensor:
+        """The same sum, one per window ([batch]): what a per-domain aggregate needs."""
+        raise NotImplementedError(f"{type(self).__name__} has no per-window reduction")
+
+    def combine(self, parts: list, tokens: int) -> float:
+        """The mean per token from the per-batch reductions (summed in batch order)."""
+        total = 0.0
+        for part in parts:
+            total += part
+        return total / tokens
+
+    def subset(self, rows: list[int]) -> Objective:
+        """This objective on some of the windows (it holds no per-window state unless grouped)."""
+        return self
+
 
 class NextTokenNLL(Objective):
     kind = "nll"
 
     def reduce(self, logits: torch.Tensor, input_ids: torch.Tensor, reference: object) -> float:
         return float(token_nll(logits, input_ids))
+
+    def reduce_rows(self, logits: torch.Tensor, input_ids: torch.Tensor, reference: object) -> torch.Tensor:
+        logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+        return -logp.gather(-1, input_ids[:, 1:, None]).squeeze(-1).sum(-1)
 
 
 class KLToBase(Objective):
@@ -95,6 +116,66 @@ class KLToBase(Objective):
         head = (values.exp() * (values - lq)).sum()
         q_tail = (1 - lq.exp().sum(-1)).clamp(min=1e-30)
         return float(head + (tail.exp() * (tail - q_tail.log())).sum())
+
+    def reduce_rows(self, logits: torch.Tensor, input_ids: torch.Tensor, reference: object) -> torch.Tensor:
+        logq = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+        if isinstance(reference, torch.Tensor):
+            return nn.functional.kl_div(logq, reference, log_target=True, reduction="none").sum((1, 2))
+        return self._top_k_terms(logq, reference).sum(-1)
+
+    @staticmethod
+    def _top_k_terms(logq: torch.Tensor, reference: object) -> torch.Tensor:
+        """KL per position [batch, T - 1] between the distributions coarsened to top K + tail."""
+        values, index, tail = reference  # type: ignore[misc]
+        lq = logq.gather(-1, index.long())
+        head = (values.exp() * (values - lq)).sum(-1)
+        q_tail = (1 - lq.exp().sum(-1)).clamp(min=1e-30)
+        return head + tail.exp() * (tail - q_tail.log())
+
+
+class DomainAggregate(Objective):
+    """An objective's per-domain means combined into one loss: the worst domain, or a soft maximum
+    ``temperature * log sum_d share_d * exp(loss_d / temperature)`` (shares: the domains' windows),
+    which moves from the token mean (large temperature) to the worst domain (small). A mixture
+    whose domains differ in how easily they break is then scored on the one it breaks most."""
+
+    def __init__(self, inner: Objective, groups: tuple[str, ...], aggregate: str, temperature: float = 0.1) -> None:
+        if aggregate not in ("worst", "softmax"):
+            raise CoopPruneError(f"unknown domain aggregate '{aggregate}'; use worst or softmax")
+        self.inner, self.groups, self.aggregate, self.temperature = inner, tuple(groups), aggregate, temperature
+        self.kind, self.needs_reference = inner.kind, inner.needs_reference
+        self._index = {name: np.array([g == name for g in self.groups]) for name in dict.fromkeys(self.groups)}
+
+    @property
+    def id_suffix(self) -> str:
+        how = "worst" if self.aggregate == "worst" else f"softmax{self.temperature:g}"
+        return f"{self.inner.id_suffix}@{how}"
+
+    def reference(self, logits: torch.Tensor) -> object:
+        return self.inner.reference(logits)
+
+    def reduce(self, logits: torch.Tensor, input_ids: torch.Tensor, reference: object) -> np.ndarray:  # type: ignore[override]
+        return self.inner.reduce_rows(logits, input_ids, reference).double().cpu().numpy()
+
+    def combine(self, parts: list, tokens: int) -> float:
+        rows = np.concatenate(parts)
+        per_window = tokens / len(rows)
+        means = np.array([rows[i].sum() / (i.sum() * per_window) for i in self._index.values()])
+        if not np.all(np.isfinite(means)):
+            return math.inf
+        if self.aggregate == "worst":
+            return float(means.max())
+        shares = np.array([i.mean() for i in self._index.values()])
+        top = means.max()
+        return float(top + self.temperature * math.log(np.sum(shares * np.exp((means - top) / self.temperature))))
+
+    def subset(self, rows: list[int]) -> Objective:
+        return DomainAggregate(self.inner, tuple(self.groups[r] for r in rows), self.aggregate, self.temperature)
+
+    def per_domain(self, parts: list, tokens: int) -> dict[str, float]:
+        rows = np.concatenate(parts)
+        per_window = tokens / len(rows)
+        return {name: float(rows[i].sum() / (i.sum() * per_window)) for name, i in self._index.items()}
 
 
 def objective_for(kind: str, n_tokens: int = 0, vocab: int = 0, top_k: int | None = None) -> Objective:

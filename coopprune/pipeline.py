@@ -13,9 +13,10 @@ import numpy as np
 import torch
 
 from coopprune.atomic import atomic_dir, write_csv, write_json
-from coopprune.calibration import Windows, calibration_windows, evaluation_windows, load_texts, text_fingerprint
+from coopprune.calibration import Calibration, Windows, evaluation_windows, load_texts, text_fingerprint
 from coopprune.config import GameParams, Params
 from coopprune.dataset import Identity, Manifest, MaskDataset
+from coopprune.domains import evaluation_texts
 from coopprune.engine import MaskEvaluator
 from coopprune.errors import CoopPruneError
 from coopprune.estimators import ESTIMATORS, get_estimator
@@ -24,7 +25,7 @@ from coopprune.game import LayerGame
 from coopprune.models import LoadedModel, load_model
 from coopprune.models.architectures import architecture_for
 from coopprune.models.loading import load_config, model_fingerprint
-from coopprune.objective import objective_for
+from coopprune.objective import DomainAggregate, objective_for
 from coopprune.prune import check_output_dir, count_parameters, make_record, prune_layers, save_pruned
 from coopprune.report import write_report
 from coopprune.sampling import PAPER_REMOVE_RATIOS, StrataPlan, normalize_layers, removal_count
@@ -43,11 +44,6 @@ def model_depth(source: str, revision: str | None = None, trust_remote_code: boo
     return (depth, arch) if with_architecture else depth
 
 
-def load_calibration(loaded: LoadedModel, source: str, n_windows: int, window: int, seed: int) -> Windows:
-    docs = load_texts(source)
-    if not docs:
-        raise CoopPruneError(f"calibration text is empty: {source}")
-    return calibration_windows(loaded.tokenizer, docs, n_windows, window, seed)
 
 
 @dataclass
@@ -84,14 +80,20 @@ class PruneRequest:
                 object.__setattr__(self, name, Path(getattr(self, name)))
 
 
-def build_evaluator(loaded: LoadedModel, windows: torch.Tensor, batch_size: int, game: GameParams,
+def build_evaluator(loaded: LoadedModel, windows: Windows, batch_size: int, game: GameParams,
                     sublayers: bool = False) -> MaskEvaluator:
-    """The engine on these windows, reducing logits to what the game's utility needs."""
+    """The engine on these windows, reducing logits to what the game's utility needs (per domain
+    first, where ``game.aggregate`` combines a mixture's domains)."""
+    ids = windows.input_ids
     vocab = int(loaded.model.get_output_embeddings().weight.shape[0])
-    tokens = int(windows.shape[0] * (windows.shape[1] - 1))
+    tokens = int(ids.shape[0] * (ids.shape[1] - 1))
     objective = objective_for(utility_spec(game.utility).objective, tokens, vocab, game.kl_top_k)
+    if game.aggregate != "mean":
+        if windows.groups is None:
+            raise CoopPruneError(f"game.aggregate '{game.aggregate}' needs a calibration mix")
+        objective = DomainAggregate(objective, windows.groups, game.aggregate, game.temperature)
     return (SublayerEvaluator if sublayers else MaskEvaluator)(
-        loaded.model, loaded.architecture, windows, batch_size, objective=objective)
+        loaded.model, loaded.architecture, ids, batch_size, objective=objective)
 
 
 def prune(request: PruneRequest) -> PruneResult:
@@ -131,12 +133,11 @@ def prune(request: PruneRequest) -> PruneResult:
     if screen_store is not None and (screen_rows is None or sublayers):
         raise CoopPruneError(f"method '{p.method}' does not search on a share of the windows here: "
                              f"the screen mask dataset {r.screen_masks} is of no use to it")
-    docs = load_texts(c.source)
-    if not docs:
-        raise CoopPruneError(f"calibration text is empty: {c.source}")
+    calibration = Calibration.from_params(c)
+    docs = calibration.documents()  # a bad source fails before the weights are read
 
     loaded = load_model(m.source, m.revision, m.trust_remote_code, m.dtype, m.device)
-    windows = calibration_windows(loaded.tokenizer, docs, c.n_windows, c.window, c.seed)
+    windows = calibration.windows(loaded.tokenizer, docs)
     screen_fingerprint = windows.subset(screen_rows).fingerprint if screen_rows is not None else None
     if (store is not None and screen_store is None and screen_fingerprint is not None and not sublayers
             and store.manifest.identity.calibration_fingerprint == screen_fingerprint):
@@ -148,7 +149,7 @@ def prune(request: PruneRequest) -> PruneResult:
         assert screen_rows is not None and screen_fingerprint is not None
         check_store(screen_store, loaded.fingerprint, screen_fingerprint)
         screens = {tuple(screen_rows): screen_store}
-    evaluator = build_evaluator(loaded, windows.input_ids, c.batch_size, game_params, sublayers)
+    evaluator = build_evaluator(loaded, windows, c.batch_size, game_params, sublayers)
     protected_players = [2 * i + h for i in prot for h in (0, 1)] if sublayers else list(prot)
     if r.masks is not None and store is None:
         store = empty_store(r.masks, evaluator, loaded.fingerprint, windows.fingerprint, game_params)
@@ -180,8 +181,8 @@ def prune(request: PruneRequest) -> PruneResult:
         "rounds": [{"players": rnd.players, "removed": rnd.removed, **rnd.contributions.to_json()} for rnd in selection.rounds],
     }
     run_params = {
-        "calibration": {"source": c.source, "n_windows": c.n_windows, "window": c.window, "seed": c.seed,
-                        "fingerprint": windows.fingerprint},
+        "calibration": {"source": calibration.label, "n_windows": c.n_windows, "window": c.window, "seed": c.seed,
+                        "fingerprint": windows.fingerprint, **({"mix": dict(c.mix)} if c.mix else {})},
         "utility": game.utility_id,
         "players": p.players,
         "protected": list(prot),
@@ -338,8 +339,8 @@ def sweep_setup(params: Params) -> SweepSetup:
     )
     loaded = load_base(params)
     c = params.calibration
-    windows = load_calibration(loaded, c.source, c.n_windows, c.window, c.seed)
-    evaluator = build_evaluator(loaded, windows.input_ids, c.batch_size, params.game)
+    windows = Calibration.from_params(c).windows(loaded.tokenizer)
+    evaluator = build_evaluator(loaded, windows, c.batch_size, params.game)
     rows = screen_windows(params, n_layers)
     if rows is not None:  # the method searches on these first: there the sweep stands in for its first evaluations
         windows, evaluator = windows.subset(rows), evaluator.subset(rows)
@@ -428,14 +429,25 @@ def prepare_data(params: Params) -> dict[str, Any]:
     n_layers, architecture = model_depth(
         params.model.source, params.model.revision, params.model.trust_remote_code, with_architecture=True
     )
-    texts = {}
-    for role, source in (("calibration", params.calibration.source), ("evaluation", params.evaluation.text)):
-        docs = load_texts(source)
-        if not docs:
-            raise CoopPruneError(f"{role} text is empty: {source}")
-        texts[role] = {"source": source, "documents": len(docs), "fingerprint": text_fingerprint(docs)}
+    calibration = Calibration.from_params(params.calibration)
+    parts = calibration.documents()
+    calibration_docs = [doc for _, docs in parts for doc in docs]
+    evaluation_docs = load_texts(params.evaluation.text)
+    if not evaluation_docs:
+        raise CoopPruneError(f"evaluation text is empty: {params.evaluation.text}")
+    texts = {
+        "calibration": {"source": calibration.label, "documents": len(calibration_docs),
+                        "fingerprint": text_fingerprint(calibration_docs)},
+        "evaluation": {"source": params.evaluation.text, "documents": len(evaluation_docs),
+                       "fingerprint": text_fingerprint(evaluation_docs)},
+    }
     if texts["calibration"]["fingerprint"] == texts["evaluation"]["fingerprint"]:
         raise CoopPruneError("calibration and evaluation text are the same: perplexity would not be held out")
+    held_out = set(evaluation_docs).union(*(evaluation_texts(d) for d in params.evaluation.domains))
+    shared = sum(1 for doc in calibration_docs if doc in held_out)
+    if shared:
+        raise CoopPruneError(f"{shared} calibration documents are also held-out evaluation documents: "
+                             "calibration and evaluation text must be disjoint")
     if params.benchmark.tasks:
         from coopprune.fetch import benchmark_dir
 
@@ -458,6 +470,10 @@ def benchmark(params: Params, checkpoint: str | Path, out_file: str | Path | Non
             return cached
     ppl = held_out_perplexity(loaded, load_texts(e.text), e.window, e.max_windows, e.batch_size, progress=False)
     result: dict[str, Any] = {"checkpoint": str(checkpoint), "key": key, "perplexity": asdict(ppl)}
+    if e.domains:  # the held-out suite: each domain's evaluation documents, never calibrated on
+        result["domains"] = {
+            d: held_out_perplexity(loaded, evaluation_texts(d), e.window, e.max_windows, e.batch_size, False).perplexity
+            for d in e.domains}
     if b.tasks:
         scores = zero_shot(loaded.model, loaded.tokenizer, b.tasks, b.limit, b.seed, b.batch_size)  # temp work dir
         result["zero_shot"] = scores.to_dict()
@@ -685,6 +701,10 @@ def score_metrics(scores: dict[str, Any]) -> dict[str, Any]:
     metrics: dict[str, Any] = {}
     for label, s in scores.items():
         metrics[f"{label}_perplexity"] = s["perplexity"]["perplexity"]
+        if s.get("domains"):
+            for domain, value in s["domains"].items():
+                metrics[f"{label}_perplexity_{domain}"] = value
+            metrics[f"{label}_domain_mean_perplexity"] = float(np.mean(list(s["domains"].values())))
         if "zero_shot" in s:
             metrics[f"{label}_zero_shot_mean"] = s["zero_shot"]["mean"]
             metrics[f"{label}_parameters"] = s["parameters"]

@@ -176,14 +176,30 @@ def select_items(n_total: int, limit: int | None, seed: int, task: str) -> list[
 
     Seeded per task (so tasks do not share a pattern) and nested: for one seed, the items of a
     smaller limit are contained in those of a larger one. ``None`` or a limit above the split size
-    means every row.
+    means every row but the task's :func:`reserved_items` (kept for calibration).
     """
     if limit is not None and limit < 1:
         raise CoopPruneError(f"limit must be at least 1 (or None for every item), got {limit}")
-    if limit is None or limit >= n_total:
-        return list(range(n_total))
+    reserved = set(reserved_items(task, n_total))
+    if limit is None or limit >= n_total - len(reserved):
+        return [i for i in range(n_total) if i not in reserved]
     rng = np.random.default_rng([seed, zlib.crc32(task.encode())])
-    return sorted(int(i) for i in rng.permutation(n_total)[:limit])
+    return sorted([int(i) for i in rng.permutation(n_total) if int(i) not in reserved][:limit])
+
+
+#: Share of a task's items that no zero-shot evaluation ever draws: they are calibration text
+#: (HellaSwag contexts are the how-to domain of ``coopprune.domains``).
+RESERVED_SHARE = {"hellaswag": 0.25}
+
+
+def reserved_items(task: str, n_total: int) -> list[int]:
+    """The items kept for calibration: the tail of the seed-0 permutation, so the seed-0 subsets
+    evaluated before the reservation existed (any limit up to the rest) are unchanged."""
+    n_reserved = int(n_total * RESERVED_SHARE.get(task, 0.0))
+    if n_reserved == 0:
+        return []
+    order = np.random.default_rng([0, zlib.crc32(task.encode())]).permutation(n_total)
+    return sorted(int(i) for i in order[n_total - n_reserved :])
 
 
 def _load_split(data_dir: Path, name: str):

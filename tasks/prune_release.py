@@ -142,6 +142,9 @@ def publish(params: Params, summary: dict[str, Any], label: str = "pruned") -> d
     version = registry.register_pruned(run_id, model_path, name, {
         registry.ZERO_SHOT_MEAN: metrics.get(f"{label}_zero_shot_mean"),
         registry.PERPLEXITY: metrics.get(f"{label}_perplexity"),
+        registry.DOMAIN_MEAN_PERPLEXITY: metrics.get(f"{label}_domain_mean_perplexity"),
+        **{key.removeprefix(f"{label}_"): value for key, value in metrics.items()
+           if key.startswith(f"{label}_perplexity_")},  # each held-out domain's, on the version page
         registry.BASE_MODEL: tags["base_model"],  # the real name, not pruning.json's "default"
         "release_fingerprint": tags["release_fingerprint"],
         "mask_dataset_dvc_md5": tags["mask_dataset_dvc_md5"],

@@ -42,6 +42,7 @@ METHOD = "method"
 PARAMETERS = "parameters"
 ZERO_SHOT_MEAN = "zero_shot_mean"
 PERPLEXITY = "perplexity"
+DOMAIN_MEAN_PERPLEXITY = "domain_mean_perplexity"  # mean held-out perplexity over the evaluation domains
 
 _MAX_PARAM = 6000  # MLflow's limits on one param / tag value and on one log_batch call
 _MAX_TAG = 8000
@@ -529,6 +530,7 @@ class Rule:
 RULES: dict[str, Rule] = {
     "zero_shot_mean": Rule(ZERO_SHOT_MEAN, higher_is_better=True, no_larger=True),
     "perplexity": Rule(PERPLEXITY, higher_is_better=False, no_larger=False),
+    "domain_mean_perplexity": Rule(DOMAIN_MEAN_PERPLEXITY, higher_is_better=False, no_larger=False),
 }
 
 
@@ -538,7 +540,8 @@ def promote(
     """Move alias ``champion`` to the ``candidate`` version only if it beats the current champion.
 
     Rules: ``zero_shot_mean`` (default) = higher mean zero-shot accuracy at equal or fewer parameters;
-    ``perplexity`` = lower held-out perplexity. A first candidate (no champion) is promoted; a
+    ``perplexity`` = lower held-out perplexity; ``domain_mean_perplexity`` = lower mean held-out
+    perplexity over the evaluation domains (``evaluation.domains``). A first candidate (no champion) is promoted; a
     candidate without the rule's tag is not. The decision is written as ``promotion.*`` tags on the
     candidate version and as a run in ``experiment`` (the history, since tags are overwritten).
     """

@@ -42,7 +42,7 @@ def repo(tmp_path, tiny_checkpoint, text_file) -> tuple[Path, dict[str, str]]:
     params["sampling"] = {"remove": [1, 2, 3], "per_stratum": 4, "shard_size": 4, "seed": 0}
     params["surrogate"]["epochs"] = 50
     params["prune"].update(remove=2, bootstrap=0)
-    params["evaluation"].update(text=str(write_text(tmp_path / "eval.jsonl", 40)), window=16, max_windows=8)
+    params["evaluation"].update(text=str(write_text(tmp_path / "eval.jsonl", 40)), window=16, max_windows=8, domains=[])
     params["benchmark"] = {"tasks": [], "speed": False}
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     return repo, env

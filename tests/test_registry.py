@@ -271,3 +271,14 @@ def test_promote_cli(uri, pruned, monkeypatch):
     result = cli("promote", "Missing-pruned")
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [f"error: no registered model 'Missing-pruned' at {uri}"]
+
+
+def test_promotion_by_the_mean_held_out_domain_perplexity(uri, pruned):
+    name = "Tiny-pruned"
+    publish(uri, pruned, name, zero_shot=0.40, ppl=20.0, domain_mean_perplexity=30.0, perplexity_news=25.0)
+    assert registry.promote(name, "domain_mean_perplexity", tracking=uri).promoted
+    publish(uri, pruned, name, zero_shot=0.50, ppl=10.0, domain_mean_perplexity=31.0)  # better on one text only
+    decision = registry.promote(name, "domain_mean_perplexity", tracking=uri)
+    assert not decision.promoted and "domain_mean_perplexity 31 is not lower than champion v1's 30" in decision.reason
+    tags = MlflowClient(tracking_uri=uri, registry_uri=uri).get_model_version(name, "1").tags
+    assert tags["perplexity_news"] == "25.0"

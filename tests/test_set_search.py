@@ -6,6 +6,7 @@ from itertools import combinations
 import numpy as np
 import pytest
 
+from coopprune.calibration import Calibration
 from coopprune.errors import CoopPruneError
 from coopprune.estimators import get_estimator
 from coopprune.estimators.evopress import generations_rule
@@ -291,7 +292,7 @@ def test_under_a_fidelity_the_sweep_runs_on_the_screen_windows_and_stands_in_for
     sweep = pipeline.sweep(params, progress=False)
     assert rows is not None and len(rows) == 2
     loaded = pipeline.load_base(params)
-    windows = pipeline.load_calibration(loaded, str(text_file), 8, 24, 0)
+    windows = Calibration.from_params(params.calibration).windows(loaded.tokenizer)
     assert sweep.manifest.identity.calibration_fingerprint == windows.subset(rows).fingerprint != windows.fingerprint
 
     result = pipeline.prune_from_params(params, progress=False)

@@ -1,15 +1,18 @@
 """Zero-shot lm-eval tasks on fake data in the real folder layout, with a tiny model, offline."""
 
 import json
+import zlib
 from pathlib import Path
 
 import datasets
+import numpy as np
 import pytest
 import torch
 
 from coopprune.errors import CoopPruneError
 from coopprune.fetch import HF_DATASETS, MARKER, benchmark_dir
-from coopprune.zeroshot import TASKS, build_configs, check_tasks, lm_eval_tasks, select_items, zero_shot
+from coopprune import zeroshot
+from coopprune.zeroshot import TASKS, build_configs, check_tasks, lm_eval_tasks, reserved_items, select_items, zero_shot
 from tiny import tiny_model, tiny_tokenizer
 
 N_ROWS = 12
@@ -97,7 +100,8 @@ def test_every_task_scores_with_its_headline_metric(data, model_and_tokenizer, t
     assert "mean" in result.summary()
 
 
-def test_specs_build_valid_requests_whose_target_is_the_right_answer(data, tmp_path):
+def test_specs_build_valid_requests_whose_target_is_the_right_answer(data, tmp_path, monkeypatch):
+    monkeypatch.setattr(zeroshot, "RESERVED_SHARE", {})  # every row of the fake splits (the reservation: below)
     subsets = build_configs(None, None, 0, tmp_path)
     loaded = lm_eval_tasks(subsets.configs)["tasks"]
     assert set(loaded) == set(TASKS)
@@ -173,3 +177,14 @@ def test_cli_writes_json_and_rejects_unknown_tasks(data, tiny_checkpoint, tmp_pa
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert proc.returncode == 2 and errors == ["error: unknown zero-shot task 'nope'; choose from: " + ", ".join(TASKS)]
     assert "Traceback" not in proc.stderr and not (tmp_path / "x.json").exists()
+
+
+def test_items_kept_for_calibration_are_never_evaluated_and_old_subsets_are_unchanged():
+    reserved = set(reserved_items("hellaswag", 1000))
+    assert len(reserved) == 250 and reserved_items("piqa", 1000) == []
+    for seed in (0, 1):
+        for limit in (10, 200, 750, None):
+            assert not reserved & set(select_items(1000, limit, seed, "hellaswag"))
+    # seed 0: the items evaluated before the reservation existed (the permutation's head) stay the same
+    head = np.random.default_rng([0, zlib.crc32(b"hellaswag")]).permutation(1000)[:200]
+    assert select_items(1000, 200, 0, "hellaswag") == sorted(int(i) for i in head)
