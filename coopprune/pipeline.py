@@ -443,11 +443,11 @@ def prepare_data(params: Params) -> dict[str, Any]:
     }
     if texts["calibration"]["fingerprint"] == texts["evaluation"]["fingerprint"]:
         raise CoopPruneError("calibration and evaluation text are the same: perplexity would not be held out")
-    held_out = set(evaluation_docs).union(*(evaluation_texts(d) for d in params.evaluation.domains))
+    held_out = set().union(*(evaluation_texts(d) for d in params.evaluation.domains))
     shared = sum(1 for doc in calibration_docs if doc in held_out)
     if shared:
-        raise CoopPruneError(f"{shared} calibration documents are also held-out evaluation documents: "
-                             "calibration and evaluation text must be disjoint")
+        raise CoopPruneError(f"{shared} calibration documents are also documents of the held-out domains "
+                             f"({', '.join(params.evaluation.domains)}): they must be disjoint")
     if params.benchmark.tasks:
         from coopprune.fetch import benchmark_dir
 
