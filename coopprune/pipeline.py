@@ -608,7 +608,8 @@ def export_release(params: Params, checkpoint: str | Path | None = None) -> dict
     When the base model was a GGUF (the bundled default included) and the checkpoint is the pruned
     one, that file is pruned directly, keeping the quantization users serve; otherwise the
     checkpoint is exported in ``export.dtype``."""
-    from coopprune.gguf_export import base_gguf, export_gguf, prune_gguf, record_facts
+    from coopprune.fetch import base_gguf
+    from coopprune.gguf_export import export_gguf, prune_gguf, record_facts
     from coopprune.heal import HEALING_FILE
 
     pruned = Path(checkpoint) if checkpoint else Path(params.output_dir) / "pruned"
@@ -625,7 +626,7 @@ def export_release(params: Params, checkpoint: str | Path | None = None) -> dict
     else:
         name = Path(str(record.get("base_model", "model")).rstrip("/")).name or "model"
         if name == "default":
-            from coopprune.fetch import DEFAULT_MODEL_NAME as name
+            from coopprune.naming import DEFAULT_MODEL_NAME as name
         label = "healed" if healed else "pruned"
         dst = export_gguf(pruned, folder / f"{name}-{label}.{params.export.dtype}.gguf", dtype=params.export.dtype,
                           vocab_from=base_gguf(pruned), overwrite=True)

@@ -73,7 +73,7 @@ def test_a_damaged_record_is_a_one_line_error(tmp_path, text):
     assert "\n" not in str(err.value)
 
 
-def test_reading_a_record_imports_no_torch():
-    code = "import sys, coopprune.records; print('torch' in sys.modules)"
+def test_reading_a_record_or_a_gguf_imports_no_torch():
+    code = "import sys, coopprune.fetch, coopprune.gguf_io, coopprune.records; print('torch' in sys.modules)"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert proc.stdout.strip() == "False"
