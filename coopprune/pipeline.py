@@ -26,6 +26,7 @@ from coopprune.models.architectures import architecture_for
 from coopprune.models.loading import load_config, model_fingerprint
 from coopprune.objective import objective_for
 from coopprune.prune import check_output_dir, count_parameters, make_record, prune_layers, save_pruned
+from coopprune.records import PruningRecord
 from coopprune.report import write_report
 from coopprune.sampling import PAPER_REMOVE_RATIOS, StrataPlan, normalize_layers, removal_count
 from coopprune.strategy import Selection, select_by_cost, select_players
@@ -522,7 +523,7 @@ def perplexity_curve(params: Params, pruned_dir: str | Path) -> list[dict[str, A
     Evaluated through the engine on the base model (skipping layers equals removing them), so
     the curve costs k + 1 passes over the evaluation windows and no checkpoint writes.
     """
-    record = json.loads((Path(pruned_dir) / "pruning.json").read_text())
+    record = asdict(PruningRecord.load(pruned_dir))
     order = removal_order(record)
     e = params.evaluation
     loaded = load_base(params)
@@ -573,7 +574,7 @@ def heal_release(params: Params, progress: bool = True) -> dict[str, Any]:
     from coopprune.heal import HEALING_FILE, heal, settings_key
 
     out = Path(params.output_dir)
-    record = json.loads((out / "pruned" / "pruning.json").read_text())
+    record = asdict(PruningRecord.load(out / "pruned"))
     done = out / "healed" / HEALING_FILE
     key = {"settings": settings_key(params.heal), "removed": record["removed_layers"], "base": record["base_fingerprint"]}
     healing = json.loads(done.read_text()) if done.is_file() else {}
@@ -613,7 +614,7 @@ def export_release(params: Params, checkpoint: str | Path | None = None) -> dict
     from coopprune.heal import HEALING_FILE
 
     pruned = Path(checkpoint) if checkpoint else Path(params.output_dir) / "pruned"
-    record = json.loads((pruned / "pruning.json").read_text())
+    record = asdict(PruningRecord.load(pruned))
     healed = (pruned / HEALING_FILE).is_file()
     folder = Path(params.output_dir) / ("gguf-healed" if healed else "gguf")
     source = None if healed else base_gguf(pruned)
