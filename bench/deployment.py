@@ -32,6 +32,7 @@ from coopprune.atomic import write_json
 from coopprune.models import load_model
 from coopprune.prune import count_parameters, make_record, prune_layers, save_pruned
 from coopprune.quantize import KEEP_FLOAT, quantize_int8, save_quantized
+from coopprune.records import PRUNING_FILE, PruningRecord
 from coopprune.speed import measure_speed_isolated
 from coopprune.config import Params
 from coopprune.zeroshot import TASKS as TASK_SPECS
@@ -50,7 +51,7 @@ SCHEMES = {
 def pruned_checkpoint(work: Path, method: str, k: int) -> Path:
     """The fp32 checkpoint of a quality-bench selection (written once)."""
     out = work / "checkpoints" / f"{method}-{k}"
-    if not (out / "pruning.json").is_file():
+    if not (out / PRUNING_FILE).is_file():
         selection = json.loads((work / "select" / f"{method}.json").read_text())
         loaded = load_model("default")
         before = count_parameters(loaded.model)
@@ -138,13 +139,13 @@ def quantization(work: Path, limit: int, schemes: list[str]) -> list[dict[str, A
         rows.append({"model": f"prune then quantize ({label})", "scheme": scheme, **measure(str(pq), cache, limit)})
         q = quantized(_base_folder(), work / "checkpoints" / f"base-int8-{scheme}", keep_float)
         qp = work / "checkpoints" / f"int8-{scheme}-semivalue-6"
-        if not (qp / "pruning.json").is_file():
+        if not (qp / PRUNING_FILE).is_file():
             start = time.perf_counter()
             params = Params.from_dict({"model": {"source": str(q)}, "game": {"utility": "ppl_ratio"},
                                        "prune": {"method": "semivalue", "remove": 6, "budget": 200}})
             result = pipeline.prune(pipeline.PruneRequest(params, qp, overwrite=True))
             print(f"game on {q}: removed {result.removed_layers} in {time.perf_counter() - start:.0f}s", flush=True)
-        removed = json.loads((qp / "pruning.json").read_text())["removed_layers"]
+        removed = PruningRecord.load(qp).removed_layers
         rows.append(
             {
                 "model": f"quantize then prune ({label}; game on int8)",

@@ -29,10 +29,10 @@ import torch
 
 from coopprune.dataset import bits_to_mask
 from coopprune.engine import MaskEvaluator, token_nll
+from coopprune.metrics import spearman
 from coopprune.models import LoadedModel, architecture_for, load_model, model_fingerprint
 from coopprune.models.loading import resolve_device
 from coopprune.sampling import StrataPlan
-from coopprune.surrogate import spearman
 from coopprune.sweep import plan_manifest
 from coopprune.utility import ppl_ratio
 

@@ -18,15 +18,18 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from coopprune.fetch import default_gguf, fetch_default_model
-from coopprune.gguf_export import export_gguf, prune_gguf, read_facts, record_facts
+from coopprune.gguf_export import export_gguf, prune_gguf, record_facts
+from coopprune.gguf_io import read_facts
 from coopprune.models import load_model
 from coopprune.prune import prune_layers
+from coopprune.records import PruningRecord
 
 RESULTS = Path(__file__).parent / "results"
 PROMPT = "Once upon a time, in a small village by the sea, there lived"
@@ -74,10 +77,10 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("bench/work/gguf"))
     parser.add_argument("--tokens", type=int, default=32)
     args = parser.parse_args()
-    record = json.loads((args.like / "pruning.json").read_text())
-    if record.get("base_model") != "default":
+    record = PruningRecord.load(args.like)
+    if record.base_model != "default":
         raise SystemExit(f"{args.like} was not pruned from the bundled default; this bench compares against its GGUF")
-    removed = record["removed_layers"]
+    removed = record.removed_layers
     args.work.mkdir(parents=True, exist_ok=True)
     source = default_gguf()
     tokenizer = AutoTokenizer.from_pretrained(args.like)
@@ -85,7 +88,7 @@ def main() -> None:
 
     rows = []
     start = time.perf_counter()
-    q4 = prune_gguf(source, removed, args.work / "pruned-q4_1.gguf", facts=record_facts(record), overwrite=True)
+    q4 = prune_gguf(source, removed, args.work / "pruned-q4_1.gguf", facts=record_facts(asdict(record)), overwrite=True)
     seconds = time.perf_counter() - start
     dequantized = load_model(str(fetch_default_model(progress=False)))  # the checkpoint coopprune prunes
     prune_layers(dequantized, removed)
@@ -113,7 +116,7 @@ def main() -> None:
         row["greedy tokens = transformers (llama.cpp)"] = agreement(cpp, hf)
         reports.append(f"{row['file']}: {report}" + (f"; llama.cpp text: {tokenizer.decode(cpp)!r}" if cpp else ""))
     facts = read_facts(q4)
-    lines = [f"GGUF export of SmolLM2-135M without layers {removed} ({record['method']}); prompt {PROMPT!r}, "
+    lines = [f"GGUF export of SmolLM2-135M without layers {removed} ({record.method}); prompt {PROMPT!r}, "
              f"{args.tokens} greedy tokens. Facts in the pruned Q4_1 file: {json.dumps(facts)}", "",
              "| " + " | ".join(k for k in rows[0]) + " |", "|" + "---|" * len(rows[0])]
     lines += ["| " + " | ".join(f"{v:.3g}" if isinstance(v, float) else str(v) for v in r.values()) + " |" for r in rows]

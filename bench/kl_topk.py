@@ -19,10 +19,10 @@ import numpy as np
 from coopprune.atomic import write_json
 from coopprune.calibration import calibration_windows, load_texts
 from coopprune.engine import MaskEvaluator
+from coopprune.metrics import spearman
 from coopprune.models.loading import load_model
 from coopprune.objective import KLToBase, NextTokenNLL
 from coopprune.sampling import StrataPlan
-from coopprune.surrogate import spearman
 
 RESULTS = Path(__file__).parent / "results"
 

@@ -22,6 +22,7 @@ import numpy as np
 
 from coopprune import pipeline
 from coopprune.config import Params
+from coopprune.records import PRUNING_FILE, PruningRecord
 from coopprune.sampling import PAPER_REMOVE_RATIOS
 
 RESULTS = Path(__file__).parent / "results"
@@ -64,8 +65,8 @@ def main() -> None:
             if cell.is_file():  # finished cells are cached: a long run completes over several calls
                 runs.append(json.loads(cell.read_text()))
                 continue
-            if (out / "pruning.json").is_file():  # pruned by an earlier, interrupted call
-                seconds = json.loads((out / "pruning.json").read_text())["scores"]["seconds"]
+            if (out / PRUNING_FILE).is_file():  # pruned by an earlier, interrupted call
+                seconds = PruningRecord.load(out).scores["seconds"]
             else:
                 t = time.perf_counter()
                 cell_params = params.model_copy(update={
@@ -76,10 +77,10 @@ def main() -> None:
                                                                  progress=False))
                 seconds = time.perf_counter() - t
             ppl = pipeline.evaluate_perplexity(str(out), "boolq", 128, args.eval_windows, progress=False).perplexity
-            record = json.loads((out / "pruning.json").read_text())
-            rnd = record["scores"]["rounds"][0]
+            record = PruningRecord.load(out)
+            rnd = record.scores["rounds"][0]
             runs.append({
-                "removed": record["removed_layers"], "evaluations": record["scores"]["evaluations"],
+                "removed": record.removed_layers, "evaluations": record.scores["evaluations"],
                 "seconds": seconds, "ppl": ppl,
                 "training_masks": rnd.get("training_masks"), "stability": rnd.get("bottom_k_stability"),
                 "surrogate": (rnd.get("surrogate") or {}).get("metrics"),

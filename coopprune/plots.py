@@ -16,7 +16,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from coopprune.atomic import atomic_path
-from coopprune.surrogate import regression_metrics, spearman
+from coopprune.metrics import regression_metrics, spearman
 
 REMOVED_COLOR, KEPT_COLOR = "tab:red", "tab:blue"
 

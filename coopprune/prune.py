@@ -2,53 +2,23 @@
 
 from __future__ import annotations
 
-import datetime as dt
-import platform
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-import transformers
 
-import coopprune
-from coopprune.atomic import atomic_dir, write_json
+from coopprune.atomic import atomic_dir
 from coopprune.errors import CoopPruneError
 from coopprune.models import LoadedModel
 from coopprune.quantize import has_quantized_layers, write_quantized
+from coopprune.records import PruningRecord
 from coopprune.sampling import normalize_layers
 
 
 def count_parameters(model: torch.nn.Module) -> int:
     """Unique parameters (tied embeddings counted once)."""
     return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
-
-
-@dataclass
-class PruningRecord:
-    """``pruning.json``: everything needed to know what was removed, from what, and why."""
-
-    base_model: str
-    base_fingerprint: str
-    removed_layers: list[int]
-    kept_layers: list[int]
-    layers_before: int
-    layers_after: int
-    parameters_before: int
-    parameters_after: int
-    method: str
-    scores: dict[str, Any] = field(default_factory=dict)
-    params: dict[str, Any] = field(default_factory=dict)
-    versions: dict[str, str] = field(
-        default_factory=lambda: {
-            "coopprune": coopprune.__version__,
-            "torch": torch.__version__,
-            "transformers": transformers.__version__,
-            "python": platform.python_version(),
-        }
-    )
-    created: str = field(default_factory=lambda: dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
 
 
 def check_output_dir(out_dir: str | Path, overwrite: bool) -> Path:
@@ -87,7 +57,7 @@ def save_pruned(
         else:
             loaded.model.save_pretrained(tmp, safe_serialization=True)
             loaded.tokenizer.save_pretrained(tmp)
-        write_json(Path(tmp) / "pruning.json", asdict(record))
+        record.save(tmp)
         if extra is not None:
             extra(Path(tmp))
     return out

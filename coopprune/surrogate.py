@@ -35,6 +35,7 @@ from torch import nn
 
 from coopprune.atomic import atomic_dir, write_json
 from coopprune.errors import CoopPruneError
+from coopprune.metrics import regression_metrics
 
 RECIPES: dict[str, dict[str, Any]] = {
     "adam": dict(epochs=1500, lr=3e-3, batch_size=32),
@@ -237,34 +238,6 @@ def _train(x: torch.Tensor, y: torch.Tensor, config: SurrogateConfig, seed: int)
 
 
 # ---------------------------------------------------------------------- validation
-def _ranks(values: np.ndarray) -> np.ndarray:
-    """Average ranks (ties share their mean rank), as Spearman's rho needs."""
-    order = np.argsort(values, kind="stable")
-    ranks = np.empty(len(values))
-    ranks[order] = np.arange(len(values))
-    _, group, counts = np.unique(values, return_inverse=True, return_counts=True)
-    return (np.bincount(group, weights=ranks) / counts)[group]
-
-
-def spearman(a: np.ndarray, b: np.ndarray) -> float | None:
-    """Spearman's rho; None where it is undefined (fewer than 3 points or a constant side)."""
-    a, b = np.asarray(a, float), np.asarray(b, float)
-    if len(a) < 3 or np.ptp(a) == 0 or np.ptp(b) == 0:
-        return None
-    return float(np.corrcoef(_ranks(a), _ranks(b))[0, 1])
-
-
-def regression_metrics(true: np.ndarray, pred: np.ndarray) -> dict[str, Any]:
-    """n, R2, Spearman and MAE; None (JSON null) where a metric is undefined, so the dict can be
-    written as strict JSON anywhere."""
-    true, pred = np.asarray(true, float), np.asarray(pred, float)
-    if len(true) == 0:
-        return {"n": 0, "r2": None, "spearman": None, "mae": None}
-    ss_tot = float(((true - true.mean()) ** 2).sum())
-    r2 = 1 - float(((true - pred) ** 2).sum()) / ss_tot if ss_tot > 0 else None
-    return {"n": int(len(true)), "r2": r2, "spearman": spearman(true, pred), "mae": float(np.abs(true - pred).mean())}
-
-
 def holdout_split(n_kept: np.ndarray, fraction: float, seed: int) -> np.ndarray:
     """Bool mask of held-out rows: ``fraction`` of every stratum (rounded), seeded. A stratum
     always keeps at least one training row, so none is left entirely to extrapolation."""

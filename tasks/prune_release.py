@@ -17,7 +17,7 @@ from prefect.cache_policies import NO_CACHE
 from coopprune import pipeline
 from coopprune.config import Params
 from coopprune.dataset import MaskDataset
-from coopprune.fetch import base_model_name
+from coopprune.naming import base_model_name
 
 
 @task(name="prepare-data", cache_policy=NO_CACHE)

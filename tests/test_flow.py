@@ -15,7 +15,7 @@ from coopprune import pipeline  # noqa: E402
 from coopprune.config import Params  # noqa: E402
 from coopprune.dataset import MaskDataset  # noqa: E402
 from coopprune.errors import CoopPruneError  # noqa: E402
-from coopprune.gguf_export import read_facts  # noqa: E402
+from coopprune.gguf_io import read_facts  # noqa: E402
 
 
 @pytest.fixture(scope="module")

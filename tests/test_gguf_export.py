@@ -15,7 +15,8 @@ from tiny import save_tiny
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from coopprune.errors import CoopPruneError
-from coopprune.gguf_export import copy_field, export_gguf, open_gguf, prune_gguf, read_facts, record_facts
+from coopprune.gguf_export import copy_field, export_gguf, prune_gguf, record_facts
+from coopprune.gguf_io import open_gguf, read_facts
 from coopprune.models import load_model
 from coopprune.prune import count_parameters, make_record, prune_layers, save_pruned
 

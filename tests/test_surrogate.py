@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from coopprune.errors import CoopPruneError
+from coopprune.metrics import regression_metrics, spearman
 from coopprune.plots import plot_contributions, plot_lines, plot_surrogate_fit
 from coopprune.surrogate import (
     Surrogate,
@@ -19,8 +20,6 @@ from coopprune.surrogate import (
     fit_validated,
     holdout_split,
     json_safe,
-    regression_metrics,
-    spearman,
 )
 
 L = 16

@@ -59,9 +59,10 @@ from coopprune.estimators.base import Contributions, register
 from coopprune.estimators.removal import Predict, Removal, removal_mask, removal_masks
 from coopprune.estimators.surrogate_based import SurrogateEstimator
 from coopprune.game import Game
+from coopprune.metrics import regression_metrics
 from coopprune.sampling import StrataPlan
 from coopprune.shapley import semivalue, stratified_masks
-from coopprune.surrogate import Surrogate, fit_validated, regression_metrics
+from coopprune.surrogate import Surrogate, fit_validated
 
 
 class LogTarget:
