@@ -223,3 +223,20 @@ def test_release_metrics_carry_each_domains_perplexity_and_their_mean():
     metrics = score_metrics(scores)
     assert metrics["pruned_perplexity_news"] == 30.0 and metrics["pruned_perplexity_code"] == 10.0
     assert metrics["pruned_domain_mean_perplexity"] == 20.0
+
+
+def test_a_run_whose_calibration_contains_held_out_documents_is_refused(tiny_checkpoint, tmp_path, monkeypatch):
+    from coopprune.pipeline import prepare_data
+
+    calib = write_text(tmp_path / "calib.jsonl")
+    leaked = load_texts(str(calib))[:3]
+    monkeypatch.setitem(DOMAINS, "news", _fake_domain("news", "evaluation", [*leaked, "an unrelated story"]))
+    evaluation = tmp_path / "eval.jsonl"
+    evaluation.write_text(json.dumps({"text": "held-out paragraph"}) + "\n")
+    params = Params.from_dict({"model": {"source": str(tiny_checkpoint)}, "calibration": {"source": str(calib)},
+                               "evaluation": {"text": str(evaluation), "domains": ["news"]},
+                               "benchmark": {"tasks": []}})
+    with pytest.raises(CoopPruneError, match="3 calibration documents are also documents of the held-out domains"):
+        prepare_data(params)
+    monkeypatch.setitem(DOMAINS, "news", _fake_domain("news", "evaluation", ["an unrelated story"]))
+    assert prepare_data(params)["calibration"]["documents"] == 60
