@@ -6,12 +6,16 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from transformers import PreTrainedTokenizerBase
 
 from coopprune.errors import CoopPruneError
+
+if TYPE_CHECKING:
+    from coopprune.config import CalibrationParams
 
 BUNDLED = ("lambada", "boolq")
 DEFAULT_CALIBRATION = "lambada"  # BookCorpus novels, the closest to the paper's calibration set
@@ -199,10 +203,9 @@ class Calibration:
     mixture: bool = False
 
     @classmethod
-    def from_params(cls, params: object) -> Calibration:
-        mix = getattr(params, "mix", None)
-        parts = tuple(mix.items()) if mix else ((getattr(params, "source"), 1.0),)
-        return cls(parts, params.n_windows, params.window, params.seed, mixture=bool(mix))  # type: ignore[attr-defined]
+    def from_params(cls, params: CalibrationParams) -> Calibration:
+        parts = tuple(params.mix.items()) if params.mix else ((params.source, 1.0),)
+        return cls(parts, params.n_windows, params.window, params.seed, mixture=bool(params.mix))
 
     @property
     def label(self) -> str:
