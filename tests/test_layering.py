@@ -50,7 +50,7 @@ def test_the_library_imports_no_orchestration_and_only_tracking_imports_mlflow(p
 
 
 def test_the_check_sees_imports_inside_functions():
-    tree = ast.parse("import os\ndef f():\n    from tasks import registry\n    import mlflow.artifacts\n"
+    tree = ast.parse("import os\ndef f():\n    from flows import orphans\n    import mlflow.artifacts\n"
                      "from coopprune import tracking\n")
     names = sorted(name for _, name in imports(tree))
-    assert names == ["coopprune.tracking", "mlflow.artifacts", "os", "tasks.registry"]
+    assert names == ["coopprune.tracking", "flows.orphans", "mlflow.artifacts", "os"]
