@@ -71,7 +71,8 @@ def test_the_installed_command_runs_outside_the_checkout(wheel, tmp_path):
         # Run from a virtualenv (make's .venv): the new one's "system" packages are the base
         # interpreter's, not this one's, where the dependencies are; add this one's after the wheel
         # is installed (plain path entries: the editable checkout's finder is not loaded).
-        site = Path(run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"]).stdout.strip())
+        purelib = "import sysconfig; print(sysconfig.get_paths()['purelib'])"
+        site = Path(run([str(python), "-c", purelib]).stdout.strip())
         ours = [p for p in sys.path if p.endswith(("site-packages", "dist-packages"))]
         (site / "zz-test-deps.pth").write_text("\n".join(ours) + "\n")
     workdir = tmp_path / "elsewhere"
@@ -79,7 +80,8 @@ def test_the_installed_command_runs_outside_the_checkout(wheel, tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
     done = run([str(venv / "bin" / "coopprune"), "--help"], cwd=workdir, env=env)
     assert "fetch-default" in done.stdout and "promote" in done.stdout
-    where = run([str(python), "-c", "import coopprune, coopprune.tracking; print(coopprune.__file__)"], cwd=workdir, env=env)
+    where = run([str(python), "-c", "import coopprune, coopprune.tracking; print(coopprune.__file__)"],
+                cwd=workdir, env=env)
     assert Path(where.stdout.strip()).is_relative_to(venv), where.stdout
     missing = run([str(python), "-c", "import importlib.util as u; print(u.find_spec('tasks'), u.find_spec('flows'))"],
                   cwd=workdir, env=env)
