@@ -25,9 +25,11 @@ RUN pip install --no-deps .
 
 USER 1000:1000
 VOLUME ["/data"]
+# The package installs only the library; tasks/ and flows/ are imported from /app (the flow runs from /data).
 ENV PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS=90 \
     PREFECT_SERVER_ANALYTICS_ENABLED=false \
-    PREFECT_HOME=/data/prefect
+    PREFECT_HOME=/data/prefect \
+    PYTHONPATH=/app
 # Outputs (runs/, mlflow.db) land in the volume, next to the fetched models and data.
 WORKDIR /data
 # The prune_release flow on the default params; `docker run IMAGE coopprune ...` runs the CLI instead.

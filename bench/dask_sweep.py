@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -25,8 +26,10 @@ from prefect.futures import wait
 from coopprune.atomic import write_json
 from coopprune.config import Params
 from coopprune.dataset import MaskDataset
-from flows.prune_release import task_runner
-from tasks.prune_release import evaluate_shard, merge_masks, plan_masks, worker_threads
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tasks/ and flows/ are not installed: the checkout's
+from flows.prune_release import task_runner  # noqa: E402
+from tasks.prune_release import evaluate_shard, merge_masks, plan_masks, worker_threads  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 WORK = Path(__file__).parent / "work" / "dask_sweep"

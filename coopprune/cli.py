@@ -300,7 +300,7 @@ def promote(
     ] = None,
 ) -> None:
     """Move the MLflow alias `champion` to the `candidate` version if it beats the champion on RULE."""
-    from tasks import registry
+    from coopprune.tracking import registry
 
     decision = registry.promote(model_name, rule, tracking=tracking_uri or registry.tracking_uri(Path.cwd()))
     if decision.promoted:

@@ -30,7 +30,7 @@ def find(source: str, cache_dir: str) -> list[Release]:
 
 @task(name="is-pruned", cache_policy=NO_CACHE)
 def is_pruned(params: Params, release: Release) -> bool:
-    from tasks.registry import already_pruned, registered_model_name
+    from coopprune.tracking.registry import already_pruned, registered_model_name
 
     name = params.registry.model_name or registered_model_name(params.model.source)
     return already_pruned(name, release.fingerprint, tag="release_fingerprint")
@@ -64,7 +64,7 @@ def watch_releases(sources: list[str], params_file: str = "params.yaml") -> list
     still runs, two workers) never prune one twice; the registry is checked again once the claim
     is held. A release that fails does not stop the others; the run then fails naming it, nothing
     is marked done for it, and the next run tries it again."""
-    from tasks.registry import claim_release
+    from coopprune.tracking.registry import claim_release
 
     base = Params.load(params_file)
     if not base.registry.enabled:

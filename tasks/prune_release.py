@@ -101,7 +101,7 @@ def register(params: Params, summary: dict[str, Any]) -> dict[str, Any]:
 
 def publish(params: Params, summary: dict[str, Any], label: str = "pruned") -> dict[str, Any]:
     """Log and register ``<output_dir>/<label>`` (``pruned`` or ``healed``) with its own scores."""
-    from tasks import registry
+    from coopprune.tracking import registry
 
     out = Path(params.output_dir)
     metrics = summary["metrics"]
@@ -163,7 +163,7 @@ def registered_model_dir(pruned: Path, work: Path) -> tuple[str, Path]:
     transformers model written under ``work``, or the plain folder when it is int8-quantized (no
     transformers flavor loads it)."""
     from coopprune.quantize import is_quantized
-    from tasks.mlflow_model import save_mlflow_model
+    from coopprune.tracking.mlflow_model import save_mlflow_model
 
     if is_quantized(pruned):
         return "checkpoint", pruned

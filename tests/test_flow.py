@@ -49,7 +49,7 @@ def test_flow_threads_and_dask_give_the_same_dataset(prefect_server, tmp_path, t
                                                      monkeypatch):
     """Threads run: the whole flow incl. zero-shot (fake data) and MLflow; Dask run: the same masks."""
     from flows.prune_release import run
-    from tasks.registry import load_registered
+    from coopprune.tracking.registry import load_registered
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     threads = flow_params(tmp_path / "threads", tiny_checkpoint, text_file, eval_text, flow={"workers": 2},

@@ -17,8 +17,8 @@ from test_registry import REMOVED, ZS, pruned, template_db, uri  # noqa: F401  (
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from coopprune.errors import CoopPruneError
-from tasks import registry
-from tasks.mlflow_model import CHECKPOINT_DIR, checkpoint_in, save_mlflow_model
+from coopprune.tracking import registry
+from coopprune.tracking.mlflow_model import CHECKPOINT_DIR, checkpoint_in, save_mlflow_model
 
 
 @pytest.fixture(scope="module")

@@ -48,7 +48,7 @@ def test_the_flow_registers_through_a_tracking_server_with_s3_artifacts(prefect_
     from transformers import AutoModelForCausalLM
 
     from flows.prune_release import run
-    from tasks.registry import load_registered
+    from coopprune.tracking.registry import load_registered
 
     uri, s3 = mlflow_server
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)

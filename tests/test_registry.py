@@ -16,7 +16,7 @@ from coopprune.cli import app
 from coopprune.errors import CoopPruneError
 from coopprune.models import load_model
 from coopprune.prune import count_parameters, make_record, prune_layers, save_pruned
-from tasks import registry
+from coopprune.tracking import registry
 from tiny import N_LAYERS, save_tiny
 
 REMOVED = [1, 4]

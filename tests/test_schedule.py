@@ -153,7 +153,7 @@ def test_the_scheduled_watcher_prunes_each_release_once_and_retries_a_failure(tm
 
 
 def test_a_release_claimed_by_another_run_is_skipped_and_two_watchers_prune_it_once(tmp_path, text_file):
-    from tasks.registry import claim_release
+    from coopprune.tracking.registry import claim_release
 
     tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
     params = write_params(tmp_path, text_file)
@@ -184,7 +184,7 @@ def test_a_release_claimed_by_another_run_is_skipped_and_two_watchers_prune_it_o
 
 
 def test_claims_are_exclusive_released_on_failure_and_taken_over_when_stale(tmp_path):
-    from tasks.registry import claim_release
+    from coopprune.tracking.registry import claim_release
 
     tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
     versions_seen: list[bool] = []

@@ -32,7 +32,7 @@ def test_new_releases_are_pruned_and_registered_once(prefect_server, tmp_path, t
     from transformers import AutoModelForCausalLM
 
     from flows.watch_releases import watch_releases
-    from tasks.registry import load_registered
+    from coopprune.tracking.registry import load_registered
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     params = write_params(tmp_path, text_file)

@@ -2,9 +2,10 @@
 model version (alias ``candidate``), move alias ``champion`` to it only when it wins by a stated
 rule, and load any version back as a folder that ``from_pretrained`` reads.
 
-Plain functions, no Prefect: the flow's tasks call them. Every call uses an explicit
-``MlflowClient`` and run id, because the fluent API keeps its active run (and its tracking URI) per
-process/thread while flow tasks log from worker threads. ``coopprune/`` never imports MLflow.
+Plain functions, no Prefect: the flow's tasks (``tasks/prune_release.py``) and the CLI's ``promote``
+call them. Every call uses an explicit ``MlflowClient`` and run id, because the fluent API keeps its
+active run (and its tracking URI) per process/thread while flow tasks log from worker threads. Only
+``coopprune.tracking`` imports MLflow; nothing else in ``coopprune`` imports this package at module level.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
 from coopprune.errors import CoopPruneError
-from tasks.mlflow_model import CHECKPOINT_DIR, MLMODEL, checkpoint_in
+from coopprune.tracking.mlflow_model import CHECKPOINT_DIR, MLMODEL, checkpoint_in
 
 CANDIDATE = "candidate"
 CHAMPION = "champion"

@@ -1,0 +1,56 @@
+"""The library's layering, read from the source with ``ast`` (nothing is imported): ``coopprune/``
+never imports the orchestration (``tasks``, ``flows``, Prefect), and only ``coopprune/tracking/``
+imports MLflow, which the rest reaches lazily, inside a function (the CLI's ``promote``)."""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+LIBRARY = Path(__file__).resolve().parents[1] / "coopprune"
+TRACKING = LIBRARY / "tracking"
+FORBIDDEN = ("tasks", "flows", "prefect")
+
+
+def imports(tree: ast.Module) -> Iterator[tuple[ast.stmt, str]]:
+    """Each import statement anywhere in the module (functions included) with each dotted name it
+    imports (``from a import b`` gives ``a.b``: ``b`` may be a module)."""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                yield node, alias.name
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            for alias in node.names:
+                yield node, f"{node.module}.{alias.name}"
+
+
+def top(name: str) -> str:
+    return name.split(".")[0]
+
+
+def sources() -> list[Path]:
+    files = sorted(LIBRARY.rglob("*.py"))
+    assert len(files) > 20 and TRACKING / "registry.py" in files
+    return files
+
+
+@pytest.mark.parametrize("path", sources(), ids=lambda p: str(p.relative_to(LIBRARY.parent)))
+def test_the_library_imports_no_orchestration_and_only_tracking_imports_mlflow(path: Path):
+    tree = ast.parse(path.read_text(), filename=str(path))
+    names = [name for _, name in imports(tree)]
+    assert not [n for n in names if top(n) in FORBIDDEN], f"{path} imports the orchestration"
+    if not path.is_relative_to(TRACKING):
+        assert not [n for n in names if top(n) == "mlflow"], f"{path} imports mlflow outside coopprune/tracking/"
+        module_level = [name for node, name in imports(tree) if node in tree.body]
+        assert not [n for n in module_level if n.startswith("coopprune.tracking")], (
+            f"{path} imports coopprune.tracking at module level: import it where it is used")
+
+
+def test_the_check_sees_imports_inside_functions():
+    tree = ast.parse("import os\ndef f():\n    from flows import orphans\n    import mlflow.artifacts\n"
+                     "from coopprune import tracking\n")
+    names = sorted(name for _, name in imports(tree))
+    assert names == ["coopprune.tracking", "flows.orphans", "mlflow.artifacts", "os"]
