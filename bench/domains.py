@@ -83,6 +83,8 @@ ARMS: dict[str, Arm] = {
     "mix-worst": Arm(mix=DEFAULT_MIX, game={"aggregate": "worst"}),
     "mix-seed1": Arm(mix=DEFAULT_MIX, seed=1),
     "mix-seed2": Arm(mix=DEFAULT_MIX, seed=2),
+    # prune for your own domain: calibrated on code alone
+    "code-only": Arm(mix={"code": 1.0}),
     # the peers on the same mixture windows
     "sleb-mix": Arm("sleb", mix=DEFAULT_MIX, utility="ppl_ratio"),
     "bi-mix": Arm("bi", mix=DEFAULT_MIX, utility="ppl_ratio"),

@@ -25,7 +25,6 @@ from coopprune.atomic import atomic_dir, atomic_path, write_json
 from coopprune.errors import CoopPruneError
 from coopprune.gguf_io import check_gguf_file
 from coopprune.naming import DEFAULT_MODEL_NAME, MODEL_MEMBER, MODEL_WHEEL, Wheel
-from coopprune.naming import short_model_name  # noqa: F401 - tasks/registry.py imports it from here
 from coopprune.paths import data_home
 from coopprune.records import PruningRecord
 

@@ -17,12 +17,14 @@ import json
 import logging
 import shutil
 from collections.abc import Iterator
+from dataclasses import asdict
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from coopprune.atomic import atomic_dir
 from coopprune.errors import CoopPruneError
+from coopprune.records import PruningRecord
 from coopprune.quantize import is_quantized
 
 #: The flavor's folder for the weights (``model_binary`` in MLmodel), our checkpoint inside the model.
@@ -76,7 +78,8 @@ def save_mlflow_model(checkpoint: str | Path, dst: str | Path, *, max_new_tokens
         raise CoopPruneError(f"not a checkpoint folder (no config.json): {src}")
     if is_quantized(src):
         raise CoopPruneError(f"{src} is int8-quantized (our own layout), not a transformers model")
-    record = json.loads((src / "pruning.json").read_text()) if (src / "pruning.json").is_file() else {}
+    found = PruningRecord.load_if_present(src)
+    record = asdict(found) if found is not None else {}
     model = AutoModelForCausalLM.from_pretrained(src, trust_remote_code=False)
     tokenizer = AutoTokenizer.from_pretrained(src, trust_remote_code=False)
     facts = {f"coopprune.{key}": json.dumps(record[key]) if isinstance(record[key], list) else str(record[key])

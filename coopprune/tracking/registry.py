@@ -31,6 +31,7 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
 from coopprune.errors import CoopPruneError
+from coopprune.records import PRUNING_FILE
 from coopprune.tracking.mlflow_model import CHECKPOINT_DIR, MLMODEL, checkpoint_in
 
 CANDIDATE = "candidate"
@@ -295,7 +296,7 @@ def _dataset_input(role: str, spec: Mapping[str, str]) -> Any:
 def registered_model_name(base_model: str, suffix: str = "-pruned") -> str:
     """``HuggingFaceTB/SmolLM2-135M-Instruct`` (or a folder / .gguf path) -> ``SmolLM2-135M-Instruct-pruned``:
     one registered model per base model, a name that is safe inside ``models:/NAME@alias``."""
-    from coopprune.fetch import short_model_name
+    from coopprune.naming import short_model_name
 
     name = re.sub(r"[^A-Za-z0-9._-]+", "-", short_model_name(base_model)).strip("-.")
     if not name:
@@ -365,9 +366,9 @@ def register_pruned(
             if "config.json" not in names:
                 raise CoopPruneError(f"run {run_id} has no checkpoint at '{path}' (no config.json)")
             record: dict[str, Any] = {}
-            if "pruning.json" in names:
+            if PRUNING_FILE in names:
                 with tempfile.TemporaryDirectory(prefix="coopprune-registry-") as tmp:
-                    local = mlflow.artifacts.download_artifacts(artifact_uri=f"{inner}/pruning.json", dst_path=tmp,
+                    local = mlflow.artifacts.download_artifacts(artifact_uri=f"{inner}/{PRUNING_FILE}", dst_path=tmp,
                                                                 tracking_uri=uri)
                     record = json.loads(Path(local).read_text())
         all_tags = {**version_tags(record), **_strings(tags)}
