@@ -13,7 +13,8 @@ import numpy as np
 import torch
 
 from coopprune.atomic import atomic_dir, write_csv, write_json
-from coopprune.calibration import Calibration, Windows, evaluation_windows, load_texts, text_fingerprint
+from coopprune.calibration import Windows, evaluation_windows, load_texts, text_fingerprint
+from coopprune.mixture import Calibration
 from coopprune.config import GameParams, Params
 from coopprune.dataset import Identity, Manifest, MaskDataset
 from coopprune.domains import evaluation_texts

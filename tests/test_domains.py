@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from coopprune import domains
-from coopprune.calibration import Calibration, allocate, calibration_windows, load_texts
+from coopprune.calibration import calibration_windows, load_texts
+from coopprune.mixture import Calibration, allocate
 from coopprune.config import Params
 from coopprune.domains import DOMAINS, SUITE, Domain, evaluation_texts
 from coopprune.engine import MaskEvaluator

@@ -6,7 +6,7 @@ from itertools import combinations
 import numpy as np
 import pytest
 
-from coopprune.calibration import Calibration
+from coopprune.mixture import Calibration
 from coopprune.errors import CoopPruneError
 from coopprune.estimators import get_estimator
 from coopprune.estimators.evopress import generations_rule
