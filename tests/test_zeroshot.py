@@ -73,11 +73,14 @@ def _fake_rows(task: str, n_rows: int = N_ROWS) -> tuple[dict, datasets.Features
 
 @pytest.fixture(scope="session")
 def fake_home(tmp_path_factory) -> Path:
+    return write_fake_home(tmp_path_factory.mktemp("zeroshot_home"))
+
+
+def write_fake_home(home: Path, n_rows: int = N_ROWS) -> Path:
     """A COOPPRUNE_HOME whose data folder is complete (marker present), so nothing is downloaded."""
-    home = tmp_path_factory.mktemp("zeroshot_home")
     root = home / "data" / HF_DATASETS
     for task, spec in TASKS.items():
-        cols, features = _fake_rows(task)
+        cols, features = _fake_rows(task, n_rows)
         datasets.Dataset.from_dict(cols, features=features).save_to_disk(str(root / spec.path))
     (home / "data" / MARKER).write_text(json.dumps({"fake": True}))
     return home
