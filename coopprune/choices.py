@@ -16,7 +16,6 @@ truncated (the bundled items are a few hundred tokens at most).
 
 from __future__ import annotations
 
-import logging
 import numbers
 import tempfile
 from dataclasses import dataclass
@@ -31,7 +30,7 @@ from transformers import PreTrainedTokenizerBase
 from coopprune.calibration import Windows, _fingerprint, allocate
 from coopprune.errors import CoopPruneError
 from coopprune.objective import ChoiceMargin
-from coopprune.zeroshot import RESERVED_SHARE, build_configs, check_tasks, lm_eval_tasks
+from coopprune.zeroshot import RESERVED_SHARE, build_configs, check_tasks, lm_eval_tasks, quiet
 
 #: The tasks whose reserved items ``mc_margin`` scores by default: every task that reserves some.
 CHOICE_TASKS: tuple[str, ...] = tuple(t for t in check_tasks(None) if RESERVED_SHARE.get(t))
@@ -119,17 +118,11 @@ class ChoiceCalibration:
             raise CoopPruneError(f"{self.n_items} multiple-choice items cannot cover {len(tasks)} tasks")
         data_dir = Path(self.data_dir) if self.data_dir is not None else benchmark_dir()
         items: list[ChoiceItem] = []
-        logger = logging.getLogger("lm_eval")
-        level = logger.level
-        logger.setLevel(logging.ERROR)
-        try:
-            with tempfile.TemporaryDirectory(prefix="coopprune-choices-") as tmp:
-                for task, n in zip(tasks, allocate([1.0] * len(tasks), self.n_items), strict=True):
-                    subset = build_configs([task], n, self.seed, Path(tmp) / task, data_dir, pool="calibration")
-                    loaded = lm_eval_tasks(subset.configs)["tasks"][task]
-                    items += _items(task, loaded, subset.items[task])
-        finally:
-            logger.setLevel(level)
+        with quiet(), tempfile.TemporaryDirectory(prefix="coopprune-choices-") as tmp:
+            for task, n in zip(tasks, allocate([1.0] * len(tasks), self.n_items), strict=True):
+                subset = build_configs([task], n, self.seed, Path(tmp) / task, data_dir, pool="calibration")
+                loaded = lm_eval_tasks(subset.configs)["tasks"][task]
+                items += _items(task, loaded, subset.items[task])
         return items
 
     def windows(self, tokenizer: PreTrainedTokenizerBase, documents: list[ChoiceItem] | None = None) -> ChoiceWindows:

@@ -345,26 +345,35 @@ def _number(value: Any) -> float | None:
 
 
 @contextlib.contextmanager
-def _quiet_and_uncached(model: Any) -> Iterator[None]:
-    """lm-eval's warnings (e.g. about a pre-built model) and datasets' bars off; no KV cache.
-
-    ``use_cache=False``: scoring needs no cache, and a model whose layers were swapped out
-    without renumbering ``layer_idx`` would index a cache wrongly.
-    """
+def quiet() -> Iterator[None]:
+    """lm-eval's warnings (e.g. about a pre-built model) and datasets' bars off."""
     from datasets.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
 
     logger = logging.getLogger("lm_eval")
     level, bars_were_off = logger.level, are_progress_bars_disabled()
-    use_cache = getattr(model.config, "use_cache", None)
     logger.setLevel(logging.ERROR)
     disable_progress_bars()
-    model.config.use_cache = False
     try:
         yield
     finally:
         logger.setLevel(level)
         if not bars_were_off:
             enable_progress_bars()
+
+
+@contextlib.contextmanager
+def _quiet_and_uncached(model: Any) -> Iterator[None]:
+    """:func:`quiet`, and no KV cache.
+
+    ``use_cache=False``: scoring needs no cache, and a model whose layers were swapped out
+    without renumbering ``layer_idx`` would index a cache wrongly.
+    """
+    use_cache = getattr(model.config, "use_cache", None)
+    model.config.use_cache = False
+    try:
+        with quiet():
+            yield
+    finally:
         if use_cache is not None:
             model.config.use_cache = use_cache
 
