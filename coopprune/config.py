@@ -47,7 +47,11 @@ class ModelParams(_Section):
 
 class CalibrationParams(_Section):
     source: str = "lambada"
-    n_windows: int = Field(64, ge=1)  # measured default (the paper: 10); game-search searches on 10 of them
+    #: measured default (the paper: 10); game-search searches on 10 of them. With ``game.utility:
+    #: mc_margin`` it counts multiple-choice *items* in all, split evenly over the six reserving
+    #: zero-shot tasks (coopprune.choices): each item is one padded row per choice, so the engine
+    #: gets 2 to 5 times as many rows; ``source`` and ``window`` are then unused
+    n_windows: int = Field(64, ge=1)
     window: int = Field(128, ge=2)
     seed: int = 0
     batch_size: int = Field(10, ge=1)
@@ -84,7 +88,8 @@ class CalibrationParams(_Section):
 
 
 class GameParams(_Section):
-    utility: Literal["kl", "ppl_ratio", "loglik_diff"] = "kl"
+    #: mc_margin: the zero-shot tasks' reserved items as multiple-choice rows, not calibration text
+    utility: Literal["kl", "ppl_ratio", "loglik_diff", "mc_margin"] = "kl"
     protected: list[int] = []
     kl_top_k: int | None = Field(None, ge=512)  # None: exact KL where the base log-probs fit in 2 GiB, else top-1024
     #: how a mixture's domains combine: mean = per-token mean over all windows (the mix's weights);
@@ -272,6 +277,12 @@ class Params(_Section):
         if self.game.aggregate != "mean" and not self.calibration.mix:
             raise ValueError(f"game.aggregate '{self.game.aggregate}' combines the domains of a calibration mix; "
                              "set calibration.mix (or aggregate: mean)")
+        return self
+
+    @model_validator(mode="after")
+    def _choices_are_not_a_mix(self) -> Params:
+        if self.game.utility == "mc_margin" and self.calibration.mix:
+            raise ValueError("game.utility mc_margin scores zero-shot items, not calibration text: drop calibration.mix")
         return self
 
     @classmethod

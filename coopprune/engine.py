@@ -95,7 +95,9 @@ class MaskEvaluator:
         self._full_loss: float | None = None
 
     def subset(self, rows: list[int]) -> MaskEvaluator:
-        """The same model and objective on some of the windows: a cheaper, noisier screen."""
+        """The same model and objective on some of the windows (``objective.screen_rows``: the
+        whole items of choice rows): a cheaper, noisier screen."""
+        rows = self.objective.screen_rows(rows)
         return type(self)(self.model, self.architecture, self.windows[rows], self.batch_size,
                           self.share_prefixes, self.objective.subset(rows))
 

