@@ -14,7 +14,6 @@ import torch
 
 from coopprune.atomic import atomic_dir, write_csv, write_json
 from coopprune.calibration import Windows, evaluation_windows, load_texts, text_fingerprint
-from coopprune.mixture import Calibration
 from coopprune.config import GameParams, Params
 from coopprune.dataset import Identity, Manifest, MaskDataset
 from coopprune.domains import evaluation_texts
@@ -23,6 +22,7 @@ from coopprune.errors import CoopPruneError
 from coopprune.estimators import ESTIMATORS, get_estimator
 from coopprune.evaluate import PerplexityResult, perplexity
 from coopprune.game import LayerGame
+from coopprune.mixture import Calibration
 from coopprune.models import LoadedModel, load_model
 from coopprune.models.architectures import architecture_for
 from coopprune.models.loading import load_config, model_fingerprint
