@@ -128,6 +128,9 @@ def main() -> None:
         section("8. The registry as a person sees it (MLflow UI, headless Chromium)",
                 "make run && .venv/bin/python bench/registry_ui.py", "registry_ui.md", read("registry_ui.md"),
                 ("registry_ui.png",)),
+        section("9. Held-out perplexity across domains (calibration mixtures)",
+                ".venv/bin/python bench/domains.py --arms ARM ... --ks 6 9 12 --windows 32", "domains.md",
+                read("domains.md")),
     ]
     DOC.parent.mkdir(exist_ok=True)
     DOC.write_text("\n".join(parts))
