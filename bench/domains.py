@@ -202,7 +202,8 @@ def main() -> None:
         k_rows, text = table(k, cells[k], ppl)
         rows += k_rows
         texts.append(text)
-    all_rows = sorted(keep + rows, key=lambda r: (r["k"], r["arm"]))
+    order = list(ARMS)
+    all_rows = sorted(keep + rows, key=lambda r: (r["k"], order.index(r["arm"]) if r["arm"] in order else len(order)))
     write_json(out_json, {"suite": SUITE, "windows": f"{WINDOWS} x {LENGTH}", "base": base, "rows": all_rows,
                           "date": time.strftime("%Y-%m-%d")})
     by_k: dict[int, dict[str, Any]] = {}
