@@ -13,13 +13,16 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
 from coopprune.errors import CoopPruneError
 from coopprune.game import Game
 from coopprune.select import select_layers
+
+if TYPE_CHECKING:
+    from coopprune.config import Params
 
 #: ``details`` key of a resumed method: seconds its killed runs spent before this one (counted in ``seconds``).
 EARLIER_SECONDS = "earlier_seconds"
@@ -102,6 +105,12 @@ class Estimator(ABC):
         result.passes = game.cost - cost
         result.seconds = time.perf_counter() - start + float(result.details.get(EARLIER_SECONDS, 0.0))
         return result
+
+    @classmethod
+    def options_from_params(cls, params: Params, n_layers: int) -> dict[str, Any]:
+        """Constructor options this method takes from the validated params of a run on a model of
+        ``n_layers`` layers (the caller puts ``prune.options`` on top): none, unless it says."""
+        return {}
 
     @classmethod
     def check_options(cls, options: dict[str, Any]) -> None:

@@ -12,7 +12,7 @@ original sample; if a shapiq release changes its internals, the intervals are le
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -21,6 +21,9 @@ from coopprune.estimators.base import Contributions, Estimator, register
 from coopprune.estimators.surrogate_based import DEFAULT_BUDGET
 from coopprune.game import Game
 from coopprune.shapley import MAX_EXACT_PLAYERS, chain_marginals, exact_shapley
+
+if TYPE_CHECKING:
+    from coopprune.config import Params
 
 Calls = list[tuple[np.ndarray, np.ndarray]]  # (coalitions, values) of each value-function call
 
@@ -33,6 +36,12 @@ class _Shapiq(Estimator):
 
     def __init__(self, bootstrap: int = 200) -> None:
         self.bootstrap = bootstrap  # resamples of the recorded sample (free: no real evaluations)
+
+    @classmethod
+    def options_from_params(cls, params: Params, n_layers: int) -> dict[str, Any]:
+        """``prune.bootstrap: 0`` turns the free resamples off; any other value keeps this method's
+        own 200 (resamples of what shapiq evaluated, not surrogate refits)."""
+        return {"bootstrap": 0} if params.prune.bootstrap == 0 else {}
 
     def approximator(self, n_players: int, seed: int):  # noqa: ANN201 - a shapiq Approximator
         raise NotImplementedError

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -18,6 +18,9 @@ from coopprune.estimators.base import Contributions, Estimator
 from coopprune.game import Game
 from coopprune.sampling import PAPER_REMOVE_RATIOS, StrataPlan
 from coopprune.surrogate import Surrogate, SurrogateConfig, fit_validated
+
+if TYPE_CHECKING:
+    from coopprune.config import Params
 
 DEFAULT_BUDGET = 200  # real evaluations: 40 masks in each of the paper's 5 strata
 
@@ -42,6 +45,16 @@ class SurrogateEstimator(Estimator):
         self.base_masks = base_masks
         self.permutations = permutations
         self.surrogate: Surrogate | None = None  # the last fitted one, for saving and plots
+
+    @classmethod
+    def options_from_params(cls, params: Params, n_layers: int) -> dict[str, Any]:
+        """The ``surrogate`` section, the sweep's strata as ratios of ``n_layers`` (the paper's when
+        it names none) and ``prune.bootstrap``."""
+        s = params.sampling
+        ratios = s.remove_ratios if s.remove is None else [r / n_layers for r in s.remove]
+        return {"surrogate": SurrogateConfig(**params.surrogate.model_dump()),
+                "remove_ratios": tuple(ratios) if ratios is not None else PAPER_REMOVE_RATIOS,
+                "bootstrap": params.prune.bootstrap}
 
     #: Train on every coalition size (Shapley weights them alike) instead of the pruning strata.
     all_sizes: bool = False
