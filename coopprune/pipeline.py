@@ -193,7 +193,7 @@ def prune(request: PruneRequest) -> PruneResult:
         "screen_masks": str(r.screen_masks) if r.screen_masks is not None else None,
         "estimator_options": {key: str(v) for key, v in estimator_options(request.params, n_layers).items()},
     }
-    surrogate = getattr(estimator, "surrogate", None)
+    surrogate = selection.surrogate
     if r.decision_only:
         decision = {"method": p.method, "removed_players": selection.removed, "sublayers": sublayers,
                     "base_fingerprint": loaded.fingerprint, "scores": scores, "params": run_params}

@@ -4,7 +4,8 @@ flows and the benchmarks treat every method, the paper's and the peers', alike.
 ``estimate(game, budget, seed, k)`` returns a :class:`Contributions`: one value per player
 (higher = more important), optional bootstrap intervals, the real forward passes consumed and the
 wall time. Set-based methods (SLEB's greedy order, Gromov's contiguous block) also return the
-exact set to remove for the requested ``k`` in ``removal``; everything else is ranked.
+exact set to remove for the requested ``k`` in ``removal``; everything else is ranked. What a
+method fitted (a surrogate) travels in the result too, never as an attribute of the estimator.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from coopprune.select import select_layers
 
 if TYPE_CHECKING:
     from coopprune.config import Params
+    from coopprune.surrogate import Surrogate
 
 #: ``details`` key of a resumed method: seconds its killed runs spent before this one (counted in ``seconds``).
 EARLIER_SECONDS = "earlier_seconds"
@@ -42,6 +44,8 @@ class Contributions:
     details: dict[str, Any] = field(default_factory=dict)
     passes: float = 0.0  # full-calibration passes: evaluations plus screens at their fraction
     replicates: np.ndarray | None = field(default=None, repr=False)  # bootstrap values [B, players]
+    #: the surrogate the method fitted (its report saves it); None: it fitted none. Not in ``to_json``.
+    surrogate: Surrogate | None = field(default=None, repr=False)
 
     def summarize_replicates(self, k: int | None, protected: tuple[int, ...]) -> None:
         """95% percentile intervals, and how often a resample picks the same bottom-k set."""

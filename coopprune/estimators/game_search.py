@@ -245,7 +245,6 @@ class GameSearch(SurrogateEstimator):
         masks, utilities = game.known()
         target = LogTarget(utilities)
         final = fit_validated(masks, target(utilities), dataclasses.replace(self.surrogate_config, ensemble=self.ensemble))
-        self.surrogate = final
         base = stratified_masks(n, strata, self.base_masks, np.random.default_rng([seed, 0x5E41]), game.protected_players)
 
         def values_of(surrogate: Surrogate) -> np.ndarray:
@@ -268,7 +267,7 @@ class GameSearch(SurrogateEstimator):
             "training_masks": len(masks),
             "surrogate": {"config": dataclasses.asdict(final.config), "metrics": final.metrics},
         }
-        return self._result(values_of(final), removal=sorted(best),
+        return self._result(values_of(final), removal=sorted(best), surrogate=final,
                             replicates=self.bootstrap_values(masks, target(utilities), seed, values_of), details=details)
 
     # ------------------------------------------------------------------ steps
