@@ -3,6 +3,7 @@ from the params, the same result for the same seed, the passes it reports, a val
 a JSON-clean result. A method added to the registry is tested here without editing this file."""
 
 import dataclasses
+import sys
 
 import pytest
 
@@ -84,3 +85,18 @@ def test_options_from_params_are_what_the_pipeline_gave(method, variant):
     """Same options, same order (the pruning record lists them), for every method."""
     options = pipeline.estimator_options(params_for(method, variant), N_LAYERS)
     assert list(encode(options).items()) == list(SNAPSHOT[method][variant].items())
+
+
+# ---------------------------------------------------------------- the CLI lists the registry
+@pytest.mark.parametrize("method", sorted(ESTIMATORS))
+def test_every_method_says_what_it_does_in_one_line(method):
+    summary = vars(ESTIMATORS[method]).get("summary")  # its own, not a parent's
+    assert summary and "\n" not in summary and len(summary) <= 100
+
+
+def test_prune_help_lists_the_registry(monkeypatch):
+    from coopprune.cli import _method_help
+
+    monkeypatch.setattr(sys, "argv", ["coopprune", "prune", "--help"])
+    listed = _method_help()
+    assert all(f"{name}: {ESTIMATORS[name].summary}" in listed for name in ESTIMATORS)

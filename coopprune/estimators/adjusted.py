@@ -24,6 +24,7 @@ MAX_PERMUTATIONS = 10_000
 @register
 class AdjustedShapley(SurrogateEstimator):
     name = "shapley-adjusted"
+    summary = "the surrogate's Shapley value plus a cross-fitted Monte Carlo correction"
     folds = 2
 
     def draw_chains(self, game: Game, budget: int, seed: int) -> np.ndarray:

@@ -79,6 +79,8 @@ class Estimator(ABC):
     """Estimates every player's contribution in a game within a budget of real evaluations."""
 
     name: ClassVar[str]
+    #: One line on what it does, for the CLI's help (every registered method says its own).
+    summary: ClassVar[str]
     #: True if the method needs a budget of real evaluations (``None`` picks ``default_budget``).
     uses_budget: ClassVar[bool] = False
     #: True if its budget means "masks like the Stage-1 sweep's" (the pipeline passes the sweep's size).

@@ -122,6 +122,7 @@ class GameSearch(SurrogateEstimator):
     """Surrogate-screened search for the best k-removal set; see the module docstring."""
 
     name = "game-search"
+    summary = "coopprune's set search, the surrogate screening which sets get a real pass"
     requires_k = True
     accepts_costs = True  # players of different sizes (sublayers) under a cost budget
     budget_is_sweep = False  # its budget is real passes, by its own rule (default_budget)

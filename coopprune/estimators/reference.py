@@ -95,6 +95,7 @@ def permutation_chains(n_players: int, calls: Calls) -> tuple[np.ndarray, np.nda
 @register
 class PermutationSampling(_Shapiq):
     name = "permutation"
+    summary = "reference, shapiq's permutation-sampling Shapley on the model"
 
     def approximator(self, n_players: int, seed: int):  # noqa: ANN201
         from shapiq import PermutationSamplingSV
@@ -114,6 +115,7 @@ class PermutationSampling(_Shapiq):
 @register
 class KernelShap(_Shapiq):
     name = "kernelshap"
+    summary = "reference, shapiq's KernelSHAP on the model"
 
     def approximator(self, n_players: int, seed: int):  # noqa: ANN201
         from shapiq import KernelSHAP
@@ -157,6 +159,7 @@ class ExactShapley(Estimator):
     """Every coalition through the real model: 2^L evaluations, so only for small games."""
 
     name = "exact"
+    summary = "reference, the exact Shapley value from 2^L evaluations, small models only"
 
     def _estimate(self, game: Game, budget: int | None, seed: int, k: int | None) -> Contributions:
         n = game.n_players

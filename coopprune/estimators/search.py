@@ -47,6 +47,7 @@ class SemivalueSearch(Semivalue):
     """The semivalue's surrogate used to pick a set: search, then verify the best on the real model."""
 
     name = "semivalue-search"
+    summary = "the semivalue's surrogate searched for a set, the best few verified on the model"
     requires_k = True
 
     def __init__(self, *, verify: int = 16, restarts: int = 32, **options: Any) -> None:
