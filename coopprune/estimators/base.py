@@ -10,6 +10,7 @@ method fitted (a surrogate) travels in the result too, never as an attribute of 
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -89,6 +90,9 @@ class Estimator(ABC):
     requires_k: ClassVar[bool] = False
     #: True if it searches sets under a cost budget (``costs``, ``max_cost``: players of different sizes).
     accepts_costs: ClassVar[bool] = False
+    #: Its own options as a frozen dataclass (fields: names and defaults; ``__post_init__``: their
+    #: checks), given to the constructor as ``config``; None: the constructor's keywords are its options.
+    config_class: ClassVar[type | None] = None
 
     def estimate(
         self, game: Game, budget: int | None = None, seed: int = 0, k: int | None = None,
@@ -119,20 +123,39 @@ class Estimator(ABC):
         return {}
 
     @classmethod
-    def check_options(cls, options: dict[str, Any]) -> None:
-        """Names in ``options`` the constructor does not take are refused (a typo is not a default)."""
+    def option_names(cls) -> set[str]:
+        """Every option it takes: its config's fields and its constructors' keywords (up the classes
+        while a constructor passes ``**options`` on)."""
         import inspect
 
-        accepted = set()
+        accepted = set() if cls.config_class is None else {f.name for f in dataclasses.fields(cls.config_class)}
         for klass in cls.__mro__:
             if "__init__" in vars(klass):
                 params = inspect.signature(vars(klass)["__init__"]).parameters
                 accepted |= {n for n, p in params.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
                 if not any(p.kind == p.VAR_KEYWORD for p in params.values()):
                     break
-        unknown = sorted(set(options) - accepted - {"self"})
+        return accepted - {"self"} - ({"config"} if cls.config_class is not None else set())
+
+    @classmethod
+    def check_options(cls, options: dict[str, Any]) -> None:
+        """Names in ``options`` it does not take are refused (a typo is not a default)."""
+        accepted = cls.option_names()
+        unknown = sorted(set(options) - accepted)
         if unknown:
-            raise CoopPruneError(f"method '{cls.name}' has no option '{unknown[0]}'; it takes {', '.join(sorted(accepted - {'self'}))}")
+            raise CoopPruneError(f"method '{cls.name}' has no option '{unknown[0]}'; "
+                                 f"it takes {', '.join(sorted(accepted))}")
+
+    @classmethod
+    def from_options(cls, **options: Any) -> Estimator:
+        """The estimator with these options, checked: its config's fields build its ``config``, the
+        rest are constructor keywords."""
+        cls.check_options(options)
+        if cls.config_class is None:
+            return cls(**options)
+        own = {f.name for f in dataclasses.fields(cls.config_class)}
+        config = cls.config_class(**{key: v for key, v in options.items() if key in own})
+        return cls(config, **{key: v for key, v in options.items() if key not in own})  # type: ignore[call-arg]
 
     def check(self, n_players: int, k: int | None, budget: int | None, n_windows: int | None = None) -> None:
         """Reject settings that cannot work, before any model is loaded (one-line error); ``n_windows``:
@@ -165,5 +188,4 @@ def get_estimator(name: str, **options: Any) -> Estimator:
         cls = ESTIMATORS[name]
     except KeyError:
         raise CoopPruneError(f"unknown method '{name}'; choose one of {', '.join(sorted(ESTIMATORS))}") from None
-    cls.check_options(options)
-    return cls(**options)
+    return cls.from_options(**options)
