@@ -3,14 +3,23 @@ from the params, the same result for the same seed, the passes it reports, a val
 a JSON-clean result. A method added to the registry is tested here without editing this file."""
 
 import dataclasses
+import json
 import sys
 
+import numpy as np
 import pytest
+import torch
 
 from coopprune import pipeline
 from coopprune.config import Params
-from coopprune.estimators import ESTIMATORS
-from coopprune.surrogate import SurrogateConfig
+from coopprune.engine import MaskEvaluator
+from coopprune.estimators import ESTIMATORS, get_estimator
+from coopprune.game import FunctionGame, LayerGame
+from coopprune.models import architecture_for
+from coopprune.strategy import select_players
+from coopprune.surrogate import Surrogate, SurrogateConfig
+from tiny import N_LAYERS as TINY_LAYERS
+from tiny import tiny_model
 
 # ---------------------------------------------------------------- options from the params
 N_LAYERS = 12
@@ -100,3 +109,174 @@ def test_prune_help_lists_the_registry(monkeypatch):
     monkeypatch.setattr(sys, "argv", ["coopprune", "prune", "--help"])
     listed = _method_help()
     assert all(f"{name}: {ESTIMATORS[name].summary}" in listed for name in ESTIMATORS)
+
+
+# ---------------------------------------------------------------- every method on a tiny game
+K, PROTECTED, SEED = 2, (0,), 3
+N_PLAYERS, WINDOWS = 8, 12  # 12 windows: game-search screens on 10 of them, EvoPress on 1
+WEIGHTS = np.linspace(0.05, 0.4, N_PLAYERS)
+FAST = {"surrogate": {"epochs": 150}, "prune": {"bootstrap": 2}}  # small fits; intervals still exercised
+
+
+def value(masks):
+    """A known game: removal costs add up on the log scale, and players 1 and 2 back each other up."""
+    removed = ~np.asarray(masks, bool)
+    return np.exp(-(removed @ WEIGHTS) - 0.3 * (removed[:, 1] & removed[:, 2]))
+
+
+def on_windows(masks, rows):
+    """The same game seen on some windows: a little off, by how many."""
+    return value(masks) * np.exp(-0.02 * len(rows) * ~np.asarray(masks, bool)[:, 5])
+
+
+class Counted:
+    """What the game's value functions were really asked: full evaluations, and passes (a
+    screen's evaluation is its share of the windows)."""
+
+    def __init__(self):
+        self.evaluations, self.passes = 0, 0.0
+
+    def full(self, masks):
+        self.evaluations += len(masks)
+        self.passes += len(masks)
+        return value(masks)
+
+    def screen(self, masks, rows):
+        self.passes += len(masks) * len(rows) / WINDOWS
+        return on_windows(masks, rows)
+
+
+def layer_game():
+    """For the methods that read activations: a tiny llama, two batches of two windows."""
+    model = tiny_model("llama")
+    ids = torch.randint(0, 300, (4, 16), generator=torch.Generator().manual_seed(1))
+    return LayerGame(MaskEvaluator(model, architecture_for(model.config), ids, batch_size=2), protected=PROTECTED)
+
+
+def run(method):
+    """The method as the pipeline runs it: options from the params, checked, then one selection."""
+    cls = ESTIMATORS[method]
+    counted = Counted()
+    game = layer_game() if cls.needs_model else FunctionGame(
+        N_PLAYERS, counted.full, protected=PROTECTED, windows=WINDOWS, screen_fn=counted.screen)
+    params = Params.from_dict({"model": {"source": "tiny"}, **FAST, "prune": {**FAST["prune"], "method": method}})
+    estimator = get_estimator(method, **pipeline.estimator_options(params, game.n_players))
+    estimator.check(game.n_players, K, None, game.n_windows)
+    before = (game.evaluations, game.cost)
+    selection = select_players(game, estimator, K, seed=SEED)
+    return selection, game, before, (None if cls.needs_model else counted)
+
+
+def plain(data):
+    """``data`` as JSON gives it back: tuples become lists."""
+    if isinstance(data, dict):
+        return {key: plain(v) for key, v in data.items()}
+    return [plain(v) for v in data] if isinstance(data, (list, tuple)) else data
+
+
+def without_time(record):
+    return {key: v for key, v in record.items() if key != "seconds"}
+
+
+@pytest.fixture(scope="module")
+def runs():
+    """Each method run twice on fresh games with the same seed (shared by the checks below)."""
+    cache = {}
+
+    def get(method):
+        if method not in cache:
+            cache[method] = (run(method), run(method))
+        return cache[method]
+
+    return get
+
+
+METHODS = sorted(ESTIMATORS)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_same_seed_same_result(method, runs):
+    (first, *_), (second, *_) = runs(method)
+    assert first.removed == second.removed
+    a, b = (s.rounds[0].contributions for s in (first, second))
+    assert json.dumps(without_time(a.to_json())) == json.dumps(without_time(b.to_json()))
+    assert (a.replicates is None) == (b.replicates is None)
+    if a.replicates is not None:
+        assert np.array_equal(a.replicates, b.replicates)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_reported_passes_are_what_the_game_counted(method, runs):
+    (selection, game, (evaluations0, cost0), counted), _ = runs(method)
+    result = selection.rounds[0].contributions
+    assert result.evaluations == game.evaluations - evaluations0 == selection.evaluations
+    assert result.passes == pytest.approx(game.cost - cost0)
+    if counted is not None:  # a synthetic game: what its value functions were really asked
+        assert result.evaluations == counted.evaluations
+        assert result.passes == pytest.approx(counted.passes)
+    if ESTIMATORS[method].needs_model:
+        assert result.evaluations >= 1  # the forward pass it read the activations from
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_a_valid_removal_set(method, runs):
+    (selection, game, *_), _ = runs(method)
+    removed, result = selection.removed, selection.rounds[0].contributions
+    assert len(removed) == len(set(removed)) == K
+    assert all(type(i) is int and 0 <= i < game.n_players for i in removed)
+    assert not set(removed) & set(game.protected_players)
+    assert result.values.shape == (game.n_players,)
+    if result.removal is not None:  # a set-based method: its own set is the one removed
+        assert sorted(result.removal) == removed
+    assert result.method == method
+
+
+#: Non-finite numbers a result may hold, by method and place, and why (``json`` writes them as
+#: -Infinity or NaN, which strict parsers refuse); anything else non-finite fails the contract.
+DOCUMENTED_NONFINITE = {
+    "game-search": {
+        ("search", "trace", 0, "utility"): "-inf: no k-set was evaluated before the first round (here: a synthetic "
+                                           "game, so no peer seeds, and a budget too small for the greedy path)",
+    },
+}
+
+
+def nonfinite(data, path=()):
+    """Where ``data`` holds NaN or an infinity."""
+    if isinstance(data, dict):
+        return [p for key, v in data.items() for p in nonfinite(v, (*path, key))]
+    if isinstance(data, (list, tuple)):
+        return [p for i, v in enumerate(data) for p in nonfinite(v, (*path, i))]
+    return [path] if isinstance(data, float) and not np.isfinite(data) else []
+
+
+def replaced(data, path, new):
+    if not path:
+        return new
+    head, *rest = path
+    copy = dict(data) if isinstance(data, dict) else list(data)
+    copy[head] = replaced(data[head], rest, new)
+    return copy
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_the_result_is_clean_json(method, runs):
+    """No NaN or infinity but the documented ones (a NaN value is written as null), no numpy
+    scalars, string keys: what ``json`` writes, it reads back the same."""
+    (selection, *_), _ = runs(method)
+    record = selection.rounds[0].contributions.to_json()
+    found = nonfinite(record)
+    assert set(found) <= set(DOCUMENTED_NONFINITE.get(method, {})), found
+    for path in found:
+        record = replaced(record, path, None)
+    assert json.loads(json.dumps(record, allow_nan=False)) == plain(record)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_what_it_fitted_travels_in_the_result(method, runs):
+    """A surrogate method returns its surrogate (the report saves it) and reports its fit."""
+    (selection, *_), _ = runs(method)
+    result = selection.rounds[0].contributions
+    assert ("surrogate" in result.details) == (result.surrogate is not None) == (selection.surrogate is not None)
+    assert result.surrogate is None or isinstance(result.surrogate, Surrogate)
+    assert not any(isinstance(v, Surrogate) for v in vars(get_estimator(method)).values())

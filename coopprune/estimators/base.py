@@ -10,11 +10,10 @@ method fitted (a surrogate) travels in the result too, never as an attribute of 
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
@@ -88,6 +87,8 @@ class Estimator(ABC):
     budget_is_sweep: ClassVar[bool] = False
     #: True for set-based methods (SLEB, Gromov's block, drop-last) that cannot rank without a target.
     requires_k: ClassVar[bool] = False
+    #: True if it reads the model's activations (a :class:`LayerGame`), not only the value function.
+    needs_model: ClassVar[bool] = False
     #: True if it searches sets under a cost budget (``costs``, ``max_cost``: players of different sizes).
     accepts_costs: ClassVar[bool] = False
     #: Its own options as a frozen dataclass (fields: names and defaults; ``__post_init__``: their
@@ -128,7 +129,7 @@ class Estimator(ABC):
         while a constructor passes ``**options`` on)."""
         import inspect
 
-        accepted = set() if cls.config_class is None else {f.name for f in dataclasses.fields(cls.config_class)}
+        accepted = set() if cls.config_class is None else {f.name for f in fields(cls.config_class)}
         for klass in cls.__mro__:
             if "__init__" in vars(klass):
                 params = inspect.signature(vars(klass)["__init__"]).parameters
@@ -153,7 +154,7 @@ class Estimator(ABC):
         cls.check_options(options)
         if cls.config_class is None:
             return cls(**options)
-        own = {f.name for f in dataclasses.fields(cls.config_class)}
+        own = {f.name for f in fields(cls.config_class)}
         config = cls.config_class(**{key: v for key, v in options.items() if key in own})
         return cls(config, **{key: v for key, v in options.items() if key not in own})  # type: ignore[call-arg]
 
