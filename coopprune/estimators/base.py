@@ -6,6 +6,13 @@ flows and the benchmarks treat every method, the paper's and the peers', alike.
 wall time. Set-based methods (SLEB's greedy order, Gromov's contiguous block) also return the
 exact set to remove for the requested ``k`` in ``removal``; everything else is ranked. What a
 method fitted (a surrogate) travels in the result too, never as an attribute of the estimator.
+
+Adding a method is one file in this package, imported in ``__init__.py``: an :class:`Estimator`
+subclass under ``@register`` with a ``name``, a one-line ``summary`` (the CLI's help lists it), the
+flags that apply (``requires_k``, ``uses_budget``, ``needs_model``, ...) and ``_estimate``. Its
+settings are constructor keywords, or a frozen dataclass named by ``config_class``; what it takes
+from the params, ``options_from_params``. ``tests/test_estimator_contract.py`` then runs it as
+every other method is run, with no edit.
 """
 
 from __future__ import annotations
