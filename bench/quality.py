@@ -41,7 +41,6 @@ from coopprune.config import GameParams, Params
 from coopprune.dataset import MaskDataset
 from coopprune.engine import MaskEvaluator
 from coopprune.estimators import ESTIMATORS, get_estimator
-from coopprune.estimators.surrogate_based import SurrogateEstimator
 from coopprune.game import LayerGame
 from coopprune.models.loading import load_model
 from coopprune.objective import objective_for
@@ -51,7 +50,6 @@ from coopprune.sampling import PAPER_REMOVE_RATIOS
 from coopprune.select import select_layers, select_within_cost
 from coopprune.strategy import select_players
 from coopprune.sublayers import SublayerEvaluator, sublayer_parameters, zero_half_layers
-from coopprune.surrogate import SurrogateConfig
 from coopprune.utility import utility_spec
 from coopprune.zeroshot import TASKS as TASK_SPECS
 
@@ -123,7 +121,6 @@ PPL_WINDOWS = {128: 64, 512: 16}  # the same 8,192 tokens of BoolQ passages at b
 #: Held-out text, split so defaults are chosen on one half and reported on the other: BoolQ's
 #: passages alternately (even ones validation, odd ones test), never the calibration text.
 SPLITS = {"val": slice(0, None, 2), "test": slice(1, None, 2)}
-SURROGATE_OPTIONS = {"surrogate": SurrogateConfig(), "bootstrap": 10}
 
 
 class Bench:
@@ -202,7 +199,7 @@ def select(bench: Bench, label: str) -> dict[str, Any]:
     arm = ARMS[label]
     if cache.is_file() and not arm.per_k:  # per-k arms are assembled from their per-k parts, for these ks
         return json.loads(cache.read_text())
-    options = {**(SURROGATE_OPTIONS if issubclass(ESTIMATORS[arm.method], SurrogateEstimator) else {}), **dict(arm.options)}
+    options = {**ESTIMATORS[arm.method].options_from_params(bench.params, bench.n_layers), **dict(arm.options)}
     sweep_masks = len(bench.sweep()) if arm.sweep else 0
     start = time.perf_counter()
     removed: dict[int, list[int]] = {}

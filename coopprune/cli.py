@@ -27,6 +27,16 @@ TrustRemoteCode = Annotated[
 ]
 
 
+def _method_help() -> str:
+    """``--method``'s help: every registered method and its summary. The registry imports torch
+    (seconds), so it is read only for ``coopprune prune --help``, the one place the line shows."""
+    if sys.argv[1:2] != ["prune"] or "--help" not in sys.argv:
+        return "A registered method; `coopprune prune --help` lists them."
+    from coopprune.estimators import ESTIMATORS
+
+    return "; ".join(f"{name}: {ESTIMATORS[name].summary}" for name in sorted(ESTIMATORS)) + "."
+
+
 def _parse_layers(text: str | None) -> list[int]:
     if not text:
         return []
@@ -82,13 +92,7 @@ def prune(
     out: Annotated[Path, typer.Option("--out", help="Folder for the pruned checkpoint.")],
     remove: Annotated[int | None, typer.Option("--remove", "-k", help="Number of layers to remove.")] = None,
     ratio: Annotated[float | None, typer.Option("--ratio", help="Fraction of layers to remove, in (0, 1).")] = None,
-    method: Annotated[
-        str,
-        typer.Option(
-            help="game-search (default: the surrogate screens a set search), semivalue (paper), semivalue-search, shapley, shapley-adjusted; peers: evopress, sleb, bi, angular, ppl, last, random; "
-            "reference Shapley estimators: permutation, kernelshap, exact."
-        ),
-    ] = "game-search",
+    method: Annotated[str, typer.Option(help=_method_help())] = "game-search",
     calib: Annotated[str, typer.Option("--calib", help="Calibration text: file, folder, hf:NAME:SPLIT, lambada.")] = "lambada",
     mix: Annotated[str | None, typer.Option(help="Calibrate on a mixture instead of --calib: NAME=WEIGHT,... of bundled "
                                             "domains (books, science, howto, code) or sources, e.g. 'books=1,code=1'.")] = None,

@@ -30,7 +30,7 @@ from coopprune.objective import DomainAggregate, objective_for
 from coopprune.prune import check_output_dir, count_parameters, make_record, prune_layers, save_pruned
 from coopprune.records import PruningRecord
 from coopprune.report import write_report
-from coopprune.sampling import PAPER_REMOVE_RATIOS, StrataPlan, normalize_layers, removal_count
+from coopprune.sampling import StrataPlan, normalize_layers, removal_count
 from coopprune.strategy import Selection, select_by_cost, select_players
 from coopprune.sublayers import SublayerEvaluator, check_sublayers, sublayer_parameters, zero_half_layers
 from coopprune.surrogate import Surrogate, SurrogateConfig, fit_validated
@@ -217,7 +217,7 @@ def prune(request: PruneRequest) -> PruneResult:
         "screen_masks": str(r.screen_masks) if r.screen_masks is not None else None,
         "estimator_options": {key: str(v) for key, v in estimator_options(request.params, n_layers).items()},
     }
-    surrogate = getattr(estimator, "surrogate", None)
+    surrogate = selection.surrogate
     if r.decision_only:
         decision = {"method": p.method, "removed_players": selection.removed, "sublayers": sublayers,
                     "base_fingerprint": loaded.fingerprint, "scores": scores, "params": run_params}
@@ -277,22 +277,10 @@ def apply_decision(
 
 
 def estimator_options(params: Params, n_layers: int) -> dict[str, Any]:
-    """Constructor options of the configured method: surrogate settings for the surrogate methods,
-    free resamples off for the reference estimators with ``bootstrap: 0``, then ``prune.options``."""
-    import inspect
-
-    from coopprune.estimators.surrogate_based import SurrogateEstimator
-
-    cls, p, s = ESTIMATORS[params.prune.method], params.prune, params.sampling
-    options: dict[str, Any] = {}
-    if issubclass(cls, SurrogateEstimator):
-        ratios = s.remove_ratios if s.remove is None else [r / n_layers for r in s.remove]
-        options = {"surrogate": SurrogateConfig(**params.surrogate.model_dump()),
-                   "remove_ratios": tuple(ratios) if ratios is not None else PAPER_REMOVE_RATIOS,
-                   "bootstrap": p.bootstrap}
-    elif p.bootstrap == 0 and "bootstrap" in inspect.signature(cls.__init__).parameters:
-        options = {"bootstrap": 0}  # else 200 free resamples of what shapiq evaluated
-    return {**options, **p.method_options}
+    """Constructor options of the configured method: what it takes from the params
+    (``Estimator.options_from_params``), then ``prune.options`` on top."""
+    cls = ESTIMATORS[params.prune.method]
+    return {**cls.options_from_params(params, n_layers), **params.prune.method_options}
 
 
 def screen_windows(params: Params, n_layers: int, n_windows: int | None = None) -> list[int] | None:

@@ -8,11 +8,15 @@ earlier round that still applies is reused rather than repeated.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from coopprune.errors import CoopPruneError
 from coopprune.estimators import Contributions, Estimator
 from coopprune.game import Game
 from coopprune.select import select_layers, select_within_cost
+
+if TYPE_CHECKING:
+    from coopprune.surrogate import Surrogate
 
 
 @dataclass
@@ -36,6 +40,11 @@ class Selection:
     @property
     def seconds(self) -> float:
         return sum(r.contributions.seconds for r in self.rounds)
+
+    @property
+    def surrogate(self) -> Surrogate | None:
+        """The surrogate the last round fitted (the report saves it), if its method fits one."""
+        return self.rounds[-1].contributions.surrogate if self.rounds else None
 
 
 def choose(contributions: Contributions, k: int, protected: tuple[int, ...]) -> list[int]:

@@ -1,6 +1,8 @@
 """Set searches on synthetic games whose best k-set is known: game-search (coopprune's) and EvoPress."""
 
+import dataclasses
 import json
+import re
 from itertools import combinations
 
 import numpy as np
@@ -8,9 +10,9 @@ import pytest
 
 from coopprune.mixture import Calibration
 from coopprune.errors import CoopPruneError
-from coopprune.estimators import get_estimator
+from coopprune.estimators import ESTIMATORS, get_estimator
 from coopprune.estimators.evopress import generations_rule
-from coopprune.estimators.game_search import LogTarget, default_budget, initial_design, strata_around
+from coopprune.estimators.game_search import GameSearchConfig, LogTarget, default_budget, initial_design, strata_around
 from coopprune.estimators.removal import level_switch
 from coopprune.game import FunctionGame
 from coopprune.select import select_layers
@@ -398,3 +400,32 @@ def test_game_search_refines_the_confirmed_set_on_every_window():
     assert found.passes <= 40
     with pytest.raises(CoopPruneError, match="refine must be"):
         get_estimator("game-search", refine=0)
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"search_windows": 0}, "game-search: search_windows must be at least 1 (or null: every window), got 0"),
+    ({"confirm": 0}, "game-search: confirm must be at least 1, got 0"),
+    ({"refine": 0}, "game-search: refine must be at least 1 (or null), got 0"),
+    ({"per_round": 0}, "game-search: per_round must be at least 1, got 0"),
+    ({"screen_factor": 0}, "game-search: screen_factor must be at least 1, got 0"),
+    ({"initial": -1}, "game-search: exploration, restarts, mutations and initial cannot be negative"),
+    ({"screen_share": 1.0}, "game-search: screen_share must be in (0, 1), got 1.0"),
+    ({"trust": 0}, "game-search: trust must be at least 1 exchange (or null), got 0"),
+])
+def test_game_search_config_checks_its_settings(options, message):
+    """The settings are one frozen, typed object; building it checks them, whichever way it is built."""
+    with pytest.raises(CoopPruneError) as raised:
+        GameSearchConfig(**options)
+    assert str(raised.value) == message
+    with pytest.raises(CoopPruneError, match=re.escape(message)):
+        get_estimator("game-search", **options)
+
+
+def test_game_search_options_are_its_config_and_the_surrogate_familys():
+    search = get_estimator("game-search", per_round=3, peer_seeds=["bi"], base_masks=50, bootstrap=2)
+    assert search.config == GameSearchConfig(per_round=3, peer_seeds=("bi",), base_masks=50)
+    assert search.base_masks == 50 and search.bootstrap == 2
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        search.config.per_round = 4  # type: ignore[misc]
+    family = {"surrogate", "remove_ratios", "bootstrap", "permutations"}
+    assert ESTIMATORS["game-search"].option_names() == {f.name for f in dataclasses.fields(GameSearchConfig)} | family

@@ -24,6 +24,7 @@ MAX_PERMUTATIONS = 10_000
 @register
 class AdjustedShapley(SurrogateEstimator):
     name = "shapley-adjusted"
+    summary = "the surrogate's Shapley value plus a cross-fitted Monte Carlo correction"
     folds = 2
 
     def draw_chains(self, game: Game, budget: int, seed: int) -> np.ndarray:
@@ -86,18 +87,19 @@ class AdjustedShapley(SurrogateEstimator):
                 np.mean([p + c[rng.integers(0, len(c), len(c))].mean(0) for p, c in zip(parts, corrections)], axis=0)
                 for _ in range(self.bootstrap)
             ])
-        self.surrogate = Surrogate.fit(masks, utilities, self.surrogate_config)
-        self.surrogate.metrics = {"held_out_chains": fold_metrics}
+        fitted = Surrogate.fit(masks, utilities, self.surrogate_config)
+        fitted.metrics = {"held_out_chains": fold_metrics}
         if heldout:
-            self.surrogate.heldout = tuple(np.concatenate(a) for a in zip(*heldout))  # type: ignore[assignment]
+            fitted.heldout = tuple(np.concatenate(a) for a in zip(*heldout))  # type: ignore[assignment]
         return self._result(
             values,
             replicates=replicates,
+            surrogate=fitted,
             details={
                 "permutations": len(perms),
                 "training_masks": len(masks),
                 "surrogate_shapley": np.mean(parts, axis=0).tolist(),
                 "mean_abs_correction": float(np.abs(np.mean([c.mean(0) for c in corrections], axis=0)).mean()),
-                "surrogate": {"config": dataclasses.asdict(self.surrogate_config), "metrics": self.surrogate.metrics},
+                "surrogate": {"config": dataclasses.asdict(self.surrogate_config), "metrics": fitted.metrics},
             },
         )

@@ -24,7 +24,9 @@ class AngularDistance(Estimator):
     """
 
     name = "angular"
+    summary = "peer, Gromov's block of k layers that turns the residual stream least"
     requires_k = True
+    needs_model = True
 
     def _estimate(self, game: LayerGame, budget: int | None, seed: int, k: int | None) -> Contributions:
         n = game.n_players

@@ -4,7 +4,15 @@ flows and the benchmarks treat every method, the paper's and the peers', alike.
 ``estimate(game, budget, seed, k)`` returns a :class:`Contributions`: one value per player
 (higher = more important), optional bootstrap intervals, the real forward passes consumed and the
 wall time. Set-based methods (SLEB's greedy order, Gromov's contiguous block) also return the
-exact set to remove for the requested ``k`` in ``removal``; everything else is ranked.
+exact set to remove for the requested ``k`` in ``removal``; everything else is ranked. What a
+method fitted (a surrogate) travels in the result too, never as an attribute of the estimator.
+
+Adding a method is one file in this package, imported in ``__init__.py``: an :class:`Estimator`
+subclass under ``@register`` with a ``name``, a one-line ``summary`` (the CLI's help lists it), the
+flags that apply (``requires_k``, ``uses_budget``, ``needs_model``, ...) and ``_estimate``. Its
+settings are constructor keywords, or a frozen dataclass named by ``config_class``; what it takes
+from the params, ``options_from_params``. ``tests/test_estimator_contract.py`` then runs it as
+every other method is run, with no edit.
 """
 
 from __future__ import annotations
@@ -12,14 +20,18 @@ from __future__ import annotations
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from dataclasses import dataclass, field, fields
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
 from coopprune.errors import CoopPruneError
 from coopprune.game import Game
 from coopprune.select import select_layers
+
+if TYPE_CHECKING:
+    from coopprune.config import Params
+    from coopprune.surrogate import Surrogate
 
 #: ``details`` key of a resumed method: seconds its killed runs spent before this one (counted in ``seconds``).
 EARLIER_SECONDS = "earlier_seconds"
@@ -39,6 +51,8 @@ class Contributions:
     details: dict[str, Any] = field(default_factory=dict)
     passes: float = 0.0  # full-calibration passes: evaluations plus screens at their fraction
     replicates: np.ndarray | None = field(default=None, repr=False)  # bootstrap values [B, players]
+    #: the surrogate the method fitted (its report saves it); None: it fitted none. Not in ``to_json``.
+    surrogate: Surrogate | None = field(default=None, repr=False)
 
     def summarize_replicates(self, k: int | None, protected: tuple[int, ...]) -> None:
         """95% percentile intervals, and how often a resample picks the same bottom-k set."""
@@ -72,14 +86,21 @@ class Estimator(ABC):
     """Estimates every player's contribution in a game within a budget of real evaluations."""
 
     name: ClassVar[str]
+    #: One line on what it does, for the CLI's help (every registered method says its own).
+    summary: ClassVar[str]
     #: True if the method needs a budget of real evaluations (``None`` picks ``default_budget``).
     uses_budget: ClassVar[bool] = False
     #: True if its budget means "masks like the Stage-1 sweep's" (the pipeline passes the sweep's size).
     budget_is_sweep: ClassVar[bool] = False
     #: True for set-based methods (SLEB, Gromov's block, drop-last) that cannot rank without a target.
     requires_k: ClassVar[bool] = False
+    #: True if it reads the model's activations (a :class:`LayerGame`), not only the value function.
+    needs_model: ClassVar[bool] = False
     #: True if it searches sets under a cost budget (``costs``, ``max_cost``: players of different sizes).
     accepts_costs: ClassVar[bool] = False
+    #: Its own options as a frozen dataclass (fields: names and defaults; ``__post_init__``: their
+    #: checks), given to the constructor as ``config``; None: the constructor's keywords are its options.
+    config_class: ClassVar[type | None] = None
 
     def estimate(
         self, game: Game, budget: int | None = None, seed: int = 0, k: int | None = None,
@@ -104,20 +125,45 @@ class Estimator(ABC):
         return result
 
     @classmethod
-    def check_options(cls, options: dict[str, Any]) -> None:
-        """Names in ``options`` the constructor does not take are refused (a typo is not a default)."""
+    def options_from_params(cls, params: Params, n_layers: int) -> dict[str, Any]:
+        """Constructor options this method takes from the validated params of a run on a model of
+        ``n_layers`` layers (the caller puts ``prune.options`` on top): none, unless it says."""
+        return {}
+
+    @classmethod
+    def option_names(cls) -> set[str]:
+        """Every option it takes: its config's fields and its constructors' keywords (up the classes
+        while a constructor passes ``**options`` on)."""
         import inspect
 
-        accepted = set()
+        accepted = set() if cls.config_class is None else {f.name for f in fields(cls.config_class)}
         for klass in cls.__mro__:
             if "__init__" in vars(klass):
                 params = inspect.signature(vars(klass)["__init__"]).parameters
                 accepted |= {n for n, p in params.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
                 if not any(p.kind == p.VAR_KEYWORD for p in params.values()):
                     break
-        unknown = sorted(set(options) - accepted - {"self"})
+        return accepted - {"self"} - ({"config"} if cls.config_class is not None else set())
+
+    @classmethod
+    def check_options(cls, options: dict[str, Any]) -> None:
+        """Names in ``options`` it does not take are refused (a typo is not a default)."""
+        accepted = cls.option_names()
+        unknown = sorted(set(options) - accepted)
         if unknown:
-            raise CoopPruneError(f"method '{cls.name}' has no option '{unknown[0]}'; it takes {', '.join(sorted(accepted - {'self'}))}")
+            raise CoopPruneError(f"method '{cls.name}' has no option '{unknown[0]}'; "
+                                 f"it takes {', '.join(sorted(accepted))}")
+
+    @classmethod
+    def from_options(cls, **options: Any) -> Estimator:
+        """The estimator with these options, checked: its config's fields build its ``config``, the
+        rest are constructor keywords."""
+        cls.check_options(options)
+        if cls.config_class is None:
+            return cls(**options)
+        own = {f.name for f in fields(cls.config_class)}
+        config = cls.config_class(**{key: v for key, v in options.items() if key in own})
+        return cls(config, **{key: v for key, v in options.items() if key not in own})  # type: ignore[call-arg]
 
     def check(self, n_players: int, k: int | None, budget: int | None, n_windows: int | None = None) -> None:
         """Reject settings that cannot work, before any model is loaded (one-line error); ``n_windows``:
@@ -150,5 +196,4 @@ def get_estimator(name: str, **options: Any) -> Estimator:
         cls = ESTIMATORS[name]
     except KeyError:
         raise CoopPruneError(f"unknown method '{name}'; choose one of {', '.join(sorted(ESTIMATORS))}") from None
-    cls.check_options(options)
-    return cls(**options)
+    return cls.from_options(**options)

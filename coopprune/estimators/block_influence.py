@@ -16,6 +16,8 @@ class BlockInfluence(Estimator):
     """
 
     name = "bi"
+    summary = "peer, ShortGPT's Block Influence from one forward pass"
+    needs_model = True
 
     def _estimate(self, game: LayerGame, budget: int | None, seed: int, k: int | None) -> Contributions:
         influence = 1.0 - span_statistic(game, 1)

@@ -51,6 +51,7 @@ class EvoPress(Estimator):
     """Set-based: returns the final parent as ``removal``; values rank removed below kept."""
 
     name = "evopress"
+    summary = "peer, EvoPress's evolutionary search over k-sets"
     requires_k = True
 
     def __init__(

@@ -117,64 +117,76 @@ def strata_around(k: int, n_movable: int) -> list[int]:
     return sorted({max(1, k - half), k, min(n_movable - 1, k + half)})
 
 
+#: The settings a result reports under ``details["search"]["settings"]``, in this order.
+REPORTED_SETTINGS = ("per_round", "ensemble", "exploration", "patience", "screen_share", "greedy_width",
+                     "search_windows", "confirm", "refine")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class GameSearchConfig:
+    """game-search's own settings (``-o NAME=VALUE``, ``prune.options``), as the module docstring
+    describes them, with their defaults; building one checks them. The surrogate family's options
+    (``surrogate``, ``bootstrap``, ...) are the estimator's constructor keywords."""
+
+    per_round: int = 8
+    ensemble: int = 3
+    exploration: float = 1.0
+    patience: int = 6
+    initial: int | None = None
+    restarts: int = 8
+    mutations: int = 64
+    elites: int = 4
+    screen_share: float | None = None
+    screen_factor: int = 4
+    singles: bool = True
+    peer_seeds: tuple[str, ...] = ("angular", "bi")  # a list is taken too
+    greedy_width: int | None = 4
+    trust: int | None = 2
+    base_masks: int = 20_000
+    search_windows: int | None = 10
+    confirm: int = 8
+    refine: int | None = 8
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "peer_seeds", tuple(self.peer_seeds))
+        if self.search_windows is not None and self.search_windows < 1:
+            raise CoopPruneError("game-search: search_windows must be at least 1 (or null: every window), "
+                                 f"got {self.search_windows}")
+        if self.confirm < 1:
+            raise CoopPruneError(f"game-search: confirm must be at least 1, got {self.confirm}")
+        if self.refine is not None and self.refine < 1:
+            raise CoopPruneError(f"game-search: refine must be at least 1 (or null), got {self.refine}")
+        for key in ("per_round", "ensemble", "patience", "elites", "screen_factor"):
+            if getattr(self, key) < 1:
+                raise CoopPruneError(f"game-search: {key} must be at least 1, got {getattr(self, key)}")
+        if (self.exploration < 0 or self.restarts < 0 or self.mutations < 0
+                or (self.initial is not None and self.initial < 0)):
+            raise CoopPruneError("game-search: exploration, restarts, mutations and initial cannot be negative")
+        if self.screen_share is not None and not 0 < self.screen_share < 1:
+            raise CoopPruneError(f"game-search: screen_share must be in (0, 1), got {self.screen_share}")
+        if self.greedy_width is not None and self.greedy_width < 1:
+            raise CoopPruneError(f"game-search: greedy_width must be at least 1 (or null), got {self.greedy_width}")
+        if self.trust is not None and self.trust < 1:
+            raise CoopPruneError(f"game-search: trust must be at least 1 exchange (or null), got {self.trust}")
+
+
 @register
 class GameSearch(SurrogateEstimator):
     """Surrogate-screened search for the best k-removal set; see the module docstring."""
 
     name = "game-search"
+    summary = "coopprune's set search, the surrogate screening which sets get a real pass"
     requires_k = True
     accepts_costs = True  # players of different sizes (sublayers) under a cost budget
     budget_is_sweep = False  # its budget is real passes, by its own rule (default_budget)
 
-    def __init__(
-        self,
-        *,
-        per_round: int = 8,
-        ensemble: int = 3,
-        exploration: float = 1.0,
-        patience: int = 6,
-        initial: int | None = None,
-        restarts: int = 8,
-        mutations: int = 64,
-        elites: int = 4,
-        screen_share: float | None = None,
-        screen_factor: int = 4,
-        singles: bool = True,
-        peer_seeds: Sequence[str] = ("angular", "bi"),
-        greedy_width: int | None = 4,
-        trust: int | None = 2,
-        base_masks: int = 20_000,
-        search_windows: int | None = 10,
-        confirm: int = 8,
-        refine: int | None = 8,
-        **options: Any,
-    ) -> None:
-        super().__init__(base_masks=base_masks, **options)
-        if search_windows is not None and search_windows < 1:
-            raise CoopPruneError(f"game-search: search_windows must be at least 1 (or null: every window), got {search_windows}")
-        if confirm < 1:
-            raise CoopPruneError(f"game-search: confirm must be at least 1, got {confirm}")
-        if refine is not None and refine < 1:
-            raise CoopPruneError(f"game-search: refine must be at least 1 (or null), got {refine}")
-        self.search_windows, self.confirm, self.refine = search_windows, confirm, refine
-        for key, value in (("per_round", per_round), ("ensemble", ensemble), ("patience", patience),
-                           ("elites", elites), ("screen_factor", screen_factor)):
-            if value < 1:
-                raise CoopPruneError(f"game-search: {key} must be at least 1, got {value}")
-        if exploration < 0 or restarts < 0 or mutations < 0 or (initial is not None and initial < 0):
-            raise CoopPruneError("game-search: exploration, restarts, mutations and initial cannot be negative")
-        if screen_share is not None and not 0 < screen_share < 1:
-            raise CoopPruneError(f"game-search: screen_share must be in (0, 1), got {screen_share}")
-        self.per_round, self.ensemble, self.exploration, self.patience = per_round, ensemble, exploration, patience
-        self.initial, self.restarts, self.mutations, self.elites = initial, restarts, mutations, elites
-        self.screen_share, self.screen_factor, self.singles = screen_share, screen_factor, singles
-        self.peer_seeds = tuple(peer_seeds)
-        if greedy_width is not None and greedy_width < 1:
-            raise CoopPruneError(f"game-search: greedy_width must be at least 1 (or null), got {greedy_width}")
-        self.greedy_width = greedy_width
-        if trust is not None and trust < 1:
-            raise CoopPruneError(f"game-search: trust must be at least 1 exchange (or null), got {trust}")
-        self.trust = trust
+    config_class = GameSearchConfig
+
+    def __init__(self, config: GameSearchConfig | None = None, **options: Any) -> None:
+        """``options``: the surrogate family's (``surrogate``, ``bootstrap``, ...; ``base_masks`` is
+        in ``config``)."""
+        self.config = config if config is not None else GameSearchConfig()
+        super().__init__(base_masks=self.config.base_masks, **options)
 
     def check(self, n_players: int, k: int | None, budget: int | None, n_windows: int | None = None) -> None:
         """Fail before any model is loaded when the budget cannot buy one round (and, on a
@@ -184,14 +196,15 @@ class GameSearch(SurrogateEstimator):
         budget = default_budget(n_players, k) if budget is None else budget
         size = self._screen_size(n_windows)
         share = 1.0 if size is None else size / n_windows  # type: ignore[operator]
-        if budget < self.per_round * share + self._reserve(n_windows):
+        if budget < self.config.per_round * share + self._reserve(n_windows):
             raise CoopPruneError(f"game-search: a budget of {budget} real passes cannot buy one round of "
-                                 f"{self.per_round}" + (f" and {self.confirm} confirmations" if size else "")
+                                 f"{self.config.per_round}"
+                                 + (f" and {self.config.confirm} confirmations" if size else "")
                                  + " (raise --budget or lower per_round)")
 
     def _reserve(self, n_windows: int | None) -> int:
         """Full passes kept back for the confirmation step (a search on a screen only)."""
-        return self.confirm if self._screen_size(n_windows) is not None else 0
+        return self.config.confirm if self._screen_size(n_windows) is not None else 0
 
     def _estimate(
         self, game: Game, budget: int | None, seed: int, k: int | None,
@@ -213,7 +226,7 @@ class GameSearch(SurrogateEstimator):
         strata = strata_around(k, len(movable))
         paid = self._initial_design(game, removal, k, strata, room, seed)  # evaluations found stand in for it
         seeds = self._peer_seeds(game, removal, k)
-        round_cost = self.per_round * game.pass_cost
+        round_cost = self.config.per_round * game.pass_cost
         greedy = self._greedy_path(game, removal, k, room=room - paid - (game.cost - cost0) - round_cost)
         if greedy is not None:
             seeds["greedy"] = greedy
@@ -222,13 +235,13 @@ class GameSearch(SurrogateEstimator):
         trace = [{"round": 0, "passes": paid + game.cost - cost0, "removed": list(best), "utility": best_utility}]
         proposals: list[tuple[float, float]] = []  # (predicted before its real pass, real)
         stale, rounds = 0, 0
-        while paid + game.cost - cost0 + round_cost <= room + 1e-9 and stale < self.patience:
+        while paid + game.cost - cost0 + round_cost <= room + 1e-9 and stale < self.config.patience:
             rounds += 1
             ensemble, target = self._fit(game, seed + 101 * rounds)
             picked = self._propose(ensemble, game, removal, strata, rng)
             if not picked:
                 break
-            if self.screen_share is not None:
+            if self.config.screen_share is not None:
                 picked = self._screened(game, picked, rng)
             predicted = target.inverse(ensemble.predict(removal_masks(n, picked)))
             real = game.value_function(removal_masks(n, picked))
@@ -244,8 +257,8 @@ class GameSearch(SurrogateEstimator):
 
         masks, utilities = game.known()
         target = LogTarget(utilities)
-        final = fit_validated(masks, target(utilities), dataclasses.replace(self.surrogate_config, ensemble=self.ensemble))
-        self.surrogate = final
+        config = dataclasses.replace(self.surrogate_config, ensemble=self.config.ensemble)
+        final = fit_validated(masks, target(utilities), config)
         base = stratified_masks(n, strata, self.base_masks, np.random.default_rng([seed, 0x5E41]), game.protected_players)
 
         def values_of(surrogate: Surrogate) -> np.ndarray:
@@ -254,29 +267,27 @@ class GameSearch(SurrogateEstimator):
         pred, true = (np.array(v) for v in zip(*proposals)) if proposals else (np.zeros(0), np.zeros(0))
         details = {
             "search": {
-                "budget": budget, "rounds": rounds, "stopped": "patience" if stale >= self.patience else "budget",
+                "budget": budget, "rounds": rounds,
+                "stopped": "patience" if stale >= self.config.patience else "budget",
                 "strata_removed": strata, "chosen_real": best_utility, "chosen_cost": removal.cost(best),
                 "max_cost": removal.max_cost, "passes_before": paid, "peer_seeds": seeds, "trace": trace,
                 "fidelity": None if game is full else {"windows": game.n_windows, "of": full.n_windows,
                                                        "confirmed": confirmed, "refined": refined},
                 "proposals_fit": regression_metrics(true, pred),
-                "settings": {"per_round": self.per_round, "ensemble": self.ensemble, "exploration": self.exploration,
-                             "patience": self.patience, "screen_share": self.screen_share,
-                             "greedy_width": self.greedy_width, "search_windows": self.search_windows, "confirm": self.confirm,
-                             "refine": self.refine},
+                "settings": {key: getattr(self.config, key) for key in REPORTED_SETTINGS},
             },
             "training_masks": len(masks),
             "surrogate": {"config": dataclasses.asdict(final.config), "metrics": final.metrics},
         }
-        return self._result(values_of(final), removal=sorted(best),
+        return self._result(values_of(final), removal=sorted(best), surrogate=final,
                             replicates=self.bootstrap_values(masks, target(utilities), seed, values_of), details=details)
 
     # ------------------------------------------------------------------ steps
     def _screen_size(self, n_windows: int | None) -> int | None:
         """Windows the search runs on when they are fewer than all; None: it runs on every window."""
-        if self.search_windows is None or n_windows is None or n_windows <= self.search_windows:
+        if self.config.search_windows is None or n_windows is None or n_windows <= self.config.search_windows:
             return None
-        return self.search_windows
+        return self.config.search_windows
 
     def screen_windows(self, n_windows: int, seed: int) -> list[int] | None:
         """On more than ``search_windows`` windows: the seeded ones the search runs on."""
@@ -293,7 +304,7 @@ class GameSearch(SurrogateEstimator):
 
     def _confirm(self, full: Game, screen: Game, removal: Removal) -> list[dict[str, Any]]:
         """The ``confirm`` best sets of the lower-fidelity search, evaluated on every window."""
-        top = self._ranked(screen, removal)[: self.confirm]
+        top = self._ranked(screen, removal)[: self.config.confirm]
         if not top:
             return []
         real = full.value_function(removal_masks(full.n_players, (st for st, _ in top)))
@@ -305,12 +316,12 @@ class GameSearch(SurrogateEstimator):
         screen's surrogate ranks highest (real screen passes: the surrogate alone misses sets),
         evaluates the ``refine`` best on every window and moves to the best while it is better.
         The screen's optimum is often one exchange from the full calibration's."""
-        if self.refine is None:
+        if self.config.refine is None:
             return []
         best, best_utility = self._best_known(full, removal)
-        width = self.refine * self.screen_factor
+        width = self.config.refine * self.config.screen_factor
         steps: list[dict[str, Any]] = []
-        while room >= width * screen.pass_cost + self.refine * full.pass_cost - 1e-9:
+        while room >= width * screen.pass_cost + self.config.refine * full.pass_cost - 1e-9:
             on_full = evaluated_sets(full)
             fresh = [st for st in removal.swaps(best) if st not in on_full]
             if not fresh:
@@ -325,7 +336,8 @@ class GameSearch(SurrogateEstimator):
                 take = [unknown[i] for i in np.argsort(-scores, kind="stable")[:width]]
                 utilities = screen.value_function(removal_masks(full.n_players, take))
                 screened |= dict(zip(take, utilities.tolist()))
-            picked = sorted((st for st in fresh if st in screened), key=lambda st: (-screened[st], st))[: self.refine]
+            ranked = sorted((st for st in fresh if st in screened), key=lambda st: (-screened[st], st))
+            picked = ranked[: self.config.refine]
             real = full.value_function(removal_masks(full.n_players, picked))
             room -= full.cost - spent
             top = int(np.argmax(real))
@@ -343,10 +355,10 @@ class GameSearch(SurrogateEstimator):
         3k/2 players (for unequal costs: at those shares of the cost budget). Evaluations it
         already knows (a sweep) stand in for the design and count against the budget: returns how
         many did."""
-        wanted = initial_design(game.n_players, k) if self.initial is None else self.initial
-        wanted = min(wanted, budget - self.per_round)  # always leave room for one round
+        wanted = initial_design(game.n_players, k) if self.config.initial is None else self.config.initial
+        wanted = min(wanted, budget - self.config.per_round)  # always leave room for one round
         known = len(game.known()[0])
-        if self.singles:  # measured even when a sweep stands in for the rest (paid for as they go)
+        if self.config.singles:  # measured even when a sweep stands in for the rest (paid for as they go)
             singles = removal_masks(game.n_players, ((i,) for i in removal.movable))
             game.value_function(singles[:wanted])
         missing = wanted - len(game.known()[0])
@@ -373,7 +385,7 @@ class GameSearch(SurrogateEstimator):
         if not removal.unit or not hasattr(game, "evaluator"):
             return {}
         seeds = {}
-        for name in self.peer_seeds:
+        for name in self.config.peer_seeds:
             try:
                 c = get_estimator(name).estimate(game, k=k)
             except CoopPruneError:  # e.g. no block of k avoids the protected layers
@@ -390,22 +402,22 @@ class GameSearch(SurrogateEstimator):
         left, and keeps the best. (k - 1) x width passes instead of SLEB's ~k L; the singles it
         ranks by are the initial design's. Unit costs only (for sizes the ranking is not the path);
         skipped when its passes do not fit in ``room``."""
-        if (self.greedy_width is None or not removal.unit or not self.singles
-                or (k - 1) * self.greedy_width * game.pass_cost > room):
+        if (self.config.greedy_width is None or not removal.unit or not self.config.singles
+                or (k - 1) * self.config.greedy_width * game.pass_cost > room):
             return None
         n = game.n_players
         single = game.value_function(removal_masks(n, ((i,) for i in removal.movable)))  # known: free
         order = [removal.movable[i] for i in np.argsort(-single, kind="stable")]
         removed = [order[0]]
         while len(removed) < k:
-            options = [i for i in order if i not in removed][: self.greedy_width]
+            options = [i for i in order if i not in removed][: self.config.greedy_width]
             values = game.value_function(removal_masks(n, (removed + [i] for i in options)))
             removed.append(options[int(np.argmax(values))])
         return sorted(int(i) for i in removed)
 
     def _fit(self, game: Game, seed: int) -> tuple[Surrogate, LogTarget]:
         masks, utilities = game.known()
-        config = dataclasses.replace(self.surrogate_config, ensemble=self.ensemble, seed=seed)
+        config = dataclasses.replace(self.surrogate_config, ensemble=self.config.ensemble, seed=seed)
         target = LogTarget(utilities)
         return Surrogate.fit(masks, target(utilities), config), target
 
@@ -435,32 +447,32 @@ class GameSearch(SurrogateEstimator):
 
         def acquisition(x: np.ndarray) -> np.ndarray:
             mu, sd = ensemble.predict(x, return_std=True)
-            return mu + self.exploration * sd
+            return mu + self.config.exploration * sd
 
-        elites = [st for st, _ in self._ranked(game, removal)[: self.elites]]
+        elites = [st for st, _ in self._ranked(game, removal)[: self.config.elites]]
         base = stratified_masks(n, strata, 4096, np.random.default_rng(int(rng.integers(1 << 31))), game.protected_players)
         seeds = {removal.greedy(mean), removal.by_values(semivalue(mean, n, base))}  # SLEB's path, the ranking
-        starts = elites + sorted(seeds) + [removal.random(rng) for _ in range(self.restarts)]
+        starts = elites + sorted(seeds) + [removal.random(rng) for _ in range(self.config.restarts)]
         pool = {removal.local_search(acquisition, s) for s in dict.fromkeys(starts)}
         for elite in elites:
             pool |= set(removal.swaps(elite))
-            pool |= {removal.mutate(elite, rng) for _ in range(self.mutations // max(len(elites), 1))}
-        if self.trust is not None and elites:  # a surrogate is trusted only near real evaluations
-            pool = {s for s in pool if min(len(set(s) - set(e)) for e in elites) <= self.trust}
+            pool |= {removal.mutate(elite, rng) for _ in range(self.config.mutations // max(len(elites), 1))}
+        if self.config.trust is not None and elites:  # a surrogate is trusted only near real evaluations
+            pool = {s for s in pool if min(len(set(s) - set(e)) for e in elites) <= self.config.trust}
         pool |= seeds
         seen = evaluated_sets(game)
         fresh = sorted(s for s in pool if s not in seen and removal.valid(s))
         if not fresh:
             return []
         scores = acquisition(removal_masks(n, fresh))
-        take = self.per_round * (self.screen_factor if self.screen_share is not None else 1)
+        take = self.config.per_round * (self.config.screen_factor if self.config.screen_share is not None else 1)
         return [fresh[i] for i in np.argsort(-scores, kind="stable")[:take]]
 
     def _screened(self, game: Game, candidates: list[tuple[int, ...]], rng: np.random.Generator) -> list[tuple[int, ...]]:
         """Multi-fidelity: score every candidate on a random share of the windows, keep the best."""
-        size = max(1, round(self.screen_share * game.n_windows))  # type: ignore[operator]
-        if size >= game.n_windows or len(candidates) <= self.per_round:
-            return candidates[: self.per_round]
+        size = max(1, round(self.config.screen_share * game.n_windows))  # type: ignore[operator]
+        if size >= game.n_windows or len(candidates) <= self.config.per_round:
+            return candidates[: self.config.per_round]
         screen = game.screen(sorted(int(i) for i in rng.choice(game.n_windows, size=size, replace=False)))
         scores = screen.value_function(removal_masks(game.n_players, candidates))
-        return [candidates[i] for i in np.argsort(-scores, kind="stable")[: self.per_round]]
+        return [candidates[i] for i in np.argsort(-scores, kind="stable")[: self.config.per_round]]

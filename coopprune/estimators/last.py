@@ -18,6 +18,7 @@ class LastLayers(Estimator):
     """
 
     name = "last"
+    summary = "peer, the last k layers"
     requires_k = True
 
     def _estimate(self, game: LayerGame, budget: int | None, seed: int, k: int | None) -> Contributions:

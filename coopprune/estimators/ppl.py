@@ -13,6 +13,7 @@ class SingleLayerRemoval(Estimator):
     """Contribution of layer i = v(all) - v(all but i): its marginal value to the full model."""
 
     name = "ppl"
+    summary = "peer, each layer's damage when removed alone, as in Shortened LLaMA"
 
     def _estimate(self, game: Game, budget: int | None, seed: int, k: int | None) -> Contributions:
         n = game.n_players

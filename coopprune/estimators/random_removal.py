@@ -19,6 +19,7 @@ class RandomRemoval(Estimator):
     """
 
     name = "random"
+    summary = "peer, a seeded random set as the chance baseline"
 
     def _estimate(self, game: LayerGame, budget: int | None, seed: int, k: int | None) -> Contributions:
         values = np.random.default_rng(seed).permutation(game.n_players).astype(float)

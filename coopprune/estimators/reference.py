@@ -12,7 +12,7 @@ original sample; if a shapiq release changes its internals, the intervals are le
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -21,6 +21,9 @@ from coopprune.estimators.base import Contributions, Estimator, register
 from coopprune.estimators.surrogate_based import DEFAULT_BUDGET
 from coopprune.game import Game
 from coopprune.shapley import MAX_EXACT_PLAYERS, chain_marginals, exact_shapley
+
+if TYPE_CHECKING:
+    from coopprune.config import Params
 
 Calls = list[tuple[np.ndarray, np.ndarray]]  # (coalitions, values) of each value-function call
 
@@ -33,6 +36,12 @@ class _Shapiq(Estimator):
 
     def __init__(self, bootstrap: int = 200) -> None:
         self.bootstrap = bootstrap  # resamples of the recorded sample (free: no real evaluations)
+
+    @classmethod
+    def options_from_params(cls, params: Params, n_layers: int) -> dict[str, Any]:
+        """``prune.bootstrap: 0`` turns the free resamples off; any other value keeps this method's
+        own 200 (resamples of what shapiq evaluated, not surrogate refits)."""
+        return {"bootstrap": 0} if params.prune.bootstrap == 0 else {}
 
     def approximator(self, n_players: int, seed: int):  # noqa: ANN201 - a shapiq Approximator
         raise NotImplementedError
@@ -86,6 +95,7 @@ def permutation_chains(n_players: int, calls: Calls) -> tuple[np.ndarray, np.nda
 @register
 class PermutationSampling(_Shapiq):
     name = "permutation"
+    summary = "reference, shapiq's permutation-sampling Shapley on the model"
 
     def approximator(self, n_players: int, seed: int):  # noqa: ANN201
         from shapiq import PermutationSamplingSV
@@ -105,6 +115,7 @@ class PermutationSampling(_Shapiq):
 @register
 class KernelShap(_Shapiq):
     name = "kernelshap"
+    summary = "reference, shapiq's KernelSHAP on the model"
 
     def approximator(self, n_players: int, seed: int):  # noqa: ANN201
         from shapiq import KernelSHAP
@@ -148,6 +159,7 @@ class ExactShapley(Estimator):
     """Every coalition through the real model: 2^L evaluations, so only for small games."""
 
     name = "exact"
+    summary = "reference, the exact Shapley value from 2^L evaluations, small models only"
 
     def _estimate(self, game: Game, budget: int | None, seed: int, k: int | None) -> Contributions:
         n = game.n_players

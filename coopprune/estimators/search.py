@@ -47,6 +47,7 @@ class SemivalueSearch(Semivalue):
     """The semivalue's surrogate used to pick a set: search, then verify the best on the real model."""
 
     name = "semivalue-search"
+    summary = "the semivalue's surrogate searched for a set, the best few verified on the model"
     requires_k = True
 
     def __init__(self, *, verify: int = 16, restarts: int = 32, **options: Any) -> None:
@@ -56,7 +57,7 @@ class SemivalueSearch(Semivalue):
 
     def _estimate(self, game: Game, budget: int | None, seed: int, k: int | None) -> Contributions:
         result = super()._estimate(game, budget, seed, k)
-        assert self.surrogate is not None and k is not None
+        assert result.surrogate is not None and k is not None
         n, protected = game.n_players, game.protected_players
         ranked = tuple(select_layers(result.values, k, protected))
         rng = np.random.default_rng([seed, 0x5EA2C4])
@@ -64,7 +65,7 @@ class SemivalueSearch(Semivalue):
         refits = result.replicates if result.replicates is not None else []
         starts = [ranked] + [tuple(select_layers(r, k, protected)) for r in refits]
         starts += [tuple(int(i) for i in rng.choice(movable, size=k, replace=False)) for _ in range(self.restarts)]
-        found = search_removals(self.surrogate.predict, n, movable, starts)
+        found = search_removals(result.surrogate.predict, n, movable, starts)
         chosen = [s for s, _ in found if s != ranked][: max(self.verify - 1, 0)] + [ranked]
         real = game.value_function(removal_masks(n, chosen))
         best = int(np.argmax(real))  # ties: the first, i.e. the higher predicted utility

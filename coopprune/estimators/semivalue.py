@@ -20,6 +20,7 @@ from coopprune.surrogate import Surrogate
 @register
 class Semivalue(SurrogateEstimator):
     name = "semivalue"
+    summary = "the paper's size-restricted semivalue of a surrogate, the k lowest removed"
 
     def values_from(self, game: Game, plan: StrataPlan, seed: int) -> Callable[[Surrogate], np.ndarray]:
         rng = np.random.default_rng([seed, 0x5E41])

@@ -21,6 +21,7 @@ from coopprune.surrogate import Surrogate
 @register
 class SurrogateShapley(SurrogateEstimator):
     name = "shapley"
+    summary = "the Shapley value of a surrogate trained on every coalition size"
     all_sizes = True
 
     def values_from(self, game: Game, plan: StrataPlan, seed: int) -> Callable[[Surrogate], np.ndarray]:

@@ -23,6 +23,7 @@ class SLEB(Estimator):
     """
 
     name = "sleb"
+    summary = "peer, SLEB's greedy removal one layer at a time"
     requires_k = True
 
     def _estimate(self, game: LayerGame, budget: int | None, seed: int, k: int | None) -> Contributions:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -18,6 +18,9 @@ from coopprune.estimators.base import Contributions, Estimator
 from coopprune.game import Game
 from coopprune.sampling import PAPER_REMOVE_RATIOS, StrataPlan
 from coopprune.surrogate import Surrogate, SurrogateConfig, fit_validated
+
+if TYPE_CHECKING:
+    from coopprune.config import Params
 
 DEFAULT_BUDGET = 200  # real evaluations: 40 masks in each of the paper's 5 strata
 
@@ -41,7 +44,16 @@ class SurrogateEstimator(Estimator):
         self.bootstrap = bootstrap
         self.base_masks = base_masks
         self.permutations = permutations
-        self.surrogate: Surrogate | None = None  # the last fitted one, for saving and plots
+
+    @classmethod
+    def options_from_params(cls, params: Params, n_layers: int) -> dict[str, Any]:
+        """The ``surrogate`` section, the sweep's strata as ratios of ``n_layers`` (the paper's when
+        it names none) and ``prune.bootstrap``."""
+        s = params.sampling
+        ratios = s.remove_ratios if s.remove is None else [r / n_layers for r in s.remove]
+        return {"surrogate": SurrogateConfig(**params.surrogate.model_dump()),
+                "remove_ratios": tuple(ratios) if ratios is not None else PAPER_REMOVE_RATIOS,
+                "bootstrap": params.prune.bootstrap}
 
     #: Train on every coalition size (Shapley weights them alike) instead of the pruning strata.
     all_sizes: bool = False
@@ -70,8 +82,7 @@ class SurrogateEstimator(Estimator):
         inside = np.isin(masks.sum(1), list(strata))
         outside = (masks[~inside], utilities[~inside]) if (~inside).sum() >= 3 else None
         # refits on every real evaluation (out-of-strata ones included); the metrics stay held-out ones
-        self.surrogate = fit_validated(masks[inside], utilities[inside], self.surrogate_config, out_of_strata=outside)
-        return self.surrogate
+        return fit_validated(masks[inside], utilities[inside], self.surrogate_config, out_of_strata=outside)
 
     def bootstrap_values(
         self, masks: np.ndarray, utilities: np.ndarray, seed: int, values_of: Callable[[Surrogate], np.ndarray]
@@ -87,12 +98,12 @@ class SurrogateEstimator(Estimator):
             reps.append(values_of(Surrogate.fit(masks[rows], utilities[rows], config)))
         return np.stack(reps)
 
-    def surrogate_details(self, plan: StrataPlan, n_train: int) -> dict[str, Any]:
-        assert self.surrogate is not None
+    @staticmethod
+    def surrogate_details(plan: StrataPlan, n_train: int, surrogate: Surrogate) -> dict[str, Any]:
         return {
             "training_masks": n_train,
             "strata_removed": list(plan.removals),
-            "surrogate": {"config": dataclasses.asdict(self.surrogate.config), "metrics": self.surrogate.metrics},
+            "surrogate": {"config": dataclasses.asdict(surrogate.config), "metrics": surrogate.metrics},
         }
 
     def _estimate(self, game: Game, budget: int | None, seed: int, k: int | None) -> Contributions:
@@ -102,7 +113,8 @@ class SurrogateEstimator(Estimator):
         return self._result(
             values_of(surrogate),
             replicates=self.bootstrap_values(masks, utilities, seed, values_of),
-            details=self.surrogate_details(plan, len(masks)),
+            details=self.surrogate_details(plan, len(masks), surrogate),
+            surrogate=surrogate,
         )
 
     def values_from(self, game: Game, plan: StrataPlan, seed: int) -> Callable[[Surrogate], np.ndarray]:
