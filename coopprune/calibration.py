@@ -107,7 +107,7 @@ class Windows:
     def subset(self, rows: list[int]) -> Windows:
         """Some of the windows, fingerprinted as what they are (a screen's own calibration set)."""
         ids = self.input_ids[rows]
-        return Windows(ids, _fingerprint(ids), None if self.groups is None else tuple(self.groups[r] for r in rows))
+        return Windows(ids, ids_fingerprint(ids), None if self.groups is None else tuple(self.groups[r] for r in rows))
 
 
 def _tokenize_stream(tokenizer: PreTrainedTokenizerBase, docs: list[str], needed: int | None) -> list[int]:
@@ -129,7 +129,7 @@ def text_fingerprint(docs: list[str]) -> str:
     return digest.hexdigest()
 
 
-def _fingerprint(ids: torch.Tensor) -> str:
+def ids_fingerprint(ids: torch.Tensor) -> str:
     return hashlib.sha256(ids.numpy().astype(np.int64).tobytes() + str(tuple(ids.shape)).encode()).hexdigest()
 
 
@@ -153,7 +153,7 @@ def calibration_windows(
         )
     chosen = np.sort(rng.choice(slots, size=n_windows, replace=False))
     ids = torch.tensor([stream[s * length : (s + 1) * length] for s in chosen], dtype=torch.long)
-    return Windows(ids, _fingerprint(ids))
+    return Windows(ids, ids_fingerprint(ids))
 
 
 def evaluation_windows(
@@ -168,5 +168,15 @@ def evaluation_windows(
     if slots < 1:
         raise CoopPruneError(f"evaluation text too short: {len(stream)} tokens, need at least {length}")
     ids = torch.tensor(stream[: slots * length], dtype=torch.long).view(slots, length)
-    return Windows(ids, _fingerprint(ids))
+    return Windows(ids, ids_fingerprint(ids))
 
+
+def allocate(weights: list[float], n_windows: int) -> list[int]:
+    """Windows per part in proportion to the weights (largest remainder; ties to the earlier part),
+    so equal weights give equal tokens."""
+    total = sum(weights)
+    exact = [n_windows * w / total for w in weights]
+    counts = [int(x) for x in exact]
+    for i in sorted(range(len(exact)), key=lambda i: (counts[i] - exact[i], i))[: n_windows - sum(counts)]:
+        counts[i] += 1
+    return counts

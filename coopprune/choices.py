@@ -27,7 +27,7 @@ from lm_eval.api.model import TemplateLM
 from lm_eval.models.huggingface import HFLM
 from transformers import PreTrainedTokenizerBase
 
-from coopprune.calibration import Windows, _fingerprint, allocate
+from coopprune.calibration import Windows, allocate, ids_fingerprint
 from coopprune.errors import CoopPruneError
 from coopprune.objective import ChoiceMargin
 from coopprune.zeroshot import RESERVED_SHARE, build_configs, check_tasks, lm_eval_tasks, quiet
@@ -63,7 +63,7 @@ class ChoiceWindows(Windows):
 
 def _windows(ids: torch.Tensor, objective: ChoiceMargin) -> ChoiceWindows:
     meta = torch.tensor(np.stack([objective.item, objective.gold, objective.start, objective.end], 1), dtype=torch.long)
-    return ChoiceWindows(ids, _fingerprint(torch.cat([ids, meta], 1)), None, objective)
+    return ChoiceWindows(ids, ids_fingerprint(torch.cat([ids, meta], 1)), None, objective)
 
 
 class _LMEvalEncoder:

@@ -8,23 +8,12 @@ from typing import TYPE_CHECKING
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from coopprune.calibration import Windows, _fingerprint, calibration_windows, load_texts
+from coopprune.calibration import Windows, allocate, calibration_windows, ids_fingerprint, load_texts
 from coopprune.domains import DOMAINS
 from coopprune.errors import CoopPruneError
 
 if TYPE_CHECKING:
     from coopprune.config import CalibrationParams
-
-
-def allocate(weights: list[float], n_windows: int) -> list[int]:
-    """Windows per part in proportion to the weights (largest remainder; ties to the earlier part),
-    so equal weights give equal tokens."""
-    total = sum(weights)
-    exact = [n_windows * w / total for w in weights]
-    counts = [int(x) for x in exact]
-    for i in sorted(range(len(exact)), key=lambda i: (counts[i] - exact[i], i))[: n_windows - sum(counts)]:
-        counts[i] += 1
-    return counts
 
 
 @dataclass(frozen=True)
@@ -80,4 +69,4 @@ class Calibration:
                 chunks.append(calibration_windows(tokenizer, docs, n, self.window, self.seed).input_ids)
                 groups += [name] * n
         ids = torch.cat(chunks)
-        return Windows(ids, _fingerprint(ids), tuple(groups))
+        return Windows(ids, ids_fingerprint(ids), tuple(groups))
