@@ -165,7 +165,7 @@ def table(k: int, cells: dict[str, dict[str, Any]], ppl: dict[str, dict[str, flo
     domains = [*SUITE["validation"], *SUITE["test"]]
     head = ("| arm | removed | " + " | ".join(f"{d} (val)" for d in SUITE["validation"]) + " | "
             + " | ".join(SUITE["test"]) + " | mean val | mean test | worst test ratio | tokens |")
-    lines = [f"### k = {k}", "", head, "|" + "---|" * (len(domains) + 7)]
+    lines = [f"### k = {k}", "", head, "|" + "---|" * (len(domains) + 6)]
     best_mean = min(r["mean_test"] for r in rows)
     for r in rows:
         mark = " **best**" if r["mean_test"] == best_mean else ""
