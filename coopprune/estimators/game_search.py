@@ -55,7 +55,7 @@ from typing import Any
 import numpy as np
 
 from coopprune.errors import CoopPruneError
-from coopprune.estimators.base import Contributions, register
+from coopprune.estimators.base import Contributions, get_estimator, register
 from coopprune.estimators.removal import Predict, Removal, removal_mask, removal_masks
 from coopprune.estimators.surrogate_based import SurrogateEstimator
 from coopprune.game import Game
@@ -380,8 +380,6 @@ class GameSearch(SurrogateEstimator):
         """The sets the one-pass peers would remove (Gromov's block, ShortGPT's bottom k), evaluated
         for real: two activation passes and two evaluations buy a search that is never worse on
         calibration than either. Games without a model (synthetic) or with sizes skip this."""
-        from coopprune.estimators import get_estimator
-
         if not removal.unit or not hasattr(game, "evaluator"):
             return {}
         seeds = {}
