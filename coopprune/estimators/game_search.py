@@ -170,6 +170,13 @@ class GameSearchConfig:
             raise CoopPruneError(f"game-search: trust must be at least 1 exchange (or null), got {self.trust}")
 
 
+
+def _trace_entry(round_: int, passes: float, best: list[int], utility: float) -> dict:
+    """One point of the search trace; no k-set evaluated yet (utility -inf) is written as null,
+    which every JSON reader takes, not -Infinity."""
+    return {"round": round_, "passes": passes, "removed": list(best),
+            "utility": utility if math.isfinite(utility) else None}
+
 @register
 class GameSearch(SurrogateEstimator):
     """Surrogate-screened search for the best k-removal set; see the module docstring."""
@@ -232,7 +239,7 @@ class GameSearch(SurrogateEstimator):
             seeds["greedy"] = greedy
 
         best, best_utility = self._best_known(game, removal)
-        trace = [{"round": 0, "passes": paid + game.cost - cost0, "removed": list(best), "utility": best_utility}]
+        trace = [_trace_entry(0, paid + game.cost - cost0, best, best_utility)]
         proposals: list[tuple[float, float]] = []  # (predicted before its real pass, real)
         stale, rounds = 0, 0
         while paid + game.cost - cost0 + round_cost <= room + 1e-9 and stale < self.config.patience:
@@ -249,7 +256,7 @@ class GameSearch(SurrogateEstimator):
             new_best, new_utility = self._best_known(game, removal)
             stale = 0 if new_utility > best_utility + 1e-12 else stale + 1
             best, best_utility = new_best, max(best_utility, new_utility)
-            trace.append({"round": rounds, "passes": paid + game.cost - cost0, "removed": list(best), "utility": best_utility})
+            trace.append(_trace_entry(rounds, paid + game.cost - cost0, best, best_utility))
         confirmed = self._confirm(full, game, removal) if game is not full else []
         refined = self._refine(full, game, removal, seed, budget - paid - (full.cost - full_cost0)) if confirmed else []
         if confirmed:
