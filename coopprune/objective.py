@@ -170,9 +170,7 @@ class DomainAggregate(Objective):
         return self.inner.reduce_rows(logits, input_ids, reference).double().cpu().numpy()
 
     def combine(self, parts: list, tokens: int) -> float:
-        rows = np.concatenate(parts)
-        per_window = tokens / len(rows)
-        means = np.array([rows[i].sum() / (i.sum() * per_window) for i in self._index.values()])
+        means = np.array(list(self.per_domain(parts, tokens).values()))
         if not np.all(np.isfinite(means)):
             return math.inf
         if self.aggregate == "worst":
@@ -185,6 +183,7 @@ class DomainAggregate(Objective):
         return DomainAggregate(self.inner, tuple(self.groups[r] for r in rows), self.aggregate, self.temperature)
 
     def per_domain(self, parts: list, tokens: int) -> dict[str, float]:
+        """Each domain's mean per token, in the order the domains first appear."""
         rows = np.concatenate(parts)
         per_window = tokens / len(rows)
         return {name: float(rows[i].sum() / (i.sum() * per_window)) for name, i in self._index.items()}
