@@ -228,12 +228,14 @@ def export_gguf(
     remove: Annotated[str | None, typer.Option(help="GGUF source: the blocks to drop, e.g. 3,5,7.")] = None,
     like: Annotated[Path | None, typer.Option(help=(
         "GGUF source: drop the layers a pruned checkpoint removed (its pruning.json; its facts travel too)."))] = None,
-    dtype: Annotated[str, typer.Option(help="Checkpoint source: f16 (matrices; norms stay f32) or f32.")] = "f16",
+    dtype: Annotated[str, typer.Option(help=(
+        "Checkpoint source: f16 (matrices; norms stay f32), f32, q8_0 or q4_0 (gguf-py's quantizers; "
+        "norms f32, q4_0 keeps the output head in q8_0, rows not a multiple of 32 in f16)."))] = "f16",
     vocab_from: Annotated[Path | None, typer.Option(help=(
         "Checkpoint source: copy the tokenizer from this GGUF (default: the base model's GGUF, when it was one)."))] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output file.")] = False,
 ) -> None:
-    """A GGUF for llama.cpp: prune a GGUF keeping its quantization, or export a checkpoint in f16/f32.
+    """A GGUF for llama.cpp: prune a GGUF keeping its quantization, or export a checkpoint (f16, f32, q8_0, q4_0).
     The removed layers, base fingerprint and method travel in its metadata (coopprune.*)."""
     from coopprune import gguf_export
     from coopprune.fetch import base_gguf, default_gguf

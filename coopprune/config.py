@@ -235,7 +235,9 @@ class ExportParams(_Section):
     """After pruning: a GGUF for llama.cpp (a GGUF source is pruned as is, its quantization kept)."""
 
     gguf: bool = False
-    dtype: Literal["f16", "f32"] = "f16"  # for a checkpoint source; a GGUF source keeps its own types
+    #: for a checkpoint source (q8_0 / q4_0: gguf-py's quantizers, llama.cpp's choice of which
+    #: tensors stay f32 / f16, see gguf_export.tensor_type); a GGUF source keeps its own types
+    dtype: Literal["f16", "f32", "q8_0", "q4_0"] = "f16"
 
 
 class FlowParams(_Section):

@@ -6,9 +6,10 @@ Two ways, one format:
   the rest renumbered, ``<arch>.block_count`` and every per-layer metadata array shortened; tensor
   bytes are copied as they are, so a user prunes the Q4 file they already serve, and no
   dequantize-requantize round trip changes a weight.
-- :func:`export_gguf` writes a (pruned or healed) safetensors checkpoint as an f16 / f32 GGUF, the
-  way llama.cpp's ``convert_hf_to_gguf.py`` lays it out (its tensor names, Llama's q/k rows
-  permuted for llama.cpp's rotary layout, norms and biases in f32, a tied head left out).
+- :func:`export_gguf` writes a (pruned or healed) safetensors checkpoint as an f16 / f32 / Q8_0 /
+  Q4_0 GGUF, the way llama.cpp's ``convert_hf_to_gguf.py`` lays it out (its tensor names, Llama's
+  q/k rows permuted for llama.cpp's rotary layout, norms and biases in f32, a tied head left out),
+  quantized with gguf-py's own quantizers (:func:`tensor_type` says which tensor gets which type).
 
 Both record ``pruning.json``'s facts under ``coopprune.*`` keys, so a file says what was removed,
 from what, and how it was chosen. Only architectures whose blocks are independent of their index
@@ -40,7 +41,9 @@ RENUMBERABLE = ("llama", "qwen2", "qwen3")
 #: verified by loading the file back (transformers' GGUF loader reads Qwen3 with its default head
 #: size only, so Qwen3 waits for a check that does not depend on it).
 EXPORTABLE = ("llama", "qwen2")
-DTYPES = ("f16", "f32")
+DTYPES = ("f16", "f32", "q8_0", "q4_0")
+#: ``general.file_type`` of each export dtype (a ``gguf.LlamaFileType`` name)
+_FILE_TYPES = {"f32": "ALL_F32", "f16": "MOSTLY_F16", "q8_0": "MOSTLY_Q8_0", "q4_0": "MOSTLY_Q4_0"}
 _BLOCK = re.compile(r"^blk\.(\d+)\.(.+)$")
 
 
@@ -213,12 +216,34 @@ def _write_vocab(writer: Any, checkpoint: Path, vocab_from: Path | None, n_vocab
     SpecialVocab(checkpoint, load_merges=True, n_vocab=n_vocab).add_to_gguf(writer, quiet=True)
 
 
+def tensor_type(name: str, shape: tuple[int, ...], dtype: str, *, tied: bool = False) -> Any:
+    """The GGML type of the GGUF tensor ``name`` (of numpy ``shape``) in an export in ``dtype``.
+
+    llama.cpp's conventions: 1-D tensors, norms and anything but a ``.weight`` stay f32
+    (``convert_hf_to_gguf.py``); ``q8_0`` quantizes every other matrix, embedding and head included
+    (``convert_hf_to_gguf.py --outtype q8_0``); ``q4_0`` (``llama-quantize``'s Q4_0, which the
+    converter does not offer) keeps the output head, or the token embedding when it is the tied head,
+    at higher precision: Q6_K there, Q8_0 here, since gguf-py cannot quantize K-quants. A matrix whose
+    rows are not a whole number of blocks (32 values) falls back to f16, as the converter's does.
+    """
+    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+
+    if dtype == "f32" or len(shape) < 2 or not name.endswith(".weight") or name.endswith("_norm.weight"):
+        return GGMLQuantizationType.F32
+    if dtype == "f16":
+        return GGMLQuantizationType.F16
+    head = name == "output.weight" or (tied and name == "token_embd.weight")
+    kind = GGMLQuantizationType.Q8_0 if dtype == "q8_0" or head else GGMLQuantizationType.Q4_0
+    return kind if shape[-1] % GGML_QUANT_SIZES[kind][0] == 0 else GGMLQuantizationType.F16
+
+
 def export_gguf(
     checkpoint: str | Path, dst: str | Path, *, dtype: str = "f16", vocab_from: str | Path | None = None,
     overwrite: bool = False, progress: Callable[[Iterable[Any]], Iterable[Any]] | None = None,
 ) -> Path:
     """Write a safetensors checkpoint folder as a GGUF at ``dst`` (``f16``: matrices in half
-    precision, norms and biases in f32, as llama.cpp's converter does; ``f32``: everything)."""
+    precision, norms and biases in f32, as llama.cpp's converter does; ``f32``: everything;
+    ``q8_0`` / ``q4_0``: matrices quantized, see :func:`tensor_type`)."""
     import gguf
     import torch
     from safetensors import safe_open
@@ -245,7 +270,7 @@ def export_gguf(
     found = PruningRecord.load_if_present(checkpoint)
     record = asdict(found) if found is not None else {}
 
-    tensors: list[tuple[str, np.ndarray]] = []
+    tensors: list[tuple[str, np.ndarray, Any]] = []
     for file in files:
         with safe_open(str(file), framework="pt") as weights:
             for hf_name in weights.keys():  # noqa: SIM118 - safe_open is not a mapping
@@ -257,19 +282,18 @@ def export_gguf(
                 data = weights.get_tensor(hf_name).to(torch.float32).numpy()
                 if arch == "llama" and hf_name.endswith(("q_proj.weight", "k_proj.weight")):
                     data = _permute_rows(data, heads if "q_proj" in hf_name else kv_heads)
-                if dtype == "f16" and data.ndim == 2:
-                    data = data.astype(np.float16)
-                tensors.append((name, data))
+                kind = tensor_type(name, data.shape, dtype, tied=bool(config.tie_word_embeddings))
+                tensors.append((name, gguf.quants.quantize(data, kind), kind))
 
     with atomic_path(dst) as tmp:
         writer = gguf.GGUFWriter(str(tmp), arch)
         writer.add_name(short_model_name(str(record.get("base_model") or checkpoint.name)) + ("-pruned" if record else ""))
-        writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16 if dtype == "f16" else gguf.LlamaFileType.ALL_F32)
+        writer.add_file_type(gguf.LlamaFileType[_FILE_TYPES[dtype]])
         _write_hparams(writer, config, arch)
         _write_vocab(writer, checkpoint, Path(vocab_from) if vocab_from else None, config.vocab_size)
         _add_facts(writer, record_facts(record))
-        for name, data in tensors:
-            writer.add_tensor(name, data)
+        for name, data, kind in tensors:
+            writer.add_tensor(name, data, raw_dtype=kind if data.dtype == np.uint8 else None)
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file(progress=progress is not None)
