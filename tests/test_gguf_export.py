@@ -1,7 +1,8 @@
 """GGUF export, offline with tiny models written in-process: a checkpoint exported to GGUF loads
-back with transformers' GGUF loader with the checkpoint's logits (f32: 1e-5; f16: close), for
-Llama and Qwen2; pruning a quantized GGUF directly equals pruning its dequantized model;
-bad input is a one-line error and writes nothing."""
+back with transformers' GGUF loader with the checkpoint's logits (f32: 1e-5; f16: close; q8_0 and
+q4_0: exactly the logits of the checkpoint with its weights rounded the same way, and near the
+float ones), for Llama and Qwen2; pruning a quantized GGUF directly equals pruning its dequantized
+model, an exported q8_0 / q4_0 file included; bad input is a one-line error and writes nothing."""
 
 from __future__ import annotations
 
@@ -11,11 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from tiny import save_tiny
+from tiny import save_tiny, tiny_tokenizer
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from coopprune.errors import CoopPruneError
-from coopprune.gguf_export import copy_field, export_gguf, prune_gguf, record_facts
+from coopprune.gguf_export import DTYPES, copy_field, export_gguf, prune_gguf, record_facts, tensor_type
 from coopprune.gguf_io import open_gguf, read_facts
 from coopprune.models import load_model
 from coopprune.prune import count_parameters, make_record, prune_layers, save_pruned
@@ -61,6 +62,101 @@ def test_an_exported_checkpoint_loads_back_with_its_logits(pruned, tmp_path):
     assert facts["layers_before"] == 5 and facts["layers_after"] == 3
 
 
+def rounded_like(checkpoint: Path, dtype: str):
+    """The checkpoint with each weight quantized and dequantized as its GGUF tensor is in ``dtype``
+    (rows are quantized along themselves, so Llama's q/k row permutation does not change them)."""
+    import gguf
+    from gguf.quants import dequantize, quantize
+
+    model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32)
+    arch = next(a for a, name in gguf.MODEL_ARCH_NAMES.items() if name == model.config.model_type)
+    names = gguf.get_tensor_name_map(arch, model.config.num_hidden_layers)
+    tied = bool(model.config.tie_word_embeddings)
+    with torch.no_grad():
+        for hf_name, weight in model.state_dict().items():
+            if tied and hf_name == "lm_head.weight":
+                continue  # the embedding itself, rounded once as the head
+            name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
+            kind = tensor_type(name, tuple(weight.shape), dtype, tied=tied)
+            weight.copy_(torch.from_numpy(dequantize(quantize(weight.numpy(), kind), kind).reshape(weight.shape)))
+    return model
+
+
+#: measured on the tiny models (3 layers, hidden 32, weights N(0, 0.2), logits' std ~1.15):
+#: largest |logit - float logit| Llama / Qwen2: q8_0 0.10 / 0.15, q4_0 2.6 / 1.9; mean: q8_0
+#: 0.018 / 0.022, q4_0 0.31 / 0.36. Bounds with about 2x room; the exact check is `rounded_like`.
+TOLERANCE = {"q8_0": (0.3, 0.05), "q4_0": (5.0, 0.75)}  # (max, mean) absolute logit difference
+
+
+@pytest.mark.parametrize("dtype", ["q8_0", "q4_0"])
+def test_a_quantized_export_loads_back_as_its_rounded_checkpoint(pruned, tmp_path, dtype):
+    """Q8_0 / Q4_0 from gguf-py's quantizers: llama.cpp's types per tensor, and the file dequantizes
+    to exactly the checkpoint's weights rounded the same way."""
+    from gguf import GGMLQuantizationType as T
+
+    model = AutoModelForCausalLM.from_pretrained(pruned, dtype=torch.float32)
+    ids = AutoTokenizer.from_pretrained(pruned)(PROMPT, return_tensors="pt").input_ids
+    path = export_gguf(pruned, tmp_path / f"model-{dtype}.gguf", dtype=dtype)
+    reader = open_gguf(path)
+    kinds = {t.name: t.tensor_type for t in reader.tensors}
+    matrix = T.Q8_0 if dtype == "q8_0" else T.Q4_0
+    assert kinds["blk.0.attn_q.weight"] == kinds["blk.2.ffn_down.weight"] == kinds["token_embd.weight"] == matrix
+    assert kinds["output.weight"] == T.Q8_0  # the head: q8_0 in a q4_0 file (llama-quantize: Q6_K)
+    assert kinds["blk.0.attn_norm.weight"] == kinds["output_norm.weight"] == T.F32
+    assert reader.get_field("general.file_type").contents() == {"q8_0": 7, "q4_0": 2}[dtype]  # LlamaFileType
+    assert read_facts(path)["removed_layers"] == REMOVED
+
+    back = from_gguf(path)
+    assert back.config.num_hidden_layers == 3
+    got = logits_of(back, ids)
+    torch.testing.assert_close(got, logits_of(rounded_like(pruned, dtype), ids), atol=1e-5, rtol=0)
+    diff = (got - logits_of(model, ids)).abs()
+    largest, mean = TOLERANCE[dtype]
+    assert diff.max() < largest and diff.mean() < mean, (diff.max(), diff.mean())
+    assert path.stat().st_size < export_gguf(pruned, tmp_path / "model-f16.gguf").stat().st_size
+
+
+def test_tensor_types_follow_llama_cpp(tmp_path):
+    """Norms, 1-D tensors and biases f32; a tied embedding is the head (q8_0 in a q4_0 file); rows
+    that are not whole 32-value blocks fall back to f16, and such a file still loads."""
+    from gguf import GGMLQuantizationType as T
+
+    assert tensor_type("blk.0.attn_q.bias", (32,), "q4_0") == T.F32
+    assert tensor_type("blk.0.ffn_norm.weight", (32,), "q8_0") == T.F32
+    assert tensor_type("blk.0.attn_q.weight", (32, 32), "f32") == T.F32
+    assert tensor_type("blk.0.attn_q.weight", (32, 32), "f16") == T.F16
+    assert tensor_type("token_embd.weight", (384, 32), "q4_0") == T.Q4_0
+    assert tensor_type("token_embd.weight", (384, 32), "q4_0", tied=True) == T.Q8_0
+    assert tensor_type("blk.0.ffn_down.weight", (32, 48), "q8_0") == T.F16
+
+    from transformers import LlamaConfig
+
+    config = LlamaConfig(vocab_size=384, num_hidden_layers=2, hidden_size=32, intermediate_size=48, num_attention_heads=4,
+                         num_key_value_heads=2, head_dim=8, max_position_embeddings=64, tie_word_embeddings=True)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.save_pretrained(tmp_path / "ckpt")
+    tiny_tokenizer().save_pretrained(tmp_path / "ckpt")
+    path = export_gguf(tmp_path / "ckpt", tmp_path / "odd.gguf", dtype="q4_0")
+    kinds = {t.name: t.tensor_type for t in open_gguf(path).tensors}
+    assert "output.weight" not in kinds and kinds["token_embd.weight"] == T.Q8_0  # tied: the head
+    assert kinds["blk.0.ffn_down.weight"] == T.F16 and kinds["blk.0.ffn_up.weight"] == T.Q4_0  # 48 vs 32 per row
+    ids = torch.tensor([[5, 17, 42, 99, 3]])
+    torch.testing.assert_close(logits_of(from_gguf(path), ids), logits_of(rounded_like(tmp_path / "ckpt", "q4_0"), ids),
+                               atol=1e-5, rtol=0)
+
+
+def test_the_export_dtypes_are_the_config_choices():
+    from typing import get_args
+
+    from coopprune.config import ExportParams, Params
+
+    assert set(get_args(ExportParams.model_fields["dtype"].annotation)) == set(DTYPES)
+    assert Params.from_dict({"export": {"dtype": "q4_0"}}).export.dtype == "q4_0"
+    with pytest.raises(CoopPruneError, match=r"^params: export.dtype: Input should be 'f16', 'f32', 'q8_0' or 'q4_0'$"):
+        Params.from_dict({"export": {"dtype": "q4_k"}})
+
+
 def test_facts_name_the_bundled_default_by_its_real_name() -> None:
     """``pruning.json`` keeps the alias the checkpoint reloads by; the GGUF a user serves says what it is."""
     facts = record_facts({"base_model": "default", "method": "sleb", "removed_layers": [1], "extra": 1})
@@ -68,38 +164,17 @@ def test_facts_name_the_bundled_default_by_its_real_name() -> None:
     assert record_facts({"base_model": "org/model"})["base_model"] == "org/model"
 
 
-def quantize_matrices(src: Path, dst: Path) -> Path:
-    """A Q8_0 copy of an f32 GGUF (matrices quantized, norms kept), as a user's quantized file."""
-    from gguf import GGMLQuantizationType, GGUFWriter
-    from gguf.quants import quantize
-
-    reader = open_gguf(src)
-    arch = reader.get_field("general.architecture").contents()
-    writer = GGUFWriter(str(dst), arch)
-    for field in reader.fields.values():
-        if field.name != "general.architecture" and not field.name.startswith("GGUF."):
-            copy_field(writer, field)
-    for tensor in reader.tensors:
-        data = np.array(tensor.data)
-        if data.ndim == 2 and data.shape[-1] % 32 == 0:
-            writer.add_tensor(tensor.name, quantize(data, GGMLQuantizationType.Q8_0), raw_dtype=GGMLQuantizationType.Q8_0)
-        else:
-            writer.add_tensor(tensor.name, data)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return dst
-
-
-def test_pruning_a_quantized_gguf_equals_pruning_its_dequantized_model(tmp_path):
+@pytest.mark.parametrize("dtype", ["q8_0", "q4_0"])
+def test_pruning_a_quantized_gguf_equals_pruning_its_dequantized_model(tmp_path, dtype):
+    """Quantize, then prune: an unpruned checkpoint exported in q8_0 / q4_0, pruned as a GGUF."""
     base = save_tiny(tmp_path / "base", "llama", n_layers=5)
-    q8 = quantize_matrices(export_gguf(base, tmp_path / "base-f32.gguf", dtype="f32"), tmp_path / "base-q8.gguf")
-    out = prune_gguf(q8, REMOVED, tmp_path / "pruned-q8.gguf", facts={"method": "sleb"})
+    quantized = export_gguf(base, tmp_path / f"base-{dtype}.gguf", dtype=dtype)
+    out = prune_gguf(quantized, REMOVED, tmp_path / f"pruned-{dtype}.gguf", facts={"method": "sleb"})
 
-    reader, source = open_gguf(out), open_gguf(q8)
+    reader, source = open_gguf(out), open_gguf(quantized)
     assert reader.get_field("llama.block_count").contents() == 3
     types = {t.name: t.tensor_type for t in source.tensors}
+    assert types["blk.2.attn_q.weight"].name == dtype.upper() and types["output.weight"].name == "Q8_0"
     assert {t.name: t.tensor_type for t in reader.tensors} == {n: k for n, k in types.items() if not n.startswith(("blk.3.", "blk.4."))}
     moved = {t.name: np.array(t.data) for t in reader.tensors}
     original = {t.name: np.array(t.data) for t in source.tensors}
@@ -108,7 +183,7 @@ def test_pruning_a_quantized_gguf_equals_pruning_its_dequantized_model(tmp_path)
     assert read_facts(out) == {"source_block_count": 5, "method": "sleb", "removed_layers": REMOVED}
 
     ids = torch.tensor([[5, 17, 42, 99, 3, 250]])
-    dequantized = from_gguf(q8)
+    dequantized = from_gguf(quantized)
     del dequantized.model.layers[3], dequantized.model.layers[1]
     dequantized.config.num_hidden_layers = 3
     for i, layer in enumerate(dequantized.model.layers):
@@ -191,6 +266,7 @@ def test_the_cli_prunes_a_gguf_like_a_checkpoint_and_exports_one(pruned, tmp_pat
     for args, message in (([str(src), "--out", str(tmp_path / "c.gguf")], "exactly one of --remove"),
                           ([str(src), "--out", str(tmp_path / "c.gguf"), "--remove", "1,x"], "comma-separated"),
                           ([str(pruned), "--out", str(tmp_path / "c.gguf"), "--remove", "1"], "apply to a GGUF source"),
+                          ([str(pruned), "--out", str(tmp_path / "c.gguf"), "--dtype", "q4"], "dtype must be one of f16, f32, q8_0, q4_0"),
                           ([str(src), "--out", str(tmp_path / "a.gguf"), "--remove", "1"], "exists")):
         assert_user_error(cli("export-gguf", *args), message)
     assert not (tmp_path / "c.gguf").exists()
@@ -202,7 +278,7 @@ def test_the_export_stage_prunes_a_gguf_base_as_is(tmp_path):
     from coopprune.config import Params
 
     base = save_tiny(tmp_path / "base", "llama", n_layers=5)
-    source = quantize_matrices(export_gguf(base, tmp_path / "tiny-f32.gguf", dtype="f32"), tmp_path / "tiny.Q8_0.gguf")
+    source = export_gguf(base, tmp_path / "tiny.Q8_0.gguf", dtype="q8_0")
     loaded = load_model(str(source))
     before = count_parameters(loaded.model)
     removed = prune_layers(loaded, REMOVED)
