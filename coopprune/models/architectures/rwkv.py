@@ -152,7 +152,7 @@ class RwkvArchitecture(Architecture):
             _scale(targets, up=False)
             scaled = True
             base.layers_are_rescaled = rescale  # transformers then leaves the weights alone and halves by depth
-            with super().stack_view(model, view, [original_indices[0]] * first_position + list(original_indices)):
+            with super().stack_view(model, view, list(original_indices[:1]) * first_position + list(original_indices)):
                 yield
         finally:
             if scaled:
