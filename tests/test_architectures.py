@@ -154,6 +154,26 @@ def test_rwkv_masks_are_bitwise_the_pruned_checkpoint_with_prefix_sharing(tmp_pa
         assert torch.equal(_logits(reloaded), captured["logits"]), mask
 
 
+def test_rwkv_masks_are_bitwise_the_pruned_checkpoint_in_bfloat16(tmp_path):
+    tiny_model("rwkv").save_pretrained(tmp_path / "base")
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "base", dtype=torch.bfloat16).eval()
+    arch = architecture_for(model.config)
+    evaluator = MaskEvaluator(model, arch, IDS)
+    evaluator.evaluate(np.ones((1, N_LAYERS), dtype=bool), progress=False)
+    for removed in REMOVALS:
+        mask = np.ones(N_LAYERS, dtype=bool)
+        mask[removed] = False
+        captured = {}
+        handle = model.register_forward_hook(lambda m, a, out: captured.update(logits=out.logits.clone()))
+        evaluator.evaluate(mask[None], progress=False)
+        handle.remove()
+        pruned = AutoModelForCausalLM.from_pretrained(tmp_path / "base", dtype=torch.bfloat16)
+        arch.remove_layers(pruned, removed)
+        pruned.save_pretrained(tmp_path / "pruned")
+        reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "pruned", dtype=torch.bfloat16).eval()
+        assert torch.equal(_logits(reloaded), captured["logits"]), removed
+
+
 def test_rwkv_removal_renumbers_the_state_and_moves_pre_ln(tmp_path):
     model = tiny_model("rwkv")
     pre_ln = {k: v.clone() for k, v in model.rwkv.blocks[0].pre_ln.state_dict().items()}

@@ -29,17 +29,28 @@ each is handled so that skipping a block is exactly the checkpoint with that blo
 What a real checkpoint (RWKV-4-World-7B, the paper's model, or RWKV-4-Pile-*) needs that a
 tiny one does not show:
 
-- **Tokenizer**: the HF-converted Pile models (``RWKV/rwkv-4-*-pile``) ship the GPT-NeoX
-  tokenizer and load as is; the World models use the RWKV "world" trie tokenizer (65,536
-  tokens), which ships as Python code (``trust_remote_code``) or needs converting to a
-  ``tokenizer.json`` before coopprune, which loads no code by default, can read it.
-- **Weights**: the official World checkpoints are ``.pth`` files for the RWKV runtime; they
-  need transformers' ``convert_rwkv_checkpoint_to_hf.py`` to become an HF folder (safetensors).
+- **Weights**: the official checkpoints (World included) are BlinkDL ``.pth`` files for the RWKV
+  runtime. transformers' ``convert_rwkv_checkpoint_to_hf.py`` (in its source repository, not in
+  the wheel) renames them (``blocks.0.ln0`` becomes ``pre_ln``) but writes pickled
+  ``pytorch_model*.bin`` shards and a default config (``rescale_every=6``, ``context_length``
+  1024); coopprune loads safetensors only, so load the converted folder once with
+  ``from_pretrained`` and ``save_pretrained`` it (safetensors) before pruning. The
+  ``RWKV/rwkv-4-*-pile`` folders on the hub are already in the HF format.
+- **Tokenizer**: the Pile models use the GPT-NeoX tokenizer (50,277 tokens; the converter's
+  default). The World models use the RWKV "world" trie tokenizer (65,536 tokens), which the
+  converter cannot build (it needs a ``tokenizer.json``) and which, where published in the HF
+  format, ships as Python code: pass ``--trust-remote-code`` for it, or convert the vocabulary
+  to a ``tokenizer.json`` first. A wrong tokenizer does not fail, it only makes every
+  calibration loss meaningless.
 - **fp16**: the rescaling exists so fp16 hidden states do not overflow; keep ``rescale_every``
-  in fp16 (bf16 and fp32 do not need it). In fp16 a weight below ``2**-14 * 2**(i //
-  rescale_every)`` becomes subnormal when divided, and loses bits: transformers' own eval-mode
-  forward already does that once, and a view cannot do more (a second round trip is exact), but
-  masked logits then match the pruned checkpoint to fp16 rounding, not bit for bit.
+  there (fp32 and bf16 have the range; views are bitwise exact in both, tested). Dividing an
+  fp16 weight by ``2**k`` rounds it once the result is subnormal (``|w| < 2**(k - 14)``, e.g.
+  ``|w| < 2**-9`` at ``k = 5``, the deepest blocks of a 32-block model): transformers' own
+  eval-mode forward already rounds those weights in place, and a view makes the same round trip
+  with a factor never larger (no block sits deeper in a view than in the base model), so the
+  small weights can lose low bits during a run and the saved checkpoint carries them. Masked
+  logits then match the pruned checkpoint to that rounding, not bit for bit (bitwise on the tiny
+  model, whose weights are too large to round; not measured on a real one).
 - **Memory and speed**: 7B in bf16 is about 15 GB of weights. Without the ``kernels`` package
   and a CUDA device the WKV recurrence runs as a Python loop over time steps, so a 2048-token
   window costs 2048 small steps per block; calibrate with shorter windows on CPU.
@@ -87,12 +98,15 @@ def _rescaled(block: nn.Module) -> list[torch.Tensor]:
     from transformers.models.rwkv.modeling_rwkv import RwkvFeedForward, RwkvSelfAttention
 
     weights = []
-    for owner, cls, attr in ((block.attention, RwkvSelfAttention, "output"), (block.feed_forward, RwkvFeedForward, "value")):
+    halves = ((block.attention, RwkvSelfAttention, "output"), (block.feed_forward, RwkvFeedForward, "value"))
+    for owner, cls, attr in halves:
         if not isinstance(owner, cls):
             continue
         weight = getattr(getattr(owner, attr), "weight", None)
         if not isinstance(weight, torch.Tensor) or hasattr(weight, "SCB") or hasattr(weight, "quant_state"):
-            raise CoopPruneError("RWKV with rescale_every > 0 needs float output projections (quantized ones are not supported)")
+            raise CoopPruneError(
+                "RWKV with rescale_every > 0 needs float output projections (quantized ones are not supported)"
+            )
         weights.append(weight)
     return weights
 
