@@ -176,7 +176,9 @@ class MaskEvaluator:
             last = resume[-1]
             modules.insert(0, _Replay(self.layers[last], cache[last]))
             indices.insert(0, last)
-        with self.architecture.stack_view(self.model, modules, indices):
+        # the replay stands where its layer stands in the pruned model (RWKV rescales by depth)
+        first_position = len(resume) - 1 if resume else 0
+        with self.architecture.stack_view(self.model, modules, indices, first_position=first_position):
             logits = self.model(input_ids=input_ids, use_cache=False).logits
         return self.objective.reduce(logits, input_ids, reference)
 

@@ -55,6 +55,7 @@ def save_pruned(
         if has_quantized_layers(loaded.model):  # int8 layers need their own safetensors layout
             write_quantized(loaded.model, loaded.tokenizer, Path(tmp))
         else:
+            loaded.architecture.canonicalize(loaded.model)  # RWKV: undo its in-place inference rescaling
             loaded.model.save_pretrained(tmp, safe_serialization=True)
             loaded.tokenizer.save_pretrained(tmp)
         record.save(tmp)

@@ -156,7 +156,7 @@ def test_angular_needs_a_feasible_block_and_k():
         get_estimator("angular").estimate(game)
 
 
-@pytest.mark.parametrize("arch", ["llama", "gpt2", "mamba"])
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "mamba", "rwkv"])
 def test_angular_runs_and_is_deterministic(arch):
     model = tiny_model(arch)
     first, second = (get_estimator("angular").estimate(_game(model), k=2, seed=s) for s in (0, 1))
@@ -168,7 +168,7 @@ def test_angular_runs_and_is_deterministic(arch):
 
 
 # ---------------------------------------------------------------- subgames
-@pytest.mark.parametrize("arch", ["llama", "gpt2", "mamba"])
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "mamba", "rwkv"])
 def test_similarity_peers_play_on_the_pruned_model(arch):
     model = tiny_model(arch)
     game = _game(model)

@@ -85,7 +85,7 @@ def test_sublayer_prefix_sharing_is_exact():
     assert np.allclose(shared, fresh, rtol=1e-6, atol=0)
 
 
-@pytest.mark.parametrize("arch", ["opt", "mamba"])
+@pytest.mark.parametrize("arch", ["opt", "mamba", "rwkv"])
 def test_unsplittable_layers_are_refused_clearly(arch):
     model = tiny_model(arch)
     with pytest.raises(CoopPruneError, match="sublayer players are not supported.*supported: .*llama"):

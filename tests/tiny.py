@@ -21,6 +21,7 @@ from transformers import (
     PreTrainedTokenizerFast,
     Qwen2Config,
     Qwen3Config,
+    RwkvConfig,
 )
 
 VOCAB = 384
@@ -49,6 +50,9 @@ def _configs(n: int) -> dict[str, PretrainedConfig]:
         "gpt_neox": GPTNeoXConfig(**common, hidden_size=32, intermediate_size=64, num_attention_heads=4),
         "opt": OPTConfig(**common, hidden_size=32, ffn_dim=64, num_attention_heads=4, word_embed_proj_dim=32),
         "mamba": MambaConfig(vocab_size=VOCAB, num_hidden_layers=n, hidden_size=32, state_size=8, expand=2),
+        # rescale_every=2 (released checkpoints: 6) so six layers see three rescaling depths
+        "rwkv": RwkvConfig(vocab_size=VOCAB, num_hidden_layers=n, hidden_size=32, attention_hidden_size=32,
+                           intermediate_size=64, context_length=512, rescale_every=2),
     }
 
 

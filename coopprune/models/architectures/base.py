@@ -67,12 +67,19 @@ class Architecture:
 
     @contextlib.contextmanager
     def stack_view(
-        self, model: PreTrainedModel, modules: Sequence[nn.Module], original_indices: Sequence[int]
+        self,
+        model: PreTrainedModel,
+        modules: Sequence[nn.Module],
+        original_indices: Sequence[int],
+        first_position: int = 0,
     ) -> Iterator[None]:
         """Temporarily run ``model`` with ``modules`` as its stack (no weight copies).
 
         ``original_indices[j]`` is the original position of ``modules[j]``: per-layer config
         lists follow it, so layer j keeps its own attention type (sliding vs full).
+        ``first_position`` is the depth ``modules[0]`` has in the pruned model: non-zero when the
+        engine replays a shared prefix of kept layers as one module. Only families whose
+        computation depends on a layer's depth in the stack use it (RWKV's rescaling).
         """
         parent, name = self._parent_and_name(model)
         saved_stack = getattr(parent, name)
@@ -84,6 +91,11 @@ class Architecture:
             setattr(parent, name, saved_stack)
             for attr, value in saved_config.items():
                 setattr(model.config, attr, value)
+
+    def canonicalize(self, model: PreTrainedModel) -> None:
+        """Undo any in-place, inference-only rewrite of the weights, so that they are the ones
+        ``from_pretrained`` expects; called before saving. A no-op except for RWKV, whose
+        transformers model divides some weights in place on its first forward in eval mode."""
 
     def remove_layers(self, model: PreTrainedModel, removed: Sequence[int]) -> None:
         """Delete layers for good, leaving a model that ``from_pretrained`` rebuilds identically.
