@@ -236,7 +236,7 @@ def prune(request: PruneRequest) -> PruneResult:
 
 
 DECISION_FILE = "decision.json"
-REPORT_FILES = ("contributions.csv", "contributions.png", "surrogate")
+REPORT_FILES = ("contributions.csv", "contributions.png", "surrogate", "attribution.json", "interactions.png")
 
 
 def apply_decision(
@@ -693,6 +693,7 @@ def collect_plots(out: Path, curve: list[dict[str, Any]]) -> Path:
     with atomic_dir(folder, overwrite=True) as tmp:
         write_csv(tmp / "perplexity_curve.csv", curve)
         for src, name in ((out / "pruned" / "contributions.png", "contributions.png"),
+                          (out / "pruned" / "interactions.png", "interactions.png"),
                           (out / "surrogate" / PLOT_FILE, "surrogate_fit.png")):
             if src.is_file():
                 shutil.copyfile(src, tmp / name)
@@ -700,13 +701,25 @@ def collect_plots(out: Path, curve: list[dict[str, Any]]) -> Path:
 
 
 def release_metrics(out: Path, scores: dict[str, Any]) -> dict[str, Any]:
-    """The flat numbers DVC and MLflow track: quality and cost of the base and pruned models, and
-    the surrogate's held-out fit."""
+    """The flat numbers DVC and MLflow track: quality and cost of the base and pruned models, the
+    held-out fit behind the contributions (with how many masks it rests on) and whether they can
+    be read (``contributions_trustworthy``), and the Stage-2 surrogate's held-out fit on the sweep."""
+    from coopprune.report import ATTRIBUTION_FILE
+
     metrics = score_metrics(scores)
+    attribution = out / "pruned" / ATTRIBUTION_FILE
+    if attribution.is_file():
+        a = json.loads(attribution.read_text())
+        metrics.update({"contributions_fit_r2": a["fit"]["r2"], "contributions_fit_spearman": a["fit"]["spearman"],
+                        "contributions_fit_masks": a["fit"]["n"], "contributions_spanning_zero": a["spanning_zero"],
+                        "contributions_trustworthy": int(not a["warnings"])})
     surrogate = out / "surrogate" / "surrogate.json"
     if surrogate.is_file():
         m = json.loads(surrogate.read_text()).get("metrics") or {}
-        metrics["surrogate_heldout_spearman"] = (m.get("overall") or {}).get("spearman")
+        overall = m.get("overall") or {}
+        metrics["surrogate_heldout_masks"] = overall.get("n")
+        metrics["surrogate_heldout_r2"] = overall.get("r2")
+        metrics["surrogate_heldout_spearman"] = overall.get("spearman")
         metrics["surrogate_within_stratum_spearman"] = m.get("mean_within_stratum_spearman")
     return metrics
 

@@ -75,9 +75,13 @@ def plot_contributions(
     path: str | Path,
     names: Sequence[str] | None = None,
     title: str = "contributions",
+    ylabel: str = "contribution",
+    note: str | None = None,
 ) -> None:
     """One bar per player (``removed`` are positions in ``values``, drawn in red), with error bars
-    from the interval when one is given."""
+    from the interval when one is given. Values spanning orders of magnitude (layer 0's tens of
+    nats beside a middle layer's tenths) go on a symmetric-log axis so both stay readable; ``note``
+    (e.g. that the fit behind the values is poor) is written across the figure."""
     values = np.asarray(values, float)
     n = len(values)
     yerr = None
@@ -90,10 +94,56 @@ def plot_contributions(
     ax = fig.add_subplot()
     ax.bar(np.arange(n), values, color=colors, yerr=yerr, capsize=2, error_kw={"lw": 0.8})
     ax.axhline(0, color="black", lw=0.6)
+    _symlog_if_wide(ax, values)
     ax.set_xticks(np.arange(n), list(names) if names is not None else [str(i) for i in range(n)],
                   rotation=90, fontsize=7)
-    ax.set_ylabel("contribution")
+    ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=9)
+    _note(fig, note)
+    _save(fig, path)
+
+
+def _symlog_if_wide(ax: object, values: np.ndarray) -> None:
+    magnitudes = np.abs(values[np.isfinite(values)])
+    if len(magnitudes) and np.median(magnitudes) > 0 and magnitudes.max() > 20 * np.median(magnitudes):
+        ax.set_yscale("symlog", linthresh=float(np.median(magnitudes)))  # type: ignore[attr-defined]
+
+
+def _note(fig: Figure, note: str | None) -> None:
+    if note:
+        fig.text(0.5, 0.5, note, ha="center", va="center", fontsize=9, color="darkred", wrap=True,
+                 bbox={"facecolor": "white", "alpha": 0.85, "edgecolor": "darkred"})
+
+
+def plot_interactions(
+    matrix: np.ndarray,
+    removed: Sequence[int],
+    path: str | Path,
+    names: Sequence[str] | None = None,
+    title: str = "pairwise interactions",
+    note: str | None = None,
+) -> None:
+    """Symmetric player x player heatmap on a diverging scale centred at zero (blue: redundant
+    pair, red: complementary), clipped at the 98th percentile of |value| so a few extreme pairs
+    do not wash out the rest; ``removed`` players' labels in red."""
+    matrix = np.asarray(matrix, float)
+    n = len(matrix)
+    off = np.abs(matrix[~np.eye(n, dtype=bool)])
+    limit = float(np.percentile(off, 98)) if off.size and np.any(off > 0) else 1.0
+    fig = Figure(figsize=(max(5.0, 0.22 * n + 2), max(4.5, 0.22 * n + 1.5)))
+    ax = fig.add_subplot()
+    shown = np.where(np.eye(n, dtype=bool), np.nan, matrix)
+    image = ax.imshow(shown, cmap="RdBu_r", vmin=-limit, vmax=limit)
+    fig.colorbar(image, ax=ax, shrink=0.8, label="interaction (nats; < 0: redundant)")
+    labels = list(names) if names is not None else [str(i) for i in range(n)]
+    ax.set_xticks(np.arange(n), labels, rotation=90, fontsize=6)
+    ax.set_yticks(np.arange(n), labels, fontsize=6)
+    for ticks in (ax.get_xticklabels(), ax.get_yticklabels()):
+        for i, tick in enumerate(ticks):
+            if i in set(int(r) for r in removed):
+                tick.set_color(REMOVED_COLOR)
+    ax.set_title(title, fontsize=9)
+    _note(fig, note)
     _save(fig, path)
 
 

@@ -1,5 +1,8 @@
 """What a pruning run leaves beside its checkpoint: the contributions table (CSV), a bar chart of
-contributions with their intervals (PNG), and the surrogate with its held-out metrics."""
+contributions with their intervals (PNG), and the surrogate with its held-out metrics; for a
+method that reads its contributions off the real evaluations (``coopprune.attribution``), also
+``attribution.json`` (semivalue, Shapley, pairwise interactions, intervals, the fit and its
+verdict) and the interaction heatmap ``interactions.png``."""
 
 from __future__ import annotations
 
@@ -8,9 +11,10 @@ from pathlib import Path
 
 import numpy as np
 
-from coopprune.atomic import atomic_path
+from coopprune.atomic import atomic_path, write_json
 from coopprune.strategy import Selection
 
+ATTRIBUTION_FILE = "attribution.json"
 CSV_COLUMNS = ["round", "player", "name", "contribution", "ci_low", "ci_high", "rank", "removed"]
 
 
@@ -44,10 +48,21 @@ def write_report(folder: str | Path, selection: Selection, names: list[str], sur
     first = selection.rounds[0]
     c = first.contributions
     iterative = f", {len(selection.rounds)} rounds" if len(selection.rounds) > 1 else ""
+    removed = [first.players.index(p) for p in selection.removed if p in first.players]
+    player_names = [names[p] for p in first.players]
+    a = c.attribution
+    note = "; ".join(a.warnings) if a is not None and a.warnings else None
     plot_contributions(
-        c.values, c.ci_low, c.ci_high, [first.players.index(p) for p in selection.removed if p in first.players],
-        folder / "contributions.png", names=[names[p] for p in first.players],
+        c.values, c.ci_low, c.ci_high, removed, folder / "contributions.png", names=player_names,
         title=f"{c.method}: contributions (removed in red{iterative})",
+        ylabel="semivalue (log-utility, nats)" if a is not None else "contribution", note=note,
     )
+    if a is not None:
+        from coopprune.plots import plot_interactions
+
+        write_json(folder / ATTRIBUTION_FILE, a.to_json())
+        plot_interactions(a.interactions, removed, folder / "interactions.png", names=player_names,
+                          title=f"{c.method}: pairwise Shapley interactions ({a.evaluations} real evaluations)",
+                          note=note)
     if surrogate is not None:
         surrogate.save(folder / "surrogate")  # type: ignore[attr-defined]

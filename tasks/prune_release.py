@@ -6,6 +6,7 @@ job (sealed mask shards are skipped), which stays correct when DVC deletes outpu
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -18,6 +19,19 @@ from coopprune import pipeline
 from coopprune.config import Params
 from coopprune.dataset import MaskDataset
 from coopprune.naming import base_model_name
+
+
+def contributions_tag(checkpoint: Path) -> dict[str, str]:
+    """The run says in words whether its contributions can be read (``attribution.json``)."""
+    from coopprune.report import ATTRIBUTION_FILE
+
+    path = checkpoint / ATTRIBUTION_FILE
+    if not path.is_file():
+        return {}
+    a = json.loads(path.read_text())
+    fit = f"held-out R2 {a['fit']['r2']:.2f} on {a['fit']['n']} real evaluations" if a["fit"]["r2"] is not None else "no held-out fit"
+    return {"contributions": ("NOT TRUSTWORTHY: " + "; ".join(a["warnings"])) if a["warnings"] else f"readable ({fit})"}
+
 
 
 @task(name="prepare-data", cache_policy=NO_CACHE)
@@ -119,7 +133,7 @@ def publish(params: Params, summary: dict[str, Any], label: str = "pruned") -> d
     }
     heal_tags = {"healed": "true", "heal_steps": healed["steps"], "heal_loss": healed["loss"],
                  "heal_data_fingerprint": healed["data_fingerprint"]} if healed else {}
-    tags |= heal_tags
+    tags |= heal_tags | contributions_tag(out / label)
     name = params.registry.model_name or registry.registered_model_name(params.model.source)
     k = len(summary["pruned"]["removed_layers"])
     run_name = f"{registry.registered_model_name(params.model.source, suffix='')} {params.prune.method} k={k}" + (

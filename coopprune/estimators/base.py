@@ -30,6 +30,7 @@ from coopprune.game import Game
 from coopprune.select import select_layers
 
 if TYPE_CHECKING:
+    from coopprune.attribution import Attribution
     from coopprune.config import Params
     from coopprune.surrogate import Surrogate
 
@@ -53,6 +54,8 @@ class Contributions:
     replicates: np.ndarray | None = field(default=None, repr=False)  # bootstrap values [B, players]
     #: the surrogate the method fitted (its report saves it); None: it fitted none. Not in ``to_json``.
     surrogate: Surrogate | None = field(default=None, repr=False)
+    #: contributions and interactions fitted to the real evaluations (the report's); not in ``to_json``.
+    attribution: Attribution | None = field(default=None, repr=False)
 
     def summarize_replicates(self, k: int | None, protected: tuple[int, ...]) -> None:
         """95% percentile intervals, and how often a resample picks the same bottom-k set."""
@@ -115,6 +118,8 @@ class Estimator(ABC):
             raise CoopPruneError(f"budget must be a positive number of real evaluations, got {budget}")
         if self.requires_k and k is None:
             raise CoopPruneError(f"method '{self.name}' chooses a set of k players to remove: give k")
+        if self.needs_model and not game.has_model:
+            raise CoopPruneError(f"method '{self.name}' reads the model's activations: it needs a game on a model")
         start, used, cost = time.perf_counter(), game.evaluations, game.cost
         extra = {} if costs is None else {"costs": costs, "max_cost": max_cost}
         result = self._estimate(game, budget, seed, k, **extra)

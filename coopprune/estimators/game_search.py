@@ -38,10 +38,11 @@ and uses it as the screen:
    screen's optimum is often one exchange from the full calibration's.
 
 The result is the best k-removal set ever evaluated on the full calibration set, so on
-calibration it is never worse than any set it saw. Contributions are the semivalue of the final
-ensemble over masks around k (on the log-utility scale it is fitted on), with bootstrap
-intervals; the surrogate's fit is reported held out on the sweep's strata and, where the decision
-is made, on every proposed set before its real pass.
+calibration it is never worse than any set it saw. Contributions are read off every real
+evaluation the search made (``coopprune.attribution``: the semivalue over masks around k of a
+second-order game fitted on the log-utility scale, Shapley values and pairwise interactions, with
+bootstrap intervals and the fit's held-out error); the surrogate's own fit is reported on every
+proposed set before its real pass.
 Every setting scales with L and k; none refers to a model.
 """
 
@@ -54,6 +55,7 @@ from typing import Any
 
 import numpy as np
 
+from coopprune.attribution import attribute
 from coopprune.errors import CoopPruneError
 from coopprune.estimators.base import Contributions, get_estimator, register
 from coopprune.estimators.removal import Predict, Removal, removal_mask, removal_masks
@@ -119,7 +121,7 @@ def strata_around(k: int, n_movable: int) -> list[int]:
 
 #: The settings a result reports under ``details["search"]["settings"]``, in this order.
 REPORTED_SETTINGS = ("per_round", "ensemble", "exploration", "patience", "screen_share", "greedy_width",
-                     "search_windows", "confirm", "refine")
+                     "search_windows", "confirm", "refine", "proposals")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -146,6 +148,10 @@ class GameSearchConfig:
     search_windows: int | None = 10
     confirm: int = 8
     refine: int | None = 8
+    #: "random": the ablation without the surrogate: each round's sets are drawn at random
+    #: (seeded) from the same candidates (one exchange from / mutations of the elites), the
+    #: hill-climb's neighbours too; everything else (design, seeds, greedy path, budget) is unchanged.
+    proposals: str = "surrogate"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "peer_seeds", tuple(self.peer_seeds))
@@ -166,6 +172,8 @@ class GameSearchConfig:
             raise CoopPruneError(f"game-search: screen_share must be in (0, 1), got {self.screen_share}")
         if self.greedy_width is not None and self.greedy_width < 1:
             raise CoopPruneError(f"game-search: greedy_width must be at least 1 (or null), got {self.greedy_width}")
+        if self.proposals not in ("surrogate", "random"):
+            raise CoopPruneError(f"game-search: proposals must be 'surrogate' or 'random', got '{self.proposals}'")
         if self.trust is not None and self.trust < 1:
             raise CoopPruneError(f"game-search: trust must be at least 1 exchange (or null), got {self.trust}")
 
@@ -244,15 +252,19 @@ class GameSearch(SurrogateEstimator):
         stale, rounds = 0, 0
         while paid + game.cost - cost0 + round_cost <= room + 1e-9 and stale < self.config.patience:
             rounds += 1
-            ensemble, target = self._fit(game, seed + 101 * rounds)
-            picked = self._propose(ensemble, game, removal, strata, rng)
+            if self.config.proposals == "surrogate":
+                ensemble, target = self._fit(game, seed + 101 * rounds)
+                picked = self._propose(ensemble, game, removal, strata, rng)
+            else:
+                picked = self._random_proposals(game, removal, rng)
             if not picked:
                 break
             if self.config.screen_share is not None:
                 picked = self._screened(game, picked, rng)
-            predicted = target.inverse(ensemble.predict(removal_masks(n, picked)))
             real = game.value_function(removal_masks(n, picked))
-            proposals += list(zip(predicted.tolist(), real.tolist()))
+            if self.config.proposals == "surrogate":
+                predicted = target.inverse(ensemble.predict(removal_masks(n, picked)))
+                proposals += list(zip(predicted.tolist(), real.tolist()))
             new_best, new_utility = self._best_known(game, removal)
             stale = 0 if new_utility > best_utility + 1e-12 else stale + 1
             best, best_utility = new_best, max(best_utility, new_utility)
@@ -265,12 +277,9 @@ class GameSearch(SurrogateEstimator):
         masks, utilities = game.known()
         target = LogTarget(utilities)
         config = dataclasses.replace(self.surrogate_config, ensemble=self.config.ensemble)
-        final = fit_validated(masks, target(utilities), config)
-        base = stratified_masks(n, strata, self.base_masks, np.random.default_rng([seed, 0x5E41]), game.protected_players)
-
-        def values_of(surrogate: Surrogate) -> np.ndarray:
-            return semivalue(surrogate.predict, n, base)
-
+        final = fit_validated(masks, target(utilities), config)  # the search's surrogate, as it last stood
+        explained = attribute(masks, utilities, strata, seed, protected=game.protected_players)
+        explained.explain(best, removal.by_values(explained.semivalue), dict(self._ranked(game, removal)))
         pred, true = (np.array(v) for v in zip(*proposals)) if proposals else (np.zeros(0), np.zeros(0))
         details = {
             "search": {
@@ -285,9 +294,10 @@ class GameSearch(SurrogateEstimator):
             },
             "training_masks": len(masks),
             "surrogate": {"config": dataclasses.asdict(final.config), "metrics": final.metrics},
+            "attribution": explained.summary(),
         }
-        return self._result(values_of(final), removal=sorted(best), surrogate=final,
-                            replicates=self.bootstrap_values(masks, target(utilities), seed, values_of), details=details)
+        return self._result(explained.semivalue, removal=sorted(best), surrogate=final, attribution=explained,
+                            replicates=explained.replicates if self.bootstrap >= 2 else None, details=details)
 
     # ------------------------------------------------------------------ steps
     def _screen_size(self, n_windows: int | None) -> int | None:
@@ -338,8 +348,11 @@ class GameSearch(SurrogateEstimator):
             unknown = [st for st in fresh if st not in screened]
             take: list[tuple[int, ...]] = []
             if unknown:
-                ensemble, _ = self._fit(screen, seed + 0x3EF + len(steps))
-                scores = ensemble.predict(removal_masks(full.n_players, unknown))
+                if self.config.proposals == "surrogate":
+                    ensemble, _ = self._fit(screen, seed + 0x3EF + len(steps))
+                    scores = ensemble.predict(removal_masks(full.n_players, unknown))
+                else:  # the ablation: neighbours at random
+                    scores = np.random.default_rng([seed, 0x3EF, len(steps)]).random(len(unknown))
                 take = [unknown[i] for i in np.argsort(-scores, kind="stable")[:width]]
                 utilities = screen.value_function(removal_masks(full.n_players, take))
                 screened |= dict(zip(take, utilities.tolist()))
@@ -387,7 +400,7 @@ class GameSearch(SurrogateEstimator):
         """The sets the one-pass peers would remove (Gromov's block, ShortGPT's bottom k), evaluated
         for real: two activation passes and two evaluations buy a search that is never worse on
         calibration than either. Games without a model (synthetic) or with sizes skip this."""
-        if not removal.unit or not hasattr(game, "evaluator"):
+        if not removal.unit or not game.has_model:
             return {}
         seeds = {}
         for name in self.config.peer_seeds:
@@ -472,6 +485,21 @@ class GameSearch(SurrogateEstimator):
         scores = acquisition(removal_masks(n, fresh))
         take = self.config.per_round * (self.config.screen_factor if self.config.screen_share is not None else 1)
         return [fresh[i] for i in np.argsort(-scores, kind="stable")[:take]]
+
+    def _random_proposals(self, game: Game, removal: Removal, rng: np.random.Generator) -> list[tuple[int, ...]]:
+        """The ablation's round: ``per_round`` unseen sets drawn at random from the elites'
+        one-exchange neighbours and mutations, the candidates the surrogate would rank."""
+        elites = [st for st, _ in self._ranked(game, removal)[: self.config.elites]]
+        pool: set[tuple[int, ...]] = set()
+        for elite in elites:
+            pool |= set(removal.swaps(elite))
+            pool |= {removal.mutate(elite, rng) for _ in range(self.config.mutations // max(len(elites), 1))}
+        if not elites:
+            pool = {removal.random(rng) for _ in range(self.config.restarts)}
+        seen = evaluated_sets(game)
+        fresh = sorted(s for s in pool if s not in seen and removal.valid(s))
+        take = self.config.per_round * (self.config.screen_factor if self.config.screen_share is not None else 1)
+        return [fresh[i] for i in rng.permutation(len(fresh))[:take]]
 
     def _screened(self, game: Game, candidates: list[tuple[int, ...]], rng: np.random.Generator) -> list[tuple[int, ...]]:
         """Multi-fidelity: score every candidate on a random share of the windows, keep the best."""

@@ -1,0 +1,227 @@
+"""How far the main job's layer contributions can be trusted: measured against a real reference.
+
+The main job (``params.yaml``: game-search, k = 6, KL on 64 x 128 LAMBADA, its search on a seeded
+10 of those windows) reports per-layer contributions. Here they are compared with a reference on
+the same game (same model, utility and 10 windows), estimated from real evaluations only, with no
+surrogate: ``--bases`` base masks drawn from the job's strata (k/2, k and 3k/2 layers removed),
+each evaluated with every one of its single-layer flips (L + 1 passes a base), so each base gives
+one exact marginal ``log v(m + i) - log v(m - i)`` of every layer: the semivalue the job reports,
+on its log-utility scale, as a plain mean with its standard error.
+
+Reported: Spearman of the job's contributions with the reference, its top five and bottom k
+against the reference's, how many of its 95 % intervals cover the reference value and how many
+span zero, and the held-out fit of the model behind them. Every real evaluation is cached under
+``--work`` (a killed run resumes).
+
+    python bench/contributions.py [--bases 33] [--work bench/work/contributions]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from coopprune import pipeline
+from coopprune.atomic import write_json
+from coopprune.attribution import attribute
+from coopprune.metrics import spearman
+from coopprune.shapley import exact_shapley
+from coopprune.config import Params
+from coopprune.dataset import MaskDataset
+from coopprune.estimators.game_search import strata_around
+from coopprune.game import LayerGame
+from coopprune.shapley import stratified_masks
+
+RESULTS = Path(__file__).parent / "results"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def job_params(work: Path) -> Params:
+    """The main job's params, writing under ``work``."""
+    return Params.load(ROOT / "params.yaml").model_copy(update={"output_dir": str(work / "job")})
+
+
+def run_job(params: Params) -> dict[str, Any]:
+    """The main job's sweep and decision (cached in its output folder); its screen store holds
+    every real evaluation it made on the search windows."""
+    sweep = pipeline.sweep(params, progress=True)
+    started = time.perf_counter()
+    result = pipeline.prune_from_params(params, sweep, progress=True, decision_only=True)
+    return {"removed": result.removed_layers, "seconds": round(time.perf_counter() - started, 1)}
+
+
+def ablation_arm(params: Params, work: Path, k: int, surrogate: bool) -> dict[str, Any]:
+    """game-search at ``k`` with or without its surrogate (same seeds, budget, sweep); the arm
+    with it at the job's k is the job itself."""
+    job = Path(params.output_dir)
+    if surrogate and k == params.prune.remove:
+        folder = job
+    else:
+        folder = work / "ablation" / f"{'surrogate' if surrogate else 'random'}-k{k}"
+        options = {**params.prune.options.get("game-search", {}), "proposals": "surrogate" if surrogate else "random"}
+        prune = params.prune.model_copy(update={"remove": k, "options": {**params.prune.options, "game-search": options}})
+        params = params.model_copy(update={"output_dir": str(folder), "prune": prune})
+    decision = folder / "contributions" / pipeline.DECISION_FILE
+    if not decision.is_file():
+        pipeline.prune_from_params(params, pipeline.merge_sweep(job / "masks"), progress=True, decision_only=True)
+    d = json.loads(decision.read_text())
+    search = d["scores"]["rounds"][0]["details"]["search"]
+    return {"k": k, "surrogate": surrogate, "removed": sorted(d["removed_players"]), "utility": search["chosen_real"],
+            "passes": d["scores"]["passes"], "evaluations": d["scores"]["evaluations"], "rounds": search["rounds"],
+            "stopped": search["stopped"], "seconds": d["scores"]["seconds"]}
+
+
+def reference_game(params: Params, work: Path) -> LayerGame:
+    """The job's search game (its utility on its screen windows) with its own cache."""
+    setup = pipeline.sweep_setup(params)
+    identity = setup.manifest.identity
+    store = pipeline.empty_store(work / "reference", setup.evaluator, identity.model_fingerprint,
+                                 identity.calibration_fingerprint, params.game)
+    return LayerGame(setup.evaluator, params.game.utility, store=store, progress=True)
+
+
+def flip_design(n: int, k: int, bases: int, seed: int) -> np.ndarray:
+    """``bases`` stratified base masks, each followed by its n single-player flips."""
+    base = stratified_masks(n, strata_around(k, n), bases, np.random.default_rng([seed, 0xF11B]))
+    rows = []
+    for m in base:
+        rows.append(m.copy())
+        for i in range(n):
+            flipped = m.copy()
+            flipped[i] = ~flipped[i]
+            rows.append(flipped)
+    return np.stack(rows)
+
+
+def reference_values(design: np.ndarray, utilities: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per player: mean and standard error of log v(m + i) - log v(m - i) over the bases."""
+    logs = np.log(utilities).reshape(-1, n + 1)
+    base_masks = design[:: n + 1]
+    marginals = np.empty((len(base_masks), n))
+    for b, m in enumerate(base_masks):
+        flips = logs[b, 1:]
+        marginals[b] = np.where(m, logs[b, 0] - flips, flips - logs[b, 0])
+    return marginals.mean(0), marginals.std(0, ddof=1) / np.sqrt(len(base_masks))
+
+
+def interval_stats(values: np.ndarray, low: np.ndarray, high: np.ndarray, ref: np.ndarray, k: int) -> dict[str, Any]:
+    """A contributions vector against the reference: rank agreement, top five, bottom k, coverage."""
+    top = lambda v: set(np.argsort(-v)[:5].tolist())  # noqa: E731
+    bottom = lambda v: set(np.argsort(v)[:k].tolist())  # noqa: E731
+    out = {"spearman": spearman(values, ref), "top5_same": top(values) == top(ref),
+           "top5_overlap": len(top(values) & top(ref)), "bottom_k_overlap": len(bottom(values) & bottom(ref)),
+           "top5": sorted(top(values)), "bottom_k": sorted(bottom(values))}
+    if low is not None:
+        out["coverage"] = float(np.mean((low <= ref) & (ref <= high)))
+        out["spanning_zero"] = int(np.sum((low < 0) & (high > 0)))
+    return out
+
+
+def compare(params: Params, work: Path) -> dict[str, Any]:
+    """The job's contributions, before (its surrogate's) and now (read off its real evaluations),
+    against the reference; the same numbers for the reference's own masks as a ceiling."""
+    ref = json.loads((work / "reference.json").read_text())["reference"]
+    mean, se = np.array(ref["values"]), np.array(ref["se"])
+    k = params.prune.remove
+    job = Path(params.output_dir)
+    decision = json.loads((job / "contributions" / pipeline.DECISION_FILE).read_text())
+    rnd = decision["scores"]["rounds"][0]
+    arms: dict[str, Any] = {}
+    before = np.array(rnd["values"], dtype=float)
+    arms["before: MLP surrogate, clipped log target"] = interval_stats(
+        before, np.array(rnd["ci_low"], float), np.array(rnd["ci_high"], float), mean, k)
+    store = MaskDataset.open(job / "search-screen")
+    masks, utilities = store.arrays()
+    strata = strata_around(k, len(mean))
+    started = time.perf_counter()
+    a = attribute(masks, utilities, strata, params.sampling.seed)
+    seconds = time.perf_counter() - started
+    arms["now: second-order fit on the job's real evaluations"] = {
+        **interval_stats(a.semivalue, *a.semivalue_ci, mean, k), "evaluations": a.evaluations,
+        "fit": a.fit, "seconds": round(seconds, 1), "warnings": a.warnings}
+    ref_store = MaskDataset.open(work / "reference")
+    rm, ru = ref_store.arrays()
+    r = attribute(rm, ru, strata, params.sampling.seed)
+    arms["ceiling: the same fit on the reference's own masks"] = {
+        **interval_stats(r.semivalue, *r.semivalue_ci, mean, k), "evaluations": r.evaluations, "fit": r.fit}
+    return {"reference": {"bases": ref["bases"], "evaluations": ref["evaluations"], "top5": sorted(np.argsort(-mean)[:5].tolist()),
+                          "bottom_k": sorted(np.argsort(mean)[:k].tolist()),
+                          "spanning_zero_2se": int(np.sum(np.abs(mean) < 2 * se))},
+            "arms": arms, "job_removed": sorted(decision["removed_players"])}
+
+
+def subgame(seeds: int = 5, budgets: tuple[int, ...] = (60, 100, 150, 300)) -> list[dict[str, Any]]:
+    """Interactions against exact ones: the committed 12-layer subgame of SmolLM2 (every coalition
+    evaluated, ``bench/estimators.py``), its log-utility game solved exactly (Moebius transform,
+    pairwise Shapley interaction index), and the fit given ``budget`` stratified masks of it."""
+    table = np.load(RESULTS / "estimators_game.npz")["table"]
+    n = 12
+    logs = np.log(table)
+    moebius = logs.copy()
+    ids = np.arange(1 << n)
+    for i in range(n):
+        has = (ids >> i) & 1 == 1
+        moebius[has] -= moebius[ids[has] ^ (1 << i)]
+    size = np.array([bin(c).count("1") for c in ids])
+    exact = np.zeros((n, n))
+    for i in range(n):
+        for j in range(i + 1, n):
+            both = ((ids >> i) & 1 == 1) & ((ids >> j) & 1 == 1)
+            exact[i, j] = exact[j, i] = float((moebius[both] / (size[both] - 1)).sum())
+    shap_exact = exact_shapley(lambda m: logs[(m.astype(int) << np.arange(n)).sum(1)], n)
+    iu = np.triu_indices(n, 1)
+    worst = set(zip(*np.unravel_index(np.argsort(np.where(np.triu(np.ones((n, n)), 1) > 0, exact, np.inf), axis=None)[:5], (n, n))))
+    rows = []
+    for budget in budgets:
+        per = []
+        for seed in range(seeds):
+            masks = stratified_masks(n, [1, 2, 3, 4, 5], budget, np.random.default_rng([seed, budget]))
+            a = attribute(masks, table[(masks.astype(int) << np.arange(n)).sum(1)], [2, 3, 5], seed, bootstrap=100)
+            est = a.interactions[iu]
+            low, high = a.interactions_ci[0][iu], a.interactions_ci[1][iu]
+            found = set(zip(*np.unravel_index(np.argsort(np.where(np.triu(np.ones((n, n)), 1) > 0, a.interactions, np.inf), axis=None)[:5], (n, n))))
+            per.append([np.corrcoef(est, exact[iu])[0, 1], spearman(est, exact[iu]), float(np.mean((low <= exact[iu]) & (exact[iu] <= high))),
+                        len(found & worst), spearman(a.shapley, shap_exact), a.fit["r2"]])
+        m = np.mean(per, axis=0)
+        rows.append({"budget": budget, "seeds": seeds, "interaction_pearson": m[0], "interaction_spearman": m[1],
+                     "interaction_coverage": m[2], "most_redundant5_overlap": m[3], "shapley_spearman": m[4], "fit_r2": m[5]})
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--work", type=Path, default=ROOT / "bench" / "work" / "contributions")
+    parser.add_argument("--bases", type=int, default=33)
+    parser.add_argument("--step", choices=("job", "reference", "ablation", "compare", "subgame", "all"), default="all")
+    parser.add_argument("--ks", type=int, nargs="+", default=[3, 6, 9, 12])
+    args = parser.parse_args()
+    params = job_params(args.work)
+    k = params.prune.remove
+    out: dict[str, Any] = {}
+    if args.step in ("job", "all"):
+        out["job"] = run_job(params)
+    if args.step in ("reference", "all"):
+        game = reference_game(params, args.work)
+        design = flip_design(game.n_players, k, args.bases, params.sampling.seed)
+        started = time.perf_counter()
+        utilities = game.value_function(design)
+        mean, se = reference_values(design, utilities, game.n_players)
+        out["reference"] = {"values": mean.tolist(), "se": se.tolist(), "bases": args.bases,
+                            "evaluations": len(design), "seconds": round(time.perf_counter() - started, 1)}
+    if args.step in ("ablation", "all"):
+        out["ablation"] = [ablation_arm(params, args.work, k, flag) for k in args.ks for flag in (True, False)]
+    if args.step in ("compare", "all"):
+        out["compare"] = compare(params, args.work)
+    if args.step in ("subgame", "all"):
+        out["subgame"] = subgame()
+    write_json(args.work / f"{args.step}.json", out)
+    print(json.dumps(out, indent=1)[:3000])
+
+
+if __name__ == "__main__":
+    main()
