@@ -301,6 +301,16 @@ class Params(_Section):
             raise CoopPruneError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from None
         return cls.from_dict(data, where=str(path))
 
+    def save(self, path: str | Path) -> Path:
+        """Write the settings that differ from the defaults as YAML (atomically): :meth:`load` reads
+        back an equal Params, and the file stays as short as the choices it records."""
+        from coopprune.atomic import atomic_path
+
+        path = Path(path)
+        with atomic_path(path) as tmp:
+            Path(tmp).write_text(yaml.safe_dump(self.model_dump(mode="json", exclude_defaults=True), sort_keys=False))
+        return path
+
     @classmethod
     def from_dict(cls, data: object, where: str = "params") -> Params:
         if not isinstance(data, dict):

@@ -58,6 +58,11 @@ class Game:
         return [f"layer {i}" for i in self.layers]
 
     @property
+    def has_model(self) -> bool:
+        """Whether the game can show its model's activations (what ``needs_model`` methods read)."""
+        return False
+
+    @property
     def protected_players(self) -> tuple[int, ...]:
         return self.protected
 
@@ -216,6 +221,10 @@ class LayerGame(Game):
     def n_windows(self) -> int:
         return len(self.evaluator.windows)
 
+    @property
+    def has_model(self) -> bool:
+        return True
+
     def state_path(self, name: str) -> Path | None:
         """Beside the store's rows (its identity names the model, windows and utility the state is of)."""
         return None if self.store is None else self.store.path / STATE_FOLDER / f"{name}.json"
@@ -280,6 +289,10 @@ class SubGame(Game):
         if name in ("parent", "_index"):
             raise AttributeError(name)
         return getattr(self.parent, name)
+
+    @property
+    def has_model(self) -> bool:
+        return self.parent.has_model
 
     @property
     def removed(self) -> list[int]:

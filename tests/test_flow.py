@@ -173,14 +173,11 @@ def test_killed_flow_resumes_without_losing_or_repeating_a_mask(tmp_path, tiny_c
     import sys
     import time
 
-    import yaml
-
     from flows.orphans import orphaned_servers
 
     params = flow_params(tmp_path, tiny_checkpoint, text_file, eval_text, benchmark={"speed": False},
                          sampling={"remove": [1, 2, 3], "per_stratum": 6, "shard_size": 3})
-    path = tmp_path / "params.yaml"
-    path.write_text(yaml.safe_dump(params.model_dump()))
+    path = params.save(tmp_path / "params.yaml")
     home = tmp_path / "prefect"
     env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
     env.pop("PREFECT_API_URL", None)

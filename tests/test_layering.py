@@ -54,3 +54,11 @@ def test_the_check_sees_imports_inside_functions():
                      "from coopprune import tracking\n")
     names = sorted(name for _, name in imports(tree))
     assert names == ["coopprune.tracking", "flows.orphans", "mlflow.artifacts", "os"]
+
+
+def test_params_save_and_load_round_trip(tmp_path):
+    from coopprune.config import Params
+
+    params = Params.from_dict({"prune": {"remove": 4, "options": {"game-search": {"proposals": "random"}}},
+                               "calibration": {"mix": {"books": 1, "code": 2}}})
+    assert Params.load(params.save(tmp_path / "p.yaml")) == params
