@@ -113,3 +113,22 @@ class StrataPlan:
                 rows.append(row)
         masks = np.stack(rows)
         return masks[lexicographic_order(masks)]
+
+
+def stratified_masks(
+    n_players: int, removals: list[int], count: int, rng: np.random.Generator, protected: tuple[int, ...] = ()
+) -> np.ndarray:
+    """``count`` masks drawn with replacement, spread evenly over removal counts, protected players
+    kept: base masks for a semivalue of a cheap function (a surrogate, a fitted game), where
+    repeats are free; :class:`StrataPlan` draws the distinct masks worth a real pass."""
+    free = np.array([i for i in range(n_players) if i not in set(protected)])
+    per = np.full(len(removals), count // len(removals))
+    per[: count % len(removals)] += 1
+    blocks = []
+    for r, q in zip(removals, per):
+        masks = np.ones((q, n_players), dtype=bool)
+        if q and r:
+            drop = rng.random((q, len(free))).argsort(axis=1)[:, :r]
+            np.put_along_axis(masks, free[drop], False, axis=1)
+        blocks.append(masks)
+    return np.concatenate(blocks)

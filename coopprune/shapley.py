@@ -95,23 +95,6 @@ def surrogate_shapley(value_fn: ValueFunction, n_players: int, seed: int, permut
     return permutation_shapley(value_fn, n_players, random_permutations(n_players, permutations, rng))
 
 
-def stratified_masks(
-    n_players: int, removals: list[int], count: int, rng: np.random.Generator, protected: tuple[int, ...] = ()
-) -> np.ndarray:
-    """``count`` masks (with replacement) spread evenly over removal counts; protected players kept."""
-    free = np.array([i for i in range(n_players) if i not in set(protected)])
-    per = np.full(len(removals), count // len(removals))
-    per[: count % len(removals)] += 1
-    blocks = []
-    for r, q in zip(removals, per):
-        masks = np.ones((q, n_players), dtype=bool)
-        if q and r:
-            drop = rng.random((q, len(free))).argsort(axis=1)[:, :r]
-            np.put_along_axis(masks, free[drop], False, axis=1)
-        blocks.append(masks)
-    return np.concatenate(blocks)
-
-
 def semivalue(
     value_fn: ValueFunction, n_players: int, base_masks: np.ndarray, chunk: int = 1 << 20
 ) -> np.ndarray:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from coopprune.errors import CoopPruneError
 from coopprune.estimators import Contributions, Estimator
 from coopprune.game import Game
-from coopprune.select import select_layers, select_within_cost
+from coopprune.select import choose, select_within_cost
 
 if TYPE_CHECKING:
     from coopprune.surrogate import Surrogate
@@ -45,15 +45,6 @@ class Selection:
     def surrogate(self) -> Surrogate | None:
         """The surrogate the last round fitted (the report saves it), if its method fits one."""
         return self.rounds[-1].contributions.surrogate if self.rounds else None
-
-
-def choose(contributions: Contributions, k: int, protected: tuple[int, ...]) -> list[int]:
-    """The k players to remove: a set-based method's own set, otherwise the k lowest contributions."""
-    if contributions.removal is not None:
-        if len(contributions.removal) != k or set(contributions.removal) & set(protected):
-            raise CoopPruneError(f"{contributions.method} proposed {contributions.removal} for k={k}")
-        return sorted(contributions.removal)
-    return select_layers(contributions.values, k, protected)
 
 
 def select_by_cost(

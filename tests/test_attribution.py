@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from coopprune.attribution import PairwiseGame, attribute, fit_pairwise, held_out_fit, log_values
-from coopprune.shapley import all_coalitions, exact_shapley, semivalue, stratified_masks
+from coopprune.shapley import all_coalitions, exact_shapley, semivalue
+from coopprune.sampling import stratified_masks
 
 
 def planted(n: int = 8, seed: int = 0) -> PairwiseGame:

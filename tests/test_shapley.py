@@ -8,6 +8,7 @@ import pytest
 
 from coopprune.estimators import get_estimator
 from coopprune.game import FunctionGame
+from coopprune.sampling import stratified_masks
 from coopprune.select import select_layers
 from coopprune.shapley import (
     all_coalitions,
@@ -18,7 +19,6 @@ from coopprune.shapley import (
     permutation_shapley,
     random_permutations,
     semivalue,
-    stratified_masks,
 )
 from coopprune.surrogate import SurrogateConfig
 

@@ -62,8 +62,8 @@ from coopprune.estimators.removal import Predict, Removal, removal_mask, removal
 from coopprune.estimators.surrogate_based import SurrogateEstimator
 from coopprune.game import Game
 from coopprune.metrics import regression_metrics
-from coopprune.sampling import StrataPlan
-from coopprune.shapley import semivalue, stratified_masks
+from coopprune.sampling import StrataPlan, stratified_masks
+from coopprune.shapley import semivalue
 from coopprune.surrogate import Surrogate, fit_validated
 
 

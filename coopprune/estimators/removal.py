@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from coopprune.select import select_within_cost
+
 Predict = Callable[[np.ndarray], np.ndarray]
 
 
@@ -129,7 +131,8 @@ class Removal:
 
     def by_values(self, values: np.ndarray) -> tuple[int, ...]:
         """The least-contributing players that fit (a ranking method's choice)."""
-        return self.complete((), sorted(self.movable, key=lambda i: (values[i], i)))
+        fixed = [i for i in range(self.n_players) if i not in set(self.movable)]
+        return tuple(select_within_cost(values, self.costs, self.max_cost, fixed))
 
     def local_search(self, score: Predict, start: tuple[int, ...]) -> tuple[int, ...]:
         """Best-improvement exchanges while the score rises."""

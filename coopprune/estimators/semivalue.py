@@ -12,8 +12,8 @@ import numpy as np
 from coopprune.estimators.base import register
 from coopprune.estimators.surrogate_based import SurrogateEstimator
 from coopprune.game import Game
-from coopprune.sampling import StrataPlan
-from coopprune.shapley import semivalue, stratified_masks
+from coopprune.sampling import StrataPlan, stratified_masks
+from coopprune.shapley import semivalue
 from coopprune.surrogate import Surrogate
 
 

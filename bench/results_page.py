@@ -4,7 +4,7 @@ Tables and plots come from the JSON/Markdown the bench scripts wrote; the hand-w
 discussion between the ``discussion`` markers of the existing file is kept. A section whose
 script has not been run says so, with the command that fills it.
 
-    python bench/report.py
+    python bench/results_page.py
 """
 
 from __future__ import annotations
@@ -94,7 +94,7 @@ def main() -> None:
         "# Results",
         "",
         "SmolLM2-135M-Instruct (30 layers, the bundled default) on this repository's benchmark scripts. Every number "
-        "below is read from `bench/results/`, written by the command shown; `python bench/report.py` regenerates "
+        "below is read from `bench/results/`, written by the command shown; `python bench/results_page.py` regenerates "
         "this file (the discussion is kept).",
         "",
         f"Machine: {machine()}. Generated {time.strftime('%Y-%m-%d')}.",
@@ -131,6 +131,9 @@ def main() -> None:
         section("9. Held-out perplexity across domains (calibration mixtures)",
                 ".venv/bin/python bench/domains.py --arms ARM ... --ks 6 9 12 --windows 32", "domains.md",
                 read("domains.md")),
+        section("10. The job's contributions against a reference; the search without its surrogate",
+                ".venv/bin/python bench/contributions.py --step job|reference|compare|subgame|ablation, then --step tables",
+                "contributions.md", read("contributions.md")),
     ]
     DOC.parent.mkdir(exist_ok=True)
     DOC.write_text("\n".join(parts))
