@@ -11,6 +11,7 @@ from typing import Annotated
 import typer
 
 from coopprune.errors import CoopPruneError
+from coopprune.stages import stage_help
 
 app = typer.Typer(
     help="Prune LLM decoder layers chosen by their cooperative-game contribution.",
@@ -344,18 +345,17 @@ def zeroshot(
 
 @app.command()
 def stage(
-    name: Annotated[str, typer.Argument(help="data, sweep, surrogate, prune or benchmark (the dvc.yaml stages).")],
+    name: Annotated[str, typer.Argument(help=f"The stage: {stage_help()}.")],
     params: Annotated[Path, typer.Option(help="Parameters file.")] = Path("params.yaml"),
     quiet: Quiet = False,
 ) -> None:
     """Run one stage of the job on params.yaml; `dvc repro` calls these in order."""
-    from coopprune import pipeline
     from coopprune.config import Params
+    from coopprune.stages import STAGES, run_stage
 
-    loaded = Params.load(params)
-    if name not in pipeline.STAGES:
-        raise CoopPruneError(f"unknown stage '{name}'; stages: {', '.join(pipeline.STAGES)}")
-    result = pipeline.run_stage(loaded, name, progress=not quiet)
+    if name not in STAGES:  # before the params are read
+        raise CoopPruneError(f"unknown stage '{name}'; stages: {', '.join(STAGES)}")
+    result = run_stage(Params.load(params), name, progress=not quiet)
     typer.echo(json.dumps(result, indent=2, default=str))
 
 

@@ -565,36 +565,41 @@ def perplexity_curve(params: Params, pruned_dir: str | Path) -> list[dict[str, A
     return [{"removed": j, "layers": order[:j], "perplexity": r.perplexity} for j, r in enumerate(results)]
 
 
-STAGES = ("data", "sweep", "surrogate", "contributions", "prune", "benchmark", "heal", "export")
+def data_stage(params: Params, progress: bool = True) -> dict[str, Any]:
+    result = prepare_data(params)
+    write_json(Path(params.output_dir) / "data.json", result)
+    return result
 
 
-def run_stage(params: Params, stage: str, progress: bool = True) -> dict[str, Any]:
-    """One DVC stage (see dvc.yaml): each writes only its own outputs under ``output_dir``."""
+def sweep_stage(params: Params, progress: bool = True) -> dict[str, Any]:
+    dataset = sweep(params, progress=progress)
+    return {"path": str(dataset.path), "rows": len(dataset)}
+
+
+def surrogate_stage(params: Params, progress: bool = True) -> dict[str, Any]:
+    out = Path(params.output_dir) / "surrogate"
+    surrogate = fit_surrogate(params, merge_sweep(masks_dir(params)), out)
+    return {"path": str(out), "metrics": surrogate.metrics}
+
+
+def contributions_stage(params: Params, progress: bool = True) -> dict[str, Any]:
+    result = prune_from_params(params, progress=progress, decision_only=True)
+    return {"path": str(result.out_dir), "removed_players": result.removed_layers, "evaluations": result.evaluations}
+
+
+def prune_stage(params: Params, progress: bool = True) -> dict[str, Any]:
     out = Path(params.output_dir)
-    if stage == "data":
-        result = prepare_data(params)
-        write_json(out / "data.json", result)
-        return result
-    if stage == "sweep":
-        dataset = sweep(params, progress=progress)
-        return {"path": str(dataset.path), "rows": len(dataset)}
-    if stage == "surrogate":
-        surrogate = fit_surrogate(params, merge_sweep(masks_dir(params)), out / "surrogate")
-        return {"path": str(out / "surrogate"), "metrics": surrogate.metrics}
-    if stage == "contributions":
-        result = prune_from_params(params, progress=progress, decision_only=True)
-        return {"path": str(result.out_dir), "removed_players": result.removed_layers, "evaluations": result.evaluations}
-    if stage == "prune":
-        result = apply_decision(params.model.source, out / "contributions", out / "pruned", overwrite=True,
-                                trust_remote_code=params.model.trust_remote_code, dtype=params.model.dtype)
-        return {"path": str(result.out_dir), "removed_layers": result.removed_layers, "evaluations": result.evaluations}
-    if stage == "benchmark":
-        return benchmark_release(params)
-    if stage == "heal":
-        return heal_stage(params, progress)
-    if stage == "export":
-        return export_release(params)
-    raise CoopPruneError(f"unknown stage '{stage}'; stages: {', '.join(STAGES)}")
+    result = apply_decision(params.model.source, out / "contributions", out / "pruned", overwrite=True,
+                            trust_remote_code=params.model.trust_remote_code, dtype=params.model.dtype)
+    return {"path": str(result.out_dir), "removed_layers": result.removed_layers, "evaluations": result.evaluations}
+
+
+def benchmark_stage(params: Params, progress: bool = True) -> dict[str, Any]:
+    return benchmark_release(params)
+
+
+def export_stage(params: Params, progress: bool = True) -> dict[str, Any]:
+    return export_release(params)
 
 
 def heal_release(params: Params, progress: bool = True) -> dict[str, Any]:

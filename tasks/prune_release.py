@@ -19,6 +19,7 @@ from coopprune import pipeline
 from coopprune.config import Params
 from coopprune.dataset import MaskDataset
 from coopprune.naming import base_model_name
+from coopprune.stages import run_stage
 
 
 def contributions_tag(checkpoint: Path) -> dict[str, str]:
@@ -63,19 +64,19 @@ def merge_masks(params: Params) -> dict[str, Any]:
 
 @task(name="fit-surrogate", cache_policy=NO_CACHE)
 def fit_surrogate(params: Params) -> dict[str, Any]:
-    return pipeline.run_stage(params, "surrogate", progress=False)
+    return run_stage(params, "surrogate", progress=False)
 
 
 @task(name="estimate-contributions", cache_policy=NO_CACHE)
 def estimate_contributions(params: Params) -> dict[str, Any]:
     """Contributions on the game (reusing the sweep's masks) and the players to remove."""
-    return pipeline.run_stage(params, "contributions", progress=False)
+    return run_stage(params, "contributions", progress=False)
 
 
 @task(name="prune", cache_policy=NO_CACHE)
 def prune(params: Params, contributions: dict[str, Any]) -> dict[str, Any]:
     """The checkpoint without the players ``contributions`` chose, with its report beside it."""
-    return pipeline.run_stage(params, "prune", progress=False)
+    return run_stage(params, "prune", progress=False)
 
 
 @task(name="benchmark", cache_policy=NO_CACHE, task_run_name="benchmark-{label}")

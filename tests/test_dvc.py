@@ -119,3 +119,15 @@ def test_mask_dataset_push_and_pull_through_s3(repo):
         assert len(MaskDataset.open(masks)) == 12
     finally:
         server.stop()
+
+
+def test_dvc_yaml_lists_the_stage_table():
+    """dvc.yaml names exactly the table's DVC stages, each run as `coopprune stage NAME`."""
+    from coopprune.stages import STAGES
+
+    stages = yaml.safe_load((Path(__file__).parent.parent / "dvc.yaml").read_text())["stages"]
+    assert list(stages) == [s.name for s in STAGES.values() if s.in_dvc]
+    for name, stage in stages.items():
+        assert stage["cmd"].startswith(f"coopprune stage {name} ")
+    for stage in STAGES.values():
+        assert callable(stage.function())

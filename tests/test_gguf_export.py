@@ -20,6 +20,7 @@ from coopprune.gguf_export import DTYPES, copy_field, export_gguf, prune_gguf, r
 from coopprune.gguf_io import open_gguf, read_facts
 from coopprune.models import load_model
 from coopprune.prune import count_parameters, make_record, prune_layers, save_pruned
+from coopprune.stages import run_stage
 
 REMOVED = [1, 3]
 PROMPT = "The quick brown fox jumps over"  # shorter than Qwen2's tiny sliding window (16)
@@ -286,7 +287,7 @@ def test_the_export_stage_prunes_a_gguf_base_as_is(tmp_path):
     params = Params.from_dict({"model": {"source": str(source)}, "output_dir": str(tmp_path / "run")})
     (tmp_path / "run" / "gguf").mkdir()
     (tmp_path / "run" / "gguf" / "old-name.gguf").write_bytes(b"GGUF")  # an earlier run's file goes
-    result = pipeline.run_stage(params, "export")
+    result = run_stage(params, "export")
     out = Path(result["path"])
     assert out.name == "tiny-pruned.Q8_0.gguf" and "quantization kept" in result["how"]
     assert [p.name for p in out.parent.iterdir()] == [out.name]

@@ -17,6 +17,7 @@ from coopprune.errors import CoopPruneError
 from coopprune.heal import HEALING_FILE, distill_loss, heal, lora_targets
 from coopprune.models import load_model
 from coopprune.prune import count_parameters, make_record, prune_layers, save_pruned
+from coopprune.stages import run_stage
 
 
 @pytest.fixture(scope="module")
@@ -122,10 +123,10 @@ def test_the_heal_stage_heals_and_benchmarks_or_records_that_it_is_off(pruned, t
     values = {"model": {"source": json.loads((pruned / "pruning.json").read_text())["base_model"]},
               "evaluation": {"text": str(write_text(tmp_path / "eval.jsonl", 40)), "window": 16, "max_windows": 4},
               "benchmark": {"tasks": [], "speed": False}, "output_dir": str(tmp_path / "run")}
-    off = pipeline.run_stage(Params.from_dict(values), "heal")
+    off = run_stage(Params.from_dict(values), "heal")
     assert off == {"enabled": False} and json.loads((tmp_path / "run" / "heal_metrics.json").read_text()) == {"healed": False}
     values["heal"] = {"enabled": True, "data": str(text_file), "steps": 2, "seq_len": 16, "batch_size": 2, "grad_accum": 1}
-    on = pipeline.run_stage(Params.from_dict(values), "heal", progress=False)
+    on = run_stage(Params.from_dict(values), "heal", progress=False)
     metrics = json.loads((tmp_path / "run" / "heal_metrics.json").read_text())
     assert on["steps"] == 2 and metrics["healed"] and metrics["heal_steps"] == 2 and metrics["healed_perplexity"] > 1
     assert (tmp_path / "run" / "healed" / "model.safetensors").is_file()

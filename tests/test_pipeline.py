@@ -7,6 +7,7 @@ import pytest
 from coopprune import pipeline
 from coopprune.config import Params
 from coopprune.dataset import MaskDataset
+from coopprune.stages import run_stage
 from tiny import prune_request
 
 
@@ -70,8 +71,8 @@ def test_stages_in_bfloat16_agree_on_the_model(tiny_checkpoint, text_file, tmp_p
         }
     )
     for stage in ("sweep", "surrogate", "contributions"):
-        pipeline.run_stage(params, stage, progress=False)
-    result = pipeline.run_stage(params, "prune", progress=False)
+        run_stage(params, stage, progress=False)
+    result = run_stage(params, "prune", progress=False)
     assert len(result["removed_layers"]) == 2
     weights = load_file(tmp_path / "run" / "pruned" / "model.safetensors")
     assert {str(t.dtype) for t in weights.values()} == {"torch.bfloat16"}
