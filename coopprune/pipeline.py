@@ -749,8 +749,11 @@ def score_metrics(scores: dict[str, Any]) -> dict[str, Any]:
 
 
 def run(params: Params, progress: bool = True) -> dict[str, Any]:
-    """The main job: sweep masks, score layers, prune, and compare perplexity before/after."""
+    """The job without an orchestrator (``coopprune run``): sweep, decide, prune and compare
+    held-out perplexity. ``summary.json`` has the Prefect flow's shape (``make run``) for every key
+    both write; the flow adds the zero-shot benchmark, healing, export and the registry."""
     out = Path(params.output_dir)
+    started = time.perf_counter()
     timings: dict[str, float] = {}
     t = time.perf_counter()
     dataset = sweep(params, out / "masks", progress)
@@ -762,20 +765,19 @@ def run(params: Params, progress: bool = True) -> dict[str, Any]:
 
     t = time.perf_counter()
     e = params.evaluation
-    base = evaluate_perplexity(params.model.source, e.text, e.window, e.max_windows, e.batch_size, progress)
-    pruned = evaluate_perplexity(str(result.out_dir), e.text, e.window, e.max_windows, e.batch_size, progress)
+    scores = {label: {"perplexity": asdict(evaluate_perplexity(source, e.text, e.window, e.max_windows, e.batch_size, progress))}
+              for label, source in (("base", params.model.source), ("pruned", str(result.out_dir)))}
     timings["evaluate_s"] = time.perf_counter() - t
 
     summary = {
-        "mask_dataset": str(dataset.path),
-        "masks_evaluated": len(dataset),
-        "pruned_model": str(result.out_dir),
-        "contributions": str(result.out_dir / "contributions.csv"),
+        "model": params.model.source,
+        "mask_dataset": {"path": str(dataset.path), "rows": len(dataset)},
+        "pruned": {"path": str(result.out_dir), "removed_layers": result.removed_layers, "evaluations": result.evaluations},
         "method": params.prune.method,
-        "removed_layers": result.removed_layers,
-        "real_evaluations_beyond_sweep": result.evaluations,
-        "perplexity": {"base": asdict(base), "pruned": asdict(pruned)},
+        "benchmark": scores,
+        "output_dir": str(out),
         "timings": {k: round(v, 1) for k, v in timings.items()},
+        "seconds": round(time.perf_counter() - started, 1),
     }
     write_json(out / "summary.json", summary)
     return summary

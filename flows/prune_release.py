@@ -24,6 +24,7 @@ from coopprune.errors import CoopPruneError
 from flows.orphans import reap_orphaned_servers
 from tasks.prune_release import (
     benchmark,
+    contributions_tag,
     estimate_contributions,
     evaluate_shard,
     export_gguf,
@@ -140,14 +141,19 @@ def reap_and_say() -> None:
         print(f"stopped {reaped} ephemeral Prefect server(s) left by killed runs", file=sys.stderr)
 
 
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
 def print_summary(summary: dict[str, Any]) -> None:
     bench = summary["benchmark"]
     lines = [
         f"mask dataset:    {summary['mask_dataset']['path']} ({summary['mask_dataset']['rows']} masks)",
-        f"surrogate:       {summary['surrogate']['path']} (held-out Spearman "
-        f"{summary['surrogate']['metrics']['overall']['spearman']:.3f}, within strata "
-        f"{summary['surrogate']['metrics']['mean_within_stratum_spearman'] or float('nan'):.3f})",
-        f"contributions:   {summary['pruned']['path']}/contributions.png",
+        f"surrogate:       {summary['surrogate']['path']} (held out on "
+        f"{summary['surrogate']['metrics']['overall']['n']} masks: R2 {_fmt(summary['surrogate']['metrics']['overall']['r2'])}, "
+        f"Spearman {_fmt(summary['surrogate']['metrics']['overall']['spearman'])})",
+        f"contributions:   {summary['pruned']['path']}/contributions.png "
+        f"({contributions_tag(Path(summary['pruned']['path'])).get('contributions', 'no attribution')})",
         f"pruned model:    {summary['pruned']['path']} (removed layers {summary['pruned']['removed_layers']})",
         f"perplexity:      base {bench['base']['perplexity']['perplexity']:.2f} -> "
         f"pruned {bench['pruned']['perplexity']['perplexity']:.2f}",

@@ -23,15 +23,15 @@ def test_run_on_tiny_model(tiny_checkpoint, text_file, tmp_path):
         }
     )
     summary = pipeline.run(params, progress=False)
-    assert summary["masks_evaluated"] == 10 == len(MaskDataset.open(summary["mask_dataset"]))
-    assert len(summary["removed_layers"]) == 2
-    assert summary["perplexity"]["pruned"]["window"] == 24
+    assert summary["mask_dataset"]["rows"] == 10 == len(MaskDataset.open(summary["mask_dataset"]["path"]))
+    assert len(summary["pruned"]["removed_layers"]) == 2
+    assert summary["benchmark"]["pruned"]["perplexity"]["window"] == 24
     assert json.loads((tmp_path / "run" / "summary.json").read_text()) == json.loads(json.dumps(summary))
-    assert summary["method"] == "semivalue" and summary["real_evaluations_beyond_sweep"] == 0  # trains on the sweep
+    assert summary["method"] == "semivalue" and summary["pruned"]["evaluations"] == 0  # trains on the sweep
     assert (tmp_path / "run" / "pruned" / "contributions.csv").read_text().startswith("round,player,name,contribution")
     # a second run reuses the finished sweep
     again = pipeline.run(params, progress=False)
-    assert again["removed_layers"] == summary["removed_layers"]
+    assert again["pruned"]["removed_layers"] == summary["pruned"]["removed_layers"]
 
 
 @pytest.mark.parametrize("players", ["layers", "sublayers"])
