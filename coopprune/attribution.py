@@ -187,21 +187,28 @@ class Attribution:
         chosen, ranking = sorted(int(i) for i in chosen), sorted(int(i) for i in ranking)
         game = self.game
 
-        def cost(st: list[int]) -> str:
+        def fitted(st: list[int]) -> float:
             m = np.ones(self.n_players, dtype=bool)
             m[st] = False
+            return -float(game(m[None])[0])
+
+        def cost(st: list[int]) -> str:
             if tuple(st) in real:
-                return f"a loss of {-float(log_values(np.array([real[tuple(st)]]))[0]):.3f} nats (measured)"
-            return f"a loss of {-float(game(m[None])[0]):.3f} nats (fitted)"
+                measured = -float(log_values(np.array([real[tuple(st)]]))[0])
+                return f"a loss of {measured:.3f} nats (measured; the fitted game says {fitted(st):.3f})"
+            return f"a loss of {fitted(st):.3f} nats (fitted, not measured)"
 
         text = (f"Removed layers {chosen}: {cost(chosen)}, chosen from {self.evaluations} real evaluations "
                 f"(contributions fitted with held-out R2 {_fmt(self.fit.get('r2'))}).")
         if ranking != chosen:
             pairs = self.redundant_pairs(ranking, top=3)
-            text += (f" The ranking's bottom {len(ranking)} would remove {ranking}: {cost(ranking)}.")
+            text += f" The ranking's bottom {len(ranking)} would remove {ranking}: {cost(ranking)}."
             if pairs:
                 text += " Removing them together costs more than their contributions say: " + ", ".join(
                     f"layers {i} and {j} are redundant (interaction {v:.3f} nats)" for i, j, v in pairs) + "."
+            else:
+                text += (" No pair in it is redundant beyond its interval, so where the measured loss exceeds the"
+                         " fitted one the gap is interaction of more than two layers, which a ranking cannot see.")
         else:
             text += " The ranking's bottom k is the same set."
         if self.warnings:

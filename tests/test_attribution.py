@@ -94,6 +94,6 @@ def test_explanation_names_the_redundant_pair_of_the_ranking():
     a = attribute(masks, np.exp(game(masks)), strata=[2], bootstrap=30)
     ranking = [int(i) for i in np.argsort(a.semivalue)[:2]]
     text = a.explain([4, 7], [2, 3], {(4, 7): 0.9})
-    assert "layers 2 and 3 are redundant" in text and "(measured)" in text and "(fitted)" in text
+    assert "layers 2 and 3 are redundant" in text and "(measured; the fitted game says" in text and "(fitted, not measured)" in text
     assert a.to_json()["summary"] == text
     assert "same set" in a.explain(ranking, ranking, {})

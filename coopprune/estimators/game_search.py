@@ -279,7 +279,10 @@ class GameSearch(SurrogateEstimator):
         config = dataclasses.replace(self.surrogate_config, ensemble=self.config.ensemble)
         final = fit_validated(masks, target(utilities), config)  # the search's surrogate, as it last stood
         explained = attribute(masks, utilities, strata, seed, protected=game.protected_players)
-        explained.explain(best, removal.by_values(explained.semivalue), dict(self._ranked(game, removal)))
+        ranking = removal.by_values(explained.semivalue)
+        if ranking not in evaluated_sets(game):  # one pass beyond the budget: the report compares measured sets
+            game.value_function(removal_mask(n, ranking)[None])
+        explained.explain(best, ranking, dict(self._ranked(game, removal)))
         pred, true = (np.array(v) for v in zip(*proposals)) if proposals else (np.zeros(0), np.zeros(0))
         details = {
             "search": {
