@@ -502,7 +502,7 @@ def benchmark_key(params: Params, weights_fingerprint: str) -> str:
     import hashlib
 
     spec = {"weights": weights_fingerprint, "evaluation": params.evaluation.model_dump(),
-            "benchmark": params.benchmark.model_dump(), "device": params.model.device}
+            "benchmark": params.benchmark.model_dump(exclude=set(SPEED_SETTINGS)), "device": params.model.device}
     return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -678,6 +678,7 @@ def benchmark_release(params: Params) -> dict[str, Any]:
 
 
 SPEED_FILE = "speed.json"
+SPEED_SETTINGS = ("speed", "new_tokens", "speed_pairs")  # what the speed comparison alone depends on
 
 
 def compare_release_speed(params: Params, scores: dict[str, Any] | None = None) -> dict[str, Any] | None:
@@ -693,7 +694,8 @@ def compare_release_speed(params: Params, scores: dict[str, Any] | None = None) 
     out = Path(params.output_dir)
     path = out / "benchmark" / SPEED_FILE
     keys = [((scores or {}).get(label) or {}).get("key") for label in ("base", "pruned")]
-    key = "+".join(keys) if all(keys) else None  # type: ignore[arg-type]
+    settings = json.dumps(params.benchmark.model_dump(include=set(SPEED_SETTINGS)), sort_keys=True)
+    key = "+".join([*keys, settings]) if all(keys) else None  # type: ignore[list-item]
     if key is not None and path.is_file():
         cached = json.loads(path.read_text())
         if cached.get("key") == key:

@@ -25,13 +25,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def release(tmp_path_factory, tiny_checkpoint, text_file) -> Path:
-    """A release run on the tiny model, stage by stage as DVC runs it: game-search (the default
-    method, with rounds to trace), both benchmarks, the speed comparison on a fake machine (the
-    pruned model 15 % faster, the machine drifting), then the card (``run_stage("benchmark")``)."""
+def release_params(tmp_path_factory, tiny_checkpoint, text_file) -> Params:
     out = tmp_path_factory.mktemp("release") / "run"
     held_out = write_text(out.parent / "eval.jsonl", n_docs=40)
-    params = Params.from_dict({
+    return Params.from_dict({
         "model": {"source": str(tiny_checkpoint)},
         "calibration": {"source": str(text_file), "n_windows": 4, "window": 16, "batch_size": 4},
         "sampling": {"remove": [1, 2, 3], "per_stratum": 4, "shard_size": 6},
@@ -42,6 +39,14 @@ def release(tmp_path_factory, tiny_checkpoint, text_file) -> Path:
         "registry": {"enabled": False},
         "output_dir": str(out),
     })
+
+
+@pytest.fixture(scope="module")
+def release(release_params, tiny_checkpoint) -> Path:
+    """A release run on the tiny model, stage by stage as DVC runs it: game-search (the default
+    method, with rounds to trace), both benchmarks, the speed comparison on a fake machine (the
+    pruned model 15 % faster, the machine drifting), then the card (``run_stage("benchmark")``)."""
+    params, out = release_params, Path(release_params.output_dir)
     for stage in ("data", "sweep", "surrogate", "contributions", "prune"):
         pipeline.run_stage(params, stage, progress=False)
     base, pruned = str(tiny_checkpoint), str(out / "pruned")
@@ -52,6 +57,25 @@ def release(tmp_path_factory, tiny_checkpoint, text_file) -> Path:
     assert result["card"] == str(out / "card.html")
     assert machine.calls == [base, pruned, pruned, base] * 2
     return out
+
+
+def test_speed_comparison_is_kept_for_the_same_weights_and_settings(release, release_params, tiny_checkpoint):
+    """A rerun (e.g. after the registry was down) reads benchmark/speed.json; other speed settings
+    time again, without touching the perplexity benchmark's key."""
+    scores = {label: json.loads((release / "benchmark" / f"{label}.json").read_text()) for label in ("base", "pruned")}
+    path = release / "benchmark" / "speed.json"
+    kept = json.loads(path.read_text())
+    machine = FakeMachine({str(tiny_checkpoint): 20.0, str(release / "pruned"): 30.0}, drift=0.0)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(speed, "measure_speed_isolated", machine)
+        assert pipeline.compare_release_speed(release_params, scores) == kept and machine.calls == []
+        fewer = release_params.model_copy(update={"benchmark": release_params.benchmark.model_copy(update={"speed_pairs": 1})})
+        again = pipeline.compare_release_speed(fewer, scores)
+        assert len(machine.calls) == 2 and again["metrics"]["speedup_bs1"] == pytest.approx(1.5)
+        assert pipeline.benchmark_key(fewer, "w") == pipeline.benchmark_key(release_params, "w")
+        off = release_params.model_copy(update={"benchmark": release_params.benchmark.model_copy(update={"speed": False})})
+        assert pipeline.compare_release_speed(off, scores) is None
+    path.write_text(json.dumps(kept))  # the run's own comparison, for the tests that follow
 
 
 def copy_run(src: Path, dst: Path) -> Path:
