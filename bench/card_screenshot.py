@@ -75,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--label", default="pruned", choices=["pruned", "healed"])
     parser.add_argument("--out", type=Path, default=RESULTS / "card.png")
     parser.add_argument("--md", type=Path, default=RESULTS / "card.md")
+    parser.add_argument("--note", default="", help="a sentence on the run the card is of, for the table")
     args = parser.parse_args(argv)
     browser = chromium()
     if browser is None:
@@ -99,7 +100,8 @@ def main(argv: list[str] | None = None) -> int:
         shown = card.resolve().relative_to(ROOT)
     except ValueError:
         shown = card.name
-    lines = [f"Card `{shown}` opened in headless {version}; screenshot `{args.out.name}` ({width} x {height} px).", "",
+    lines = [f"Card `{shown}` opened in headless {version}; screenshot `{args.out.name}` ({width} x {height} px)."
+             + (f" {args.note}" if args.note else ""), "",
              "| section | shown |", "|---|---|", *[f"| {name} | {ok} |" for name, ok in rows]]
     args.md.parent.mkdir(parents=True, exist_ok=True)
     args.md.write_text("\n".join(lines) + "\n")

@@ -131,6 +131,9 @@ def main() -> None:
         section("9. Held-out perplexity across domains (calibration mixtures)",
                 ".venv/bin/python bench/domains.py --arms ARM ... --ks 6 9 12 --windows 32", "domains.md",
                 read("domains.md")),
+        section("10. The release card as a person sees it (headless Chromium)",
+                "make run && .venv/bin/python bench/card_screenshot.py runs/default", "card.md", read("card.md"),
+                ("card.png",)),
     ]
     DOC.parent.mkdir(exist_ok=True)
     DOC.write_text("\n".join(parts))
