@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     rows.insert(0, ("title: " + html.unescape(title.group(1)) if title else "title", "yes" if title and
                     html.unescape(title.group(1)) in text else "NO"))
     width, height = screenshot(card, args.out, browser)
-    version = subprocess.run([browser, "--version"], capture_output=True, text=True).stdout.strip()
+    version = subprocess.run([browser, "--version"], capture_output=True, text=True, check=False).stdout.strip()
     try:
         shown = card.resolve().relative_to(ROOT)
     except ValueError:

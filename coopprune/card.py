@@ -118,8 +118,7 @@ class Release:
     def out_of(self) -> str:
         """``6 of 30 layers`` / ``5 of 60 sublayers``."""
         n = int(self.record.get("layers_before") or 0)
-        return (f"{len(self.removed)} of {2 * n} sublayers" if self.sublayers
-                else f"{len(self.removed)} of {n} layers")
+        return f"{len(self.removed)} of {2 * n} sublayers" if self.sublayers else f"{len(self.removed)} of {n} layers"
 
     def metric(self, label: str, key: str) -> Any:
         return self.metrics.get(f"{label}_{key}")
@@ -127,7 +126,7 @@ class Release:
     @property
     def domains(self) -> list[str]:
         prefix = "base_perplexity_"
-        return [k[len(prefix):] for k in self.metrics if k.startswith(prefix)]
+        return [k[len(prefix) :] for k in self.metrics if k.startswith(prefix)]
 
     def speed_summary(self) -> dict[int, dict[str, Any]]:
         if not self.speed:
@@ -146,7 +145,9 @@ def _find_exports(out: Path) -> list[dict[str, Any]]:
     found = []
     for folder in ("gguf", "gguf-healed"):
         for path in sorted((out / folder).glob("*.gguf")):
-            found.append({"path": str(path), "bytes": path.stat().st_size, "label": "healed" if "healed" in folder else "pruned"})
+            found.append(
+                {"path": str(path), "bytes": path.stat().st_size, "label": "healed" if "healed" in folder else "pruned"}
+            )
     return found
 
 
@@ -197,13 +198,20 @@ def _why(release: Release) -> str:
     if searches:
         s = searches[-1]
         fidelity = s.get("fidelity")
-        where = (f", searched on {fidelity['windows']} of {fidelity['of']} calibration windows and confirmed on all"
-                 if fidelity else "")
-        return (f"the best removal set the search measured{utility_text}, among the sets it gave a real forward pass "
-                f"({_num((record.get('scores') or {}).get('passes'))} passes in {s.get('rounds', 'n/a')} rounds{where})")
+        where = (
+            f", searched on {fidelity['windows']} of {fidelity['of']} calibration windows and confirmed on all"
+            if fidelity
+            else ""
+        )
+        return (
+            f"the best removal set the search measured{utility_text}, among the sets it gave a real forward pass "
+            f"({_num((record.get('scores') or {}).get('passes'))} passes in {s.get('rounds', 'n/a')} rounds{where})"
+        )
     rounds = (record.get("scores") or {}).get("rounds") or []
     if len(rounds) > 1:
-        return f"the lowest contributions{utility_text}, removed over {len(rounds)} rounds with the game re-run in between"
+        return (
+            f"the lowest contributions{utility_text}, removed over {len(rounds)} rounds with the game re-run in between"
+        )
     return f"the lowest contributions{utility_text}"
 
 
@@ -215,16 +223,26 @@ def card_summary(out_dir: str | Path, label: str = "pruned", exports: list[dict[
 def _summary(r: Release) -> str:
     rec, label = r.record, r.label
     before, after = rec.get("parameters_before"), rec.get("parameters_after")
-    parts = [f"{r.model_name}{' (healed)' if label == 'healed' else ''}: {r.out_of()} removed "
-             f"({_layers(r.removed)}) by {rec.get('method')}, chosen as {_why(r)}."]
+    parts = [
+        (
+            f"{r.model_name}{' (healed)' if label == 'healed' else ''}: {r.out_of()} removed "
+            f"({_layers(r.removed)}) by {rec.get('method')}, chosen as {_why(r)}."
+        )
+    ]
     if before and after:
-        parts.append(f"Parameters {_millions(before)} -> {_millions(after)} ({100 * (1 - after / before):.1f} % fewer).")
+        parts.append(
+            f"Parameters {_millions(before)} -> {_millions(after)} ({100 * (1 - after / before):.1f} % fewer)."
+        )
     scores = []
     ppl_b, ppl_a = r.metric("base", "perplexity"), r.metric(label, "perplexity")
     if ppl_b is not None and ppl_a is not None:
         bench = (r.benchmarks.get("base") or {}).get("perplexity") or {}
         text = r.data.get("evaluation", {}).get("source")
-        how = ", ".join(x for x in (text and f"on {Path(str(text)).name}", bench.get("window") and f"{bench['window']}-token windows") if x)
+        how = ", ".join(
+            x
+            for x in (text and f"on {Path(str(text)).name}", bench.get("window") and f"{bench['window']}-token windows")
+            if x
+        )
         scores.append(f"held-out perplexity {_num(ppl_b)} -> {_num(ppl_a)}" + (f" ({how})" if how else ""))
     dom_b, dom_a = r.metric("base", "domain_mean_perplexity"), r.metric(label, "domain_mean_perplexity")
     if dom_b is not None and dom_a is not None:
@@ -237,17 +255,24 @@ def _summary(r: Release) -> str:
     speed = r.speed_summary()
     if speed:
         pairs = next(iter(speed.values())).get("pairs")
-        rates = [f"{s['speedup']:.2f}x at batch {b} (range {s['speedup_min']:.2f}-{s['speedup_max']:.2f})"
-                 for b, s in sorted(speed.items())]
-        parts.append(f"Generation is {' and '.join(rates)} as fast as the base model, the median ratio of "
-                     f"{pairs} interleaved timing pairs.")
+        rates = [
+            f"{s['speedup']:.2f}x at batch {b} (range {s['speedup_min']:.2f}-{s['speedup_max']:.2f})"
+            for b, s in sorted(speed.items())
+        ]
+        parts.append(
+            f"Generation is {' and '.join(rates)} as fast as the base model, the median ratio of "
+            f"{pairs} interleaved timing pairs."
+        )
     if label == "healed" and r.healing:
         h = r.healing
-        parts.append(f"Healed with LoRA ({h.get('loss')} loss) for {h.get('steps')} steps on "
-                     f"{_num(h.get('tokens'))} tokens.")
+        parts.append(
+            f"Healed with LoRA ({h.get('loss')} loss) for {h.get('steps')} steps on {_num(h.get('tokens'))} tokens."
+        )
     elif r.healing and r.metric("healed", "perplexity") is not None:
-        parts.append(f"A healed variant ({r.healing.get('steps')} LoRA steps) reaches perplexity "
-                     f"{_num(r.metric('healed', 'perplexity'))}.")
+        parts.append(
+            f"A healed variant ({r.healing.get('steps')} LoRA steps) reaches perplexity "
+            f"{_num(r.metric('healed', 'perplexity'))}."
+        )
     if r.attribution and r.attribution.get("summary"):
         parts.append(" ".join(str(r.attribution["summary"]).split()))
     mine = [e for e in r.exports if e.get("label", "pruned") == label]
@@ -261,13 +286,17 @@ def _summary(r: Release) -> str:
 _CSS = """
 body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;max-width:1100px;margin:24px auto;padding:0 16px;
 color:#1f2328;line-height:1.45}
-h1{font-size:1.6em;margin-bottom:4px}h2{font-size:1.2em;border-bottom:1px solid #d0d7de;padding-bottom:4px;margin-top:28px}
-h3{font-size:1.02em}.sub{color:#59636e;margin-top:0}.summary{background:#f6f8fa;border-left:4px solid #0969da;padding:10px 14px}
-table{border-collapse:collapse;margin:8px 0;font-size:.92em}th,td{border:1px solid #d0d7de;padding:3px 8px;text-align:left}
+h1{font-size:1.6em;margin-bottom:4px}
+h2{font-size:1.2em;border-bottom:1px solid #d0d7de;padding-bottom:4px;margin-top:28px}
+h3{font-size:1.02em}.sub{color:#59636e;margin-top:0}
+.summary{background:#f6f8fa;border-left:4px solid #0969da;padding:10px 14px}
+table{border-collapse:collapse;margin:8px 0;font-size:.92em}
+th,td{border:1px solid #d0d7de;padding:3px 8px;text-align:left}
 th{background:#f6f8fa}td.n{text-align:right;font-variant-numeric:tabular-nums}tr.removed td{background:#ffebe9}
 .better{color:#1a7f37}.worse{color:#cf222e}.warn{background:#fff8c5;border-left:4px solid #d4a72c;padding:6px 12px}
 img{max-width:100%;border:1px solid #d0d7de;margin:6px 0}.muted{color:#59636e;font-size:.9em}code{font-size:.92em}
-.chips span{display:inline-block;background:#ffebe9;border:1px solid #ff8182;border-radius:12px;padding:1px 9px;margin:2px}
+.chips span{display:inline-block;background:#ffebe9;border:1px solid #ff8182;border-radius:12px;padding:1px 9px;
+margin:2px}
 """
 
 
@@ -283,8 +312,9 @@ def _img_file(path: Path, alt: str) -> str:
     return _img(path.read_bytes(), alt) if path.is_file() else ""
 
 
-def _table(header: list[str], rows: list[list[Any]], numeric: set[int] | None = None,
-           row_class: list[str] | None = None) -> str:
+def _table(
+    header: list[str], rows: list[list[Any]], numeric: set[int] | None = None, row_class: list[str] | None = None
+) -> str:
     numeric = numeric or set()
     head = "".join(f"<th>{_e(h)}</th>" for h in header)
     body = []
@@ -315,8 +345,18 @@ def _scores_section(r: Release) -> str:
     rec = r.record
     bench = (r.benchmarks.get("base") or {}).get("perplexity") or {}
     text = r.data.get("evaluation", {}).get("source")
-    rows: list[tuple[str, str, bool]] = [("perplexity", "held-out perplexity" + (
-        f" ({_e(Path(str(text)).name)}, {bench.get('window')}-token windows)" if text and bench.get("window") else ""), True)]
+    rows: list[tuple[str, str, bool]] = [
+        (
+            "perplexity",
+            "held-out perplexity"
+            + (
+                f" ({_e(Path(str(text)).name)}, {bench.get('window')}-token windows)"
+                if text and bench.get("window")
+                else ""
+            ),
+            True,
+        )
+    ]
     rows += [(f"perplexity_{d}", f"perplexity: {_e(d)}", True) for d in r.domains]
     if r.domains:
         rows.append(("domain_mean_perplexity", f"mean over the {len(r.domains)} held-out domains", True))
@@ -341,22 +381,38 @@ def _scores_section(r: Release) -> str:
 def _speed_section(r: Release) -> str:
     summary = r.speed_summary()
     if not summary:
-        return ("<h2>Speed</h2><p class=\"muted\">Not measured (<code>benchmark.speed: false</code>, or a run "
-                "before speed was timed in interleaved pairs).</p>")
+        return (
+            '<h2>Speed</h2><p class="muted">Not measured (<code>benchmark.speed: false</code>, or a run '
+            "before speed was timed in interleaved pairs).</p>"
+        )
     s = r.speed or {}
-    rows = [[f"batch {b}", f"<b>{v['speedup']:.2f}x</b>", f"{v['speedup_min']:.2f}-{v['speedup_max']:.2f}",
-             f"{v['speedup_q1']:.2f}-{v['speedup_q3']:.2f}", _num(v["base_tokens_per_s"]), _num(v["pruned_tokens_per_s"])]
-            for b, v in sorted(summary.items())]
-    table = _table(["", "speed-up (median)", "min-max", "IQR", "base tokens/s (median)", "pruned tokens/s (median)"],
-                   rows, numeric={1, 2, 3, 4, 5})
+    rows = [
+        [
+            f"batch {b}",
+            f"<b>{v['speedup']:.2f}x</b>",
+            f"{v['speedup_min']:.2f}-{v['speedup_max']:.2f}",
+            f"{v['speedup_q1']:.2f}-{v['speedup_q3']:.2f}",
+            _num(v["base_tokens_per_s"]),
+            _num(v["pruned_tokens_per_s"]),
+        ]
+        for b, v in sorted(summary.items())
+    ]
+    table = _table(
+        ["", "speed-up (median)", "min-max", "IQR", "base tokens/s (median)", "pruned tokens/s (median)"],
+        rows,
+        numeric={1, 2, 3, 4, 5},
+    )
     pairs = next(iter(summary.values())).get("pairs")
-    note = (f"Generated tokens/s of the pruned model over the base model's, greedy with the KV cache, "
-            f"{_e(s.get('prompt_tokens'))} prompt and {_e(s.get('new_tokens'))} new tokens, {_e(s.get('threads'))} threads. "
-            f"Base and pruned were timed in {pairs} interleaved pairs, each timing in a fresh process, "
-            f"the order alternating from pair to pair (order: {_e(' '.join(s.get('order') or []))}); the speed-up is "
-            f"the median of the {pairs} per-pair ratios. Absolute tokens/s depend on what else the machine was "
-            f"doing at that moment; the ratio is the number to read.")
-    return f"<h2>Speed</h2>{table}<p class=\"muted\">{note}</p>"
+    note = (
+        f"Generated tokens/s of the pruned model over the base model's, greedy with the KV cache, "
+        f"{_e(s.get('prompt_tokens'))} prompt and {_e(s.get('new_tokens'))} new tokens, "
+        f"{_e(s.get('threads'))} threads. "
+        f"Base and pruned were timed in {pairs} interleaved pairs, each timing in a fresh process, "
+        f"the order alternating from pair to pair (order: {_e(' '.join(s.get('order') or []))}); the speed-up is "
+        f"the median of the {pairs} per-pair ratios. Absolute tokens/s depend on what else the machine was "
+        f"doing at that moment; the ratio is the number to read."
+    )
+    return f'<h2>Speed</h2>{table}<p class="muted">{note}</p>'
 
 
 def _contributions_section(r: Release) -> str:
@@ -369,19 +425,36 @@ def _contributions_section(r: Release) -> str:
     parts = ["<h3>Contributions with their intervals</h3>"]
     for rnd, items in by_round.items():
         items = sorted(items, key=lambda x: int(x["rank"]))
-        table = [[_e(x["name"]), _num(x["contribution"]),
-                  f"[{_num(x['ci_low'] or None)}, {_num(x['ci_high'] or None)}]" if x["ci_low"] else "n/a",
-                  _e(x["rank"]), "removed" if x["removed"] == "True" else ""] for x in items]
+        table = [
+            [
+                _e(x["name"]),
+                _num(x["contribution"]),
+                f"[{_num(x['ci_low'] or None)}, {_num(x['ci_high'] or None)}]" if x["ci_low"] else "n/a",
+                _e(x["rank"]),
+                "removed" if x["removed"] == "True" else "",
+            ]
+            for x in items
+        ]
         classes = ["removed" if x["removed"] == "True" else "" for x in items]
         title = f"round {rnd}" if len(by_round) > 1 else "all players, least important first"
-        parts.append(f"<details{' open' if len(items) <= 40 else ''}><summary>{_e(title)}</summary>"
-                     + _table(["player", "contribution", "95 % interval", "rank", ""], table, {1, 2, 3}, classes)
-                     + "</details>")
-    stability = next((rd.get("bottom_k_stability") for rd in (r.record.get("scores") or {}).get("rounds") or []
-                      if rd.get("bottom_k_stability") is not None), None)
+        parts.append(
+            f"<details{' open' if len(items) <= 40 else ''}><summary>{_e(title)}</summary>"
+            + _table(["player", "contribution", "95 % interval", "rank", ""], table, {1, 2, 3}, classes)
+            + "</details>"
+        )
+    stability = next(
+        (
+            rd.get("bottom_k_stability")
+            for rd in (r.record.get("scores") or {}).get("rounds") or []
+            if rd.get("bottom_k_stability") is not None
+        ),
+        None,
+    )
     if stability is not None:
-        parts.append(f"<p class=\"muted\">Bootstrap stability of the bottom-k set: {100 * float(stability):.0f} % of the "
-                     f"resampled contributions give the same bottom k.</p>")
+        parts.append(
+            f'<p class="muted">Bootstrap stability of the bottom-k set: {100 * float(stability):.0f} % of the '
+            f"resampled contributions give the same bottom k.</p>"
+        )
     return "".join(parts)
 
 
@@ -392,16 +465,27 @@ def _removed_section(r: Release) -> str:
     why = f"<p>Chosen as {_e(_why(r))}.</p>"
     detail = ""
     if rows:
-        table = [[_e(name), _num(x["contribution"]),
-                  f"[{_num(x['ci_low'] or None)}, {_num(x['ci_high'] or None)}]" if x["ci_low"] else "n/a", _e(x["rank"])]
-                 for name, x in rows.items()]
-        detail = ("<p class=\"muted\">The removed players' contributions (rank 0 = least important of its round"
-                  + ("; a set search removes a set, which need not be the k lowest" if r.searches else "")
-                  + "):</p>" + _table(["removed", "contribution", "95 % interval", "rank"], table, {1, 2, 3}))
+        table = [
+            [
+                _e(name),
+                _num(x["contribution"]),
+                f"[{_num(x['ci_low'] or None)}, {_num(x['ci_high'] or None)}]" if x["ci_low"] else "n/a",
+                _e(x["rank"]),
+            ]
+            for name, x in rows.items()
+        ]
+        detail = (
+            '<p class="muted">The removed players\' contributions (rank 0 = least important of its round'
+            + ("; a set search removes a set, which need not be the k lowest" if r.searches else "")
+            + "):</p>"
+            + _table(["removed", "contribution", "95 % interval", "rank"], table, {1, 2, 3})
+        )
     plot = _img_file(r.pruned_dir / "contributions.png", "contributions")
-    return (f"<h2>Removed, and why</h2><p class=\"chips\">{chips}</p><p>{_e(r.out_of())} removed by "
-            f"<code>{_e(rec.get('method'))}</code>; {_e(rec.get('layers_after'))} layers kept.</p>"
-            f"{why}{detail}{plot}{_contributions_section(r)}")
+    return (
+        f'<h2>Removed, and why</h2><p class="chips">{chips}</p><p>{_e(r.out_of())} removed by '
+        f"<code>{_e(rec.get('method'))}</code>; {_e(rec.get('layers_after'))} layers kept.</p>"
+        f"{why}{detail}{plot}{_contributions_section(r)}"
+    )
 
 
 def _attribution_section(r: Release) -> str:
@@ -414,13 +498,18 @@ def _attribution_section(r: Release) -> str:
             parts.append(f"<p>{_e(a['summary'])}</p>")
         warnings = [w for w in (a.get("warnings") or []) if w]
         if warnings:
-            parts.append('<div class="warn"><b>Warnings</b><ul>' + "".join(f"<li>{_e(w)}</li>" for w in warnings)
-                         + "</ul></div>")
+            parts.append(
+                '<div class="warn"><b>Warnings</b><ul>' + "".join(f"<li>{_e(w)}</li>" for w in warnings) + "</ul></div>"
+            )
         fit = a.get("fit")
         if isinstance(fit, dict) and fit:
             flat = _flat(fit)
-            parts.append("<h3>Fit</h3>" + _table(["", "value"], [[_e(k), _e(_num(v) if not isinstance(v, str) else v)]
-                                                                  for k, v in flat.items()], {1}))
+            parts.append(
+                "<h3>Fit</h3>"
+                + _table(
+                    ["", "value"], [[_e(k), _e(_num(v) if not isinstance(v, str) else v)] for k, v in flat.items()], {1}
+                )
+            )
     if heatmap.is_file():
         parts.append("<h3>Interactions</h3>" + _img_file(heatmap, "interaction heatmap"))
     return "".join(parts)
@@ -433,7 +522,8 @@ def _flat(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
             out.update(_flat(v, f"{prefix}{k}."))
         elif isinstance(v, list):
             out[f"{prefix}{k}"] = ", ".join(_num(x) if not isinstance(x, str) else x for x in v[:30]) + (
-                " ..." if len(v) > 30 else "")
+                " ..." if len(v) > 30 else ""
+            )
         else:
             out[f"{prefix}{k}"] = v
     return out
@@ -445,20 +535,31 @@ def _search_section(r: Release) -> str:
         return ""
     from coopprune.plots import png_bytes, search_trace_figure
 
-    traces = {f"round {i}" if len(searches) > 1 else "best so far": s.get("trace") or [] for i, s in enumerate(searches)}
-    final = sorted(int(x) for x in r.record.get("removed_layers") or []) if not (r.record.get("scores") or {}).get(
-        "removed_players") else None
+    traces = {
+        f"round {i}" if len(searches) > 1 else "best so far": s.get("trace") or [] for i, s in enumerate(searches)
+    }
+    final = (
+        sorted(int(x) for x in r.record.get("removed_layers") or [])
+        if not (r.record.get("scores") or {}).get("removed_players")
+        else None
+    )
     parts = ["<h2>The search</h2>"]
     fidelity = searches[0].get("fidelity")
     title = "best utility found against real passes" + (
-        f" (search on {fidelity['windows']} of {fidelity['of']} windows)" if fidelity else "")
+        f" (search on {fidelity['windows']} of {fidelity['of']} windows)" if fidelity else ""
+    )
     parts.append(_img(png_bytes(search_trace_figure(traces, title)), "search trace"))
     for i, s in enumerate(searches):
         if len(searches) > 1:
             parts.append(f"<h3>Round {i}</h3>")
-        facts = [["budget (real passes)", _num(s.get("budget"))], ["rounds", _num(s.get("rounds"))],
-                 ["stopped by", _e(s.get("stopped"))], ["passes before the rounds", _num(s.get("passes_before"))],
-                 ["strata (removed)", _e(s.get("strata_removed"))], ["chosen set's utility", _num(s.get("chosen_real"))]]
+        facts = [
+            ["budget (real passes)", _num(s.get("budget"))],
+            ["rounds", _num(s.get("rounds"))],
+            ["stopped by", _e(s.get("stopped"))],
+            ["passes before the rounds", _num(s.get("passes_before"))],
+            ["strata (removed)", _e(s.get("strata_removed"))],
+            ["chosen set's utility", _num(s.get("chosen_real"))],
+        ]
         fit = s.get("proposals_fit") or {}
         if fit.get("spearman") is not None:
             facts.append(["surrogate on its proposals (Spearman)", _num(fit.get("spearman"))])
@@ -472,25 +573,46 @@ def _search_section(r: Release) -> str:
                 st = sorted(chosen)
                 marks = [m for m, hit in (("best at the start", st == start), ("the removed set", st == final)) if hit]
                 rows.append([_e(name), _e(_layers(st)), _e(", ".join(marks))])
-            parts.append("<h3>The peers' sets it evaluated (seeds)</h3>"
-                         + _table(["peer", "removed set", ""], rows))
+            parts.append("<h3>The peers' sets it evaluated (seeds)</h3>" + _table(["peer", "removed set", ""], rows))
         if trace:
-            rows = [[_e(p.get("round")), _num(p.get("passes")), _e(_layers(list(p.get("removed") or []))),
-                     _num(p.get("utility"))] for p in trace]
-            parts.append("<details><summary>Trace (best set after each round)</summary>"
-                         + _table(["round", "passes", "best set", "utility"], rows, {1, 3}) + "</details>")
+            rows = [
+                [
+                    _e(p.get("round")),
+                    _num(p.get("passes")),
+                    _e(_layers(list(p.get("removed") or []))),
+                    _num(p.get("utility")),
+                ]
+                for p in trace
+            ]
+            parts.append(
+                "<details><summary>Trace (best set after each round)</summary>"
+                + _table(["round", "passes", "best set", "utility"], rows, {1, 3})
+                + "</details>"
+            )
         if fidelity := s.get("fidelity"):
             confirmed = fidelity.get("confirmed") or []
             if confirmed:
                 rows = [[_e(_layers(c["removed"])), _num(c.get("screen")), _num(c.get("full"))] for c in confirmed]
-                parts.append(f"<h3>Confirmed on all {fidelity.get('of')} windows</h3>"
-                             + _table(["set", f"utility on {fidelity.get('windows')} windows", "on all"], rows, {1, 2}))
+                parts.append(
+                    f"<h3>Confirmed on all {fidelity.get('of')} windows</h3>"
+                    + _table(["set", f"utility on {fidelity.get('windows')} windows", "on all"], rows, {1, 2})
+                )
             refined = fidelity.get("refined") or []
             if refined:
-                rows = [[_e(_layers(c["removed"])), _num(c.get("full")), _e(c.get("screened")), _e(c.get("evaluated")),
-                         "yes" if c.get("moved") else "no"] for c in refined]
-                parts.append("<h3>Refinement on all windows (one exchange at a time)</h3>"
-                             + _table(["best neighbour", "utility", "screened", "evaluated", "moved"], rows, {1, 2, 3}))
+                rows = [
+                    [
+                        _e(_layers(c["removed"])),
+                        _num(c.get("full")),
+                        _e(c.get("screened")),
+                        _e(c.get("evaluated")),
+                        "yes" if c.get("moved") else "no",
+                    ]
+                    for c in refined
+                ]
+                parts.append(
+                    "<h3>Refinement on all windows (one exchange at a time)</h3>"
+                    + _table(["best neighbour", "utility", "screened", "evaluated", "moved"], rows, {1, 2, 3})
+                )
     return "".join(parts)
 
 
@@ -498,9 +620,14 @@ def _healing_section(r: Release) -> str:
     h = r.healing
     if not h:
         return ""
-    rows = [["loss", _e(h.get("loss"))], ["steps", _num(h.get("steps"))], ["tokens", _num(h.get("tokens"))],
-            ["data", _e(h.get("data"))], ["data fingerprint", f"<code>{_e(str(h.get('data_fingerprint'))[:16])}</code>"],
-            ["minutes", _num(h.get("minutes"))]]
+    rows = [
+        ["loss", _e(h.get("loss"))],
+        ["steps", _num(h.get("steps"))],
+        ["tokens", _num(h.get("tokens"))],
+        ["data", _e(h.get("data"))],
+        ["data fingerprint", f"<code>{_e(str(h.get('data_fingerprint'))[:16])}</code>"],
+        ["minutes", _num(h.get("minutes"))],
+    ]
     losses = h.get("losses") or []
     if losses:
         rows.append(["loss first -> last step", f"{_num(losses[0])} -> {_num(losses[-1])}"])
@@ -510,8 +637,15 @@ def _healing_section(r: Release) -> str:
 def _exports_section(r: Release) -> str:
     if not r.exports:
         return ""
-    rows = [[f"<code>{_e(Path(e['path']).name)}</code>", _e(e.get("label", "pruned")), _e(e.get("how", "")),
-             f"{int(e['bytes']) / 2**20:.1f} MiB" if e.get("bytes") is not None else ""] for e in r.exports]
+    rows = [
+        [
+            f"<code>{_e(Path(e['path']).name)}</code>",
+            _e(e.get("label", "pruned")),
+            _e(e.get("how", "")),
+            f"{int(e['bytes']) / 2**20:.1f} MiB" if e.get("bytes") is not None else "",
+        ]
+        for e in r.exports
+    ]
     return "<h2>Exports</h2>" + _table(["file", "model", "how", "size"], rows, {3})
 
 
@@ -519,16 +653,33 @@ def _provenance_section(r: Release) -> str:
     rec = r.record
     params = rec.get("params") or {}
     calib = params.get("calibration") or {}
-    rows = [["base model", _e(rec.get("base_model"))],
-            ["base fingerprint", f"<code>{_e(str(rec.get('base_fingerprint'))[:16])}</code>"],
-            ["calibration", _e(f"{calib.get('source')}: {calib.get('n_windows')} x {calib.get('window')} tokens, "
-                               f"seed {calib.get('seed')}") if calib else "n/a"],
-            ["utility", _e(params.get("utility"))], ["protected layers", _e(params.get("protected"))]]
+    rows = [
+        ["base model", _e(rec.get("base_model"))],
+        ["base fingerprint", f"<code>{_e(str(rec.get('base_fingerprint'))[:16])}</code>"],
+        [
+            "calibration",
+            _e(
+                f"{calib.get('source')}: {calib.get('n_windows')} x {calib.get('window')} tokens, "
+                f"seed {calib.get('seed')}"
+            )
+            if calib
+            else "n/a",
+        ],
+        ["utility", _e(params.get("utility"))],
+        ["protected layers", _e(params.get("protected"))],
+    ]
     for role in ("calibration", "evaluation"):
         d = r.data.get(role)
         if d:
-            rows.append([f"{role} text", _e(f"{d.get('source')} ({d.get('documents')} documents, fingerprint "
-                                             f"{str(d.get('fingerprint'))[:16]})")])
+            rows.append(
+                [
+                    f"{role} text",
+                    _e(
+                        f"{d.get('source')} ({d.get('documents')} documents, fingerprint "
+                        f"{str(d.get('fingerprint'))[:16]})"
+                    ),
+                ]
+            )
     versions = rec.get("versions") or {}
     rows.append(["made with", _e(", ".join(f"{k} {v}" for k, v in versions.items()))])
     rows.append(["created", _e(rec.get("created"))])
@@ -540,16 +691,28 @@ def render_card(out_dir: str | Path, label: str = "pruned", exports: list[dict[s
     r = Release(out_dir, label, exports)
     rec = r.record
     title = f"{r.model_name}{' (healed)' if label == 'healed' else ''}: {r.out_of()} removed"
-    body = "".join([
-        f"<h1>{_e(title)}</h1>",
-        f"<p class=\"sub\">coopprune release card · method <code>{_e(rec.get('method'))}</code> · "
-        f"{_e(rec.get('created'))}</p>",
-        f"<p class=\"summary\">{_e(_summary(r))}</p>",
-        _scores_section(r), _speed_section(r), _removed_section(r), _attribution_section(r), _search_section(r),
-        _healing_section(r), _exports_section(r), _provenance_section(r),
-    ])
-    return (f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{_e(title)}</title>"
-            f"<style>{_CSS}</style></head><body>{body}</body></html>\n")
+    body = "".join(
+        [
+            f"<h1>{_e(title)}</h1>",
+            (
+                f'<p class="sub">coopprune release card · method <code>{_e(rec.get("method"))}</code> · '
+                f"{_e(rec.get('created'))}</p>"
+            ),
+            f'<p class="summary">{_e(_summary(r))}</p>',
+            _scores_section(r),
+            _speed_section(r),
+            _removed_section(r),
+            _attribution_section(r),
+            _search_section(r),
+            _healing_section(r),
+            _exports_section(r),
+            _provenance_section(r),
+        ]
+    )
+    return (
+        f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{_e(title)}</title>'
+        f"<style>{_CSS}</style></head><body>{body}</body></html>\n"
+    )
 
 
 def write_card(out_dir: str | Path, label: str = "pruned", exports: list[dict[str, Any]] | None = None) -> Path:

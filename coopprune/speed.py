@@ -192,10 +192,11 @@ class SpeedComparison:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> SpeedComparison:
         sizes = tuple(int(b) for b in data["batch_sizes"])
-        return cls(sizes, {b: list(data["base"][str(b)]) for b in sizes}, {b: list(data["pruned"][str(b)]) for b in sizes},
-                   list(data["base_peak_rss_mb"]), list(data["pruned_peak_rss_mb"]), list(data["order"]),
-                   int(data["new_tokens"]), int(data["prompt_tokens"]), int(data["timed_generates"]),
-                   dict(data.get("parameters") or {}), int(data.get("threads", 0)))
+        base = {b: list(data["base"][str(b)]) for b in sizes}
+        pruned = {b: list(data["pruned"][str(b)]) for b in sizes}
+        return cls(sizes, base, pruned, list(data["base_peak_rss_mb"]), list(data["pruned_peak_rss_mb"]),
+                   list(data["order"]), int(data["new_tokens"]), int(data["prompt_tokens"]),
+                   int(data["timed_generates"]), dict(data.get("parameters") or {}), int(data.get("threads", 0)))
 
 
 def compare_speed(

@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 from test_speed import FakeMachine
+from tiny import write_text
 
 from coopprune import pipeline, speed
 from coopprune.card import card_file, card_summary, render_card, write_card
 from coopprune.config import Params
 from coopprune.errors import CoopPruneError
-from tiny import write_text
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -28,17 +28,19 @@ ROOT = Path(__file__).resolve().parents[1]
 def release_params(tmp_path_factory, tiny_checkpoint, text_file) -> Params:
     out = tmp_path_factory.mktemp("release") / "run"
     held_out = write_text(out.parent / "eval.jsonl", n_docs=40)
-    return Params.from_dict({
-        "model": {"source": str(tiny_checkpoint)},
-        "calibration": {"source": str(text_file), "n_windows": 4, "window": 16, "batch_size": 4},
-        "sampling": {"remove": [1, 2, 3], "per_stratum": 4, "shard_size": 6},
-        "surrogate": {"epochs": 60},
-        "prune": {"remove": 2, "budget": 40, "bootstrap": 2},
-        "evaluation": {"text": str(held_out), "window": 16, "max_windows": 4, "domains": []},
-        "benchmark": {"tasks": [], "speed": True, "new_tokens": 4, "speed_pairs": 4},
-        "registry": {"enabled": False},
-        "output_dir": str(out),
-    })
+    return Params.from_dict(
+        {
+            "model": {"source": str(tiny_checkpoint)},
+            "calibration": {"source": str(text_file), "n_windows": 4, "window": 16, "batch_size": 4},
+            "sampling": {"remove": [1, 2, 3], "per_stratum": 4, "shard_size": 6},
+            "surrogate": {"epochs": 60},
+            "prune": {"remove": 2, "budget": 40, "bootstrap": 2},
+            "evaluation": {"text": str(held_out), "window": 16, "max_windows": 4, "domains": []},
+            "benchmark": {"tasks": [], "speed": True, "new_tokens": 4, "speed_pairs": 4},
+            "registry": {"enabled": False},
+            "output_dir": str(out),
+        }
+    )
 
 
 @pytest.fixture(scope="module")
@@ -69,11 +71,15 @@ def test_speed_comparison_is_kept_for_the_same_weights_and_settings(release, rel
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(speed, "measure_speed_isolated", machine)
         assert pipeline.compare_release_speed(release_params, scores) == kept and machine.calls == []
-        fewer = release_params.model_copy(update={"benchmark": release_params.benchmark.model_copy(update={"speed_pairs": 1})})
+        fewer = release_params.model_copy(
+            update={"benchmark": release_params.benchmark.model_copy(update={"speed_pairs": 1})}
+        )
         again = pipeline.compare_release_speed(fewer, scores)
         assert len(machine.calls) == 2 and again["metrics"]["speedup_bs1"] == pytest.approx(1.5)
         assert pipeline.benchmark_key(fewer, "w") == pipeline.benchmark_key(release_params, "w")
-        off = release_params.model_copy(update={"benchmark": release_params.benchmark.model_copy(update={"speed": False})})
+        off = release_params.model_copy(
+            update={"benchmark": release_params.benchmark.model_copy(update={"speed": False})}
+        )
         assert pipeline.compare_release_speed(off, scores) is None
     path.write_text(json.dumps(kept))  # the run's own comparison, for the tests that follow
 
@@ -124,9 +130,11 @@ def test_summary_is_one_plain_paragraph(release):
 
 def test_attribution_and_interactions_when_present(release, tmp_path):
     run = copy_run(release, tmp_path / "run")
-    attribution = {"summary": "Layers 4 and 5 <interact> weakly (pairwise share 3 %).",
-                   "warnings": ["interaction fit R2 below 0.5 on held-out masks", "few masks at depth 3"],
-                   "fit": {"r2": 0.41, "order": 2, "held_out": {"spearman": 0.7, "n": 40}}}
+    attribution = {
+        "summary": "Layers 4 and 5 <interact> weakly (pairwise share 3 %).",
+        "warnings": ["interaction fit R2 below 0.5 on held-out masks", "few masks at depth 3"],
+        "fit": {"r2": 0.41, "order": 2, "held_out": {"spearman": 0.7, "n": 40}},
+    }
     (run / "pruned" / "attribution.json").write_text(json.dumps(attribution))
     shutil.copyfile(run / "pruned" / "contributions.png", run / "pruned" / "interactions.png")
     page = write_card(run).read_text()
@@ -145,31 +153,68 @@ def test_attribution_and_interactions_when_present(release, tmp_path):
 def test_domains_zero_shot_healing_and_exports(release, tmp_path):
     run = copy_run(release, tmp_path / "run")
     metrics = json.loads((run / "metrics.json").read_text())
-    metrics |= {"base_perplexity_news": 40.0, "pruned_perplexity_news": 50.0, "base_perplexity_code": 10.0,
-                "pruned_perplexity_code": 12.0, "base_domain_mean_perplexity": 25.0, "pruned_domain_mean_perplexity": 31.0,
-                "base_zero_shot_mean": 0.43, "pruned_zero_shot_mean": 0.436, "base_parameters": 80288,
-                "pruned_parameters": 61728}
+    metrics |= {
+        "base_perplexity_news": 40.0,
+        "pruned_perplexity_news": 50.0,
+        "base_perplexity_code": 10.0,
+        "pruned_perplexity_code": 12.0,
+        "base_domain_mean_perplexity": 25.0,
+        "pruned_domain_mean_perplexity": 31.0,
+        "base_zero_shot_mean": 0.43,
+        "pruned_zero_shot_mean": 0.436,
+        "base_parameters": 80288,
+        "pruned_parameters": 61728,
+    }
     (run / "metrics.json").write_text(json.dumps(metrics))
-    (run / "heal_metrics.json").write_text(json.dumps({"healed": True, "healed_perplexity": 700.0,
-                                                       "healed_perplexity_news": 45.0, "healed_zero_shot_mean": 0.44}))
+    (run / "heal_metrics.json").write_text(
+        json.dumps(
+            {"healed": True, "healed_perplexity": 700.0, "healed_perplexity_news": 45.0, "healed_zero_shot_mean": 0.44}
+        )
+    )
     (run / "healed").mkdir()
-    (run / "healed" / "healing.json").write_text(json.dumps({
-        "loss": "lm", "steps": 100, "tokens": 102400, "data": "lambada", "data_fingerprint": "ab" * 32, "minutes": 6.5,
-        "losses": [3.2, 2.9]}))
+    (run / "healed" / "healing.json").write_text(
+        json.dumps(
+            {
+                "loss": "lm",
+                "steps": 100,
+                "tokens": 102400,
+                "data": "lambada",
+                "data_fingerprint": "ab" * 32,
+                "minutes": 6.5,
+                "losses": [3.2, 2.9],
+            }
+        )
+    )
     (run / "gguf").mkdir()
     (run / "gguf" / "llama-pruned.f16.gguf").write_bytes(b"GGUF" + bytes(2**20))
     page = write_card(run).read_text()
-    for text in ("perplexity: news", "perplexity: code", "mean over the 2 held-out domains", "zero-shot mean accuracy",
-                 "0.436", "+25.0 %", "Healing", "102,400", "Exports", "llama-pruned.f16.gguf", "1.0 MiB"):
+    for text in (
+        "perplexity: news",
+        "perplexity: code",
+        "mean over the 2 held-out domains",
+        "zero-shot mean accuracy",
+        "0.436",
+        "+25.0 %",
+        "Healing",
+        "102,400",
+        "Exports",
+        "llama-pruned.f16.gguf",
+        "1.0 MiB",
+    ):
         assert text in page, text
     assert "<th>healed</th>" in page  # the healed column beside base and pruned
     summary = card_summary(run)
-    assert "mean perplexity over 2 held-out domains 25 -> 31" in summary and "zero-shot mean accuracy 0.430 -> 0.436" in summary
+    assert (
+        "mean perplexity over 2 held-out domains 25 -> 31" in summary
+        and "zero-shot mean accuracy 0.430 -> 0.436" in summary
+    )
     assert "A healed variant (100 LoRA steps) reaches perplexity 700" in summary
     assert summary.endswith("GGUF for llama.cpp: llama-pruned.f16.gguf.")
     healed = write_card(run, "healed")
     assert healed.name == card_file("healed") == "card-healed.html"
-    assert "(healed)" in healed.read_text() and "Healed with LoRA (lm loss) for 100 steps" in card_summary(run, "healed")
+    assert "(healed)" in healed.read_text() and "Healed with LoRA (lm loss) for 100 steps" in card_summary(
+        run, "healed"
+    )
 
 
 def test_missing_record_or_healed_model_is_one_clear_error(release, tmp_path):
@@ -188,8 +233,9 @@ def test_registered_version_description_is_the_card_summary(release, tmp_path):
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     summary = card_summary(release)
-    run_id = registry.log_run("cards", "tiny", {}, {}, {"checkpoint": release / "pruned", "card": release / "card.html"},
-                              {}, tracking=uri)
+    run_id = registry.log_run(
+        "cards", "tiny", {}, {}, {"checkpoint": release / "pruned", "card": release / "card.html"}, {}, tracking=uri
+    )
     version = registry.register_pruned(run_id, "checkpoint", "tiny-pruned", {}, tracking=uri, description=summary)
     client = MlflowClient(uri, registry_uri=uri)
     assert client.get_model_version("tiny-pruned", version).description == summary
@@ -204,8 +250,22 @@ def chromium() -> str | None:
 def test_card_opens_in_headless_chromium(release, tmp_path):
     """bench/card_screenshot.py: the card as a browser renders it (every section shown) and a PNG of it."""
     png, md = tmp_path / "card.png", tmp_path / "card.md"
-    done = subprocess.run([sys.executable, str(ROOT / "bench" / "card_screenshot.py"), str(release / "card.html"),
-                           "--out", str(png), "--md", str(md)], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "card_screenshot.py"),
+            str(release / "card.html"),
+            "--out",
+            str(png),
+            "--md",
+            str(md),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     data = png.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n"

@@ -2,11 +2,21 @@
 
 import json
 import statistics
+from types import SimpleNamespace
 
 import pytest
 
+from coopprune import speed
 from coopprune.errors import CoopPruneError
-from coopprune.speed import measure_speed, measure_speed_isolated
+from coopprune.speed import (
+    SpeedComparison,
+    SpeedResult,
+    compare_speed,
+    measure_speed,
+    measure_speed_isolated,
+    pair_order,
+    spread,
+)
 
 
 def test_median_of_repeats_per_batch_size(tiny_checkpoint):
@@ -28,11 +38,6 @@ def test_zero_repeats_is_refused(tiny_checkpoint):
 
 # --------------------------------------------------------------------------- interleaved comparison
 # Every test below runs on a fake clock or a fake machine: no assertion on this machine's timings.
-
-from types import SimpleNamespace  # noqa: E402
-
-from coopprune import speed  # noqa: E402
-from coopprune.speed import SpeedComparison, SpeedResult, compare_speed, pair_order, spread  # noqa: E402
 
 
 def test_measure_speed_takes_the_median_of_its_timed_generates(tiny_checkpoint, monkeypatch):
@@ -87,7 +92,8 @@ def test_interleaved_pairs_recover_the_true_ratio_under_drift():
 
 
 def test_comparison_metrics_and_json_round_trip():
-    result = compare_speed("base", "pruned", (1, 8), repeats=3, measure=FakeMachine({"base": 10.0, "pruned": 15.0}, 0.0))
+    machine = FakeMachine({"base": 10.0, "pruned": 15.0}, 0.0)
+    result = compare_speed("base", "pruned", (1, 8), repeats=3, measure=machine)
     metrics = result.metrics()
     assert metrics["speedup_bs1"] == metrics["speedup_bs8"] == pytest.approx(1.5)
     assert metrics["speedup_bs1_min"] == metrics["speedup_bs1_max"] == pytest.approx(1.5)
