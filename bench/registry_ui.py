@@ -4,7 +4,7 @@ Starts ``mlflow server`` over the local registry that ``make run`` writes (``sql
 ``--tracking-uri`` looks at a running server instead), opens the page of ``models:/NAME@ALIAS`` in
 Debian's Chromium (``apt-get install chromium``), and checks that the rendered page shows what the
 registry holds: every alias of the version, its scores (zero-shot mean, perplexity), the removed
-layers, method and base model, its lineage (the source run, by the name the flow gave it) and the signature's
+layers, method and base model, its description (the release card's summary), its lineage (the source run, by the name the flow gave it) and the signature's
 schema. Saves a screenshot and a table:
 
     python bench/registry_ui.py [--backend-store-uri sqlite:///mlflow.db] [--model NAME] [--alias champion]
@@ -65,6 +65,8 @@ def expectations(tracking: str, name: str, alias: str) -> tuple[str, dict[str, s
     for key in SCORES:
         if key in version.tags:
             expected[f"tag {key}"] = version.tags[key]
+    if version.description:  # the release card's summary paragraph (coopprune/card.py)
+        expected["description: the release card's summary"] = version.description[:60]
     expected["lineage: source run"] = run.info.run_name
     if version.source.startswith("models:/"):  # a logged model: the page links it as the source model
         expected["lineage: source (logged) model"] = "Source Model"

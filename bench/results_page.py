@@ -134,6 +134,9 @@ def main() -> None:
         section("10. The job's contributions against a reference; the search without its surrogate",
                 ".venv/bin/python bench/contributions.py --step job|reference|compare|subgame|ablation, then --step tables",
                 "contributions.md", read("contributions.md")),
+        section("11. The release card as a person sees it (headless Chromium)",
+                "make run && .venv/bin/python bench/card_screenshot.py runs/default", "card.md", read("card.md"),
+                ("card.png",)),
     ]
     DOC.parent.mkdir(exist_ok=True)
     DOC.write_text("\n".join(parts))

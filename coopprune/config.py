@@ -196,8 +196,9 @@ class BenchmarkParams(_Section):
     limit: int | None = Field(100, ge=1)  # items per task (seeded subset); None = every item
     seed: int = 0
     batch_size: int = Field(8, ge=1)
-    speed: bool = True  # tokens/s at batch 1 and 8, peak memory
+    speed: bool = True  # pruned/base tokens/s ratio at batch 1 and 8 (interleaved pairs), peak memory
     new_tokens: int = Field(32, ge=1)
+    speed_pairs: int = Field(5, ge=1)  # interleaved base/pruned timings; the median ratio and its spread are reported
 
 
 class RegistryParams(_Section):

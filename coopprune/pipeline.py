@@ -470,9 +470,9 @@ def prepare_data(params: Params) -> dict[str, Any]:
 
 
 def benchmark(params: Params, checkpoint: str | Path, out_file: str | Path | None = None) -> dict[str, Any]:
-    """Perplexity on held-out text, zero-shot accuracy and inference speed, with the same settings
-    for every checkpoint so the base and pruned models compare."""
-    from coopprune.speed import measure_speed_isolated
+    """Perplexity on held-out text and zero-shot accuracy, with the same settings for every
+    checkpoint so the base and pruned models compare. Speed is not here: a speed-up is only
+    meaningful when both models are timed together (:func:`compare_release_speed`)."""
     from coopprune.zeroshot import zero_shot
 
     e, b = params.evaluation, params.benchmark
@@ -492,8 +492,6 @@ def benchmark(params: Params, checkpoint: str | Path, out_file: str | Path | Non
         scores = zero_shot(loaded.model, loaded.tokenizer, b.tasks, b.limit, b.seed, b.batch_size)  # temp work dir
         result["zero_shot"] = scores.to_dict()
         result["parameters"] = count_parameters(loaded.model)
-    if b.speed:
-        result["speed"] = measure_speed_isolated(checkpoint, (1, 8), b.new_tokens).to_json()
     if out_file is not None:
         write_json(Path(out_file), result)
     return result
@@ -504,7 +502,7 @@ def benchmark_key(params: Params, weights_fingerprint: str) -> str:
     import hashlib
 
     spec = {"weights": weights_fingerprint, "evaluation": params.evaluation.model_dump(),
-            "benchmark": params.benchmark.model_dump(), "device": params.model.device}
+            "benchmark": params.benchmark.model_dump(exclude=set(SPEED_SETTINGS)), "device": params.model.device}
     return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -673,21 +671,63 @@ def export_release(params: Params, checkpoint: str | Path | None = None) -> dict
 
 
 def benchmark_release(params: Params) -> dict[str, Any]:
-    """Base and pruned model with identical settings, then ``report_release``."""
+    """Base and pruned model with identical settings, their speed timed together, then
+    ``report_release`` and the release card (DVC's ``benchmark`` stage)."""
     out = Path(params.output_dir)
     scores = {label: benchmark(params, ckpt, out / "benchmark" / f"{label}.json")
               for label, ckpt in (("base", params.model.source), ("pruned", str(out / "pruned")))}
-    return report_release(params, scores)
+    speed = compare_release_speed(params, scores)
+    release = report_release(params, scores, speed)
+    release["card"] = str(release_card(params))
+    return release
 
 
-def report_release(params: Params, scores: dict[str, Any]) -> dict[str, Any]:
-    """The perplexity-vs-removed-layers curve, ``plots/`` and the flat ``metrics.json``."""
+SPEED_FILE = "speed.json"
+SPEED_SETTINGS = ("speed", "new_tokens", "speed_pairs")  # what the speed comparison alone depends on
+
+
+def compare_release_speed(params: Params, scores: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    """``<output_dir>/benchmark/speed.json``: base and pruned timed in ``benchmark.speed_pairs``
+    interleaved pairs (``coopprune.speed.compare_speed``), or None with ``benchmark.speed`` off.
+    ``scores`` (the two benchmarks' results) give the weights' keys: a rerun with the same weights
+    and settings reads the file instead of timing again (as ``benchmark`` does)."""
+    from coopprune.speed import compare_speed
+
+    b = params.benchmark
+    if not b.speed:
+        return None
+    out = Path(params.output_dir)
+    path = out / "benchmark" / SPEED_FILE
+    keys = [((scores or {}).get(label) or {}).get("key") for label in ("base", "pruned")]
+    settings = json.dumps(params.benchmark.model_dump(include=set(SPEED_SETTINGS)), sort_keys=True)
+    key = "+".join([*keys, settings]) if all(keys) else None  # type: ignore[list-item]
+    if key is not None and path.is_file():
+        cached = json.loads(path.read_text())
+        if cached.get("key") == key:
+            return cached
+    result = compare_speed(params.model.source, out / "pruned", (1, 8), b.new_tokens, repeats=b.speed_pairs)
+    data = {"key": key, **result.to_json(), "metrics": result.metrics()}
+    write_json(path, data)
+    return data
+
+
+def report_release(params: Params, scores: dict[str, Any], speed: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The perplexity-vs-removed-layers curve, ``plots/`` and the flat ``metrics.json`` (with the
+    speed comparison's ratios when ``speed`` is given)."""
     out = Path(params.output_dir)
     curve = perplexity_curve(params, out / "pruned")
     plots = collect_plots(out, [{"removed": c["removed"], "perplexity": c["perplexity"]} for c in curve])
-    metrics = release_metrics(out, scores)
+    metrics = release_metrics(out, scores, speed)
     write_json(out / "metrics.json", metrics)
     return {"scores": scores, "curve": curve, "metrics": metrics, "plots": str(plots)}
+
+
+def release_card(params: Params, label: str = "pruned", exports: list[dict[str, Any]] | None = None) -> Path:
+    """``<output_dir>/card.html`` (``card-healed.html`` for the healed model): the release card
+    (``coopprune.card``), one self-contained page."""
+    from coopprune.card import write_card
+
+    return write_card(params.output_dir, label, exports=exports)
 
 
 def collect_plots(out: Path, curve: list[dict[str, Any]]) -> Path:
@@ -705,13 +745,16 @@ def collect_plots(out: Path, curve: list[dict[str, Any]]) -> Path:
     return folder
 
 
-def release_metrics(out: Path, scores: dict[str, Any]) -> dict[str, Any]:
+def release_metrics(out: Path, scores: dict[str, Any], speed: dict[str, Any] | None = None) -> dict[str, Any]:
     """The flat numbers DVC and MLflow track: quality and cost of the base and pruned models, the
-    held-out fit behind the contributions (with how many masks it rests on) and whether they can
-    be read (``contributions_trustworthy``), and the Stage-2 surrogate's held-out fit on the sweep."""
+    speed-up (``speedup_bs1``, its ``_min``/``_max`` over the interleaved pairs, ...), the held-out
+    fit behind the contributions (with how many masks it rests on) and whether they can be read
+    (``contributions_trustworthy``), and the Stage-2 surrogate's held-out fit on the sweep."""
     from coopprune.report import ATTRIBUTION_FILE
 
     metrics = score_metrics(scores)
+    if speed is not None:
+        metrics.update(speed["metrics"])
     attribution = out / "pruned" / ATTRIBUTION_FILE
     if attribution.is_file():
         a = json.loads(attribution.read_text())
@@ -741,10 +784,6 @@ def score_metrics(scores: dict[str, Any]) -> dict[str, Any]:
         if "zero_shot" in s:
             metrics[f"{label}_zero_shot_mean"] = s["zero_shot"]["mean"]
             metrics[f"{label}_parameters"] = s["parameters"]
-        if "speed" in s:
-            for batch, rate in s["speed"]["tokens_per_second"].items():
-                metrics[f"{label}_tokens_per_s_batch{batch}"] = rate
-            metrics[f"{label}_peak_rss_mb"] = s["speed"]["peak_rss_mb"]
     return metrics
 
 

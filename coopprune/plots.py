@@ -28,6 +28,17 @@ def _save(fig: Figure, path: str | Path) -> None:
         fig.savefig(tmp, format="png", dpi=120)
 
 
+def png_bytes(fig: Figure) -> bytes:
+    """The figure as PNG bytes (for a page that embeds its images)."""
+    import io
+
+    FigureCanvasAgg(fig)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120)
+    return buffer.getvalue()
+
+
 def _palette(n: int) -> list[tuple[float, float, float, float]]:
     """Strata are ordered (kept layers), so an ordered colormap reads better than a cyclic one."""
     return [colormaps["viridis"](x) for x in np.linspace(0, 0.9, n)]
@@ -172,3 +183,30 @@ def plot_lines(
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     _save(fig, path)
+
+
+def search_trace_figure(traces: dict[str, Sequence[dict]], title: str = "") -> Figure:
+    """The set search's progress: the best utility found so far against the real forward passes
+    spent, one step line per trace (``game-search``'s ``details.search.trace``: points with
+    ``passes`` and ``utility``, None before any k-set was evaluated), each point a round."""
+    fig = Figure(figsize=(6.5, 3.6))
+    ax = fig.add_subplot()
+    colors = colormaps["tab10"].colors
+    for (name, trace), color in zip(traces.items(), colors):
+        points = [(float(p["passes"]), float(p["utility"])) for p in trace if p.get("utility") is not None]
+        if not points:
+            continue
+        x, y = zip(*points)
+        ax.plot(x, y, drawstyle="steps-post", marker="o", ms=4, lw=1.4, color=color, label=name)
+        ax.annotate(f"{y[-1]:.4g}", (x[-1], y[-1]), textcoords="offset points", xytext=(4, -10), fontsize=7)
+    ax.set_xlabel("real forward passes spent")
+    ax.set_ylabel("best utility found")
+    ax.set_title(title or "search trace: best utility against passes (a point per round)", fontsize=9)
+    ax.grid(alpha=0.3)
+    if len(traces) > 1:
+        ax.legend(fontsize=7)
+    return fig
+
+
+def plot_search_trace(traces: dict[str, Sequence[dict]], path: str | Path, title: str = "") -> None:
+    _save(search_trace_figure(traces, title), path)

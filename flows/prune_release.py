@@ -24,6 +24,8 @@ from coopprune.errors import CoopPruneError
 from flows.orphans import reap_orphaned_servers
 from tasks.prune_release import (
     benchmark,
+    card,
+    compare_speed,
     contributions_tag,
     estimate_contributions,
     evaluate_shard,
@@ -35,6 +37,7 @@ from tasks.prune_release import (
     prepare_data,
     prune,
     register,
+    release_exports,
     report,
     worker_threads,
 )
@@ -55,7 +58,8 @@ def task_runner(settings: FlowParams):
 # (dill's disassembly capture inside datasets/lm-eval then floods the log).
 @flow(name="prune_release", log_prints=False)
 def prune_release(params: Params) -> dict[str, Any]:
-    """Sweep -> surrogate -> contributions -> prune -> [heal] -> benchmark -> [GGUF] -> register; returns the summary."""
+    """Sweep -> surrogate -> contributions -> prune -> [heal] -> benchmark -> speed -> [GGUF] -> card -> register;
+    returns the summary."""
     started, started_at = time.perf_counter(), time.time()
     out = Path(params.output_dir)
     prepared = prepare_data(params)
@@ -76,7 +80,8 @@ def prune_release(params: Params) -> dict[str, Any]:
               "pruned": benchmark(params, pruned["path"], "pruned")}
     if healed is not None:  # the same benchmark, so the promotion rule compares like with like
         scores["healed"] = benchmark(params, healed["path"], "healed")
-    release = report(params, scores)
+    speed = compare_speed(params, scores) if params.benchmark.speed else None  # both models, interleaved
+    release = report(params, scores, speed)
     summary: dict[str, Any] = {
         "model": params.model.source,
         "data": prepared,
@@ -87,6 +92,7 @@ def prune_release(params: Params) -> dict[str, Any]:
         "method": params.prune.method,
         "benchmark": scores,
         "metrics": release["metrics"],
+        "speed": speed,
         "plots": release["plots"],
         "output_dir": str(out),
         "started_at": started_at,
@@ -97,6 +103,10 @@ def prune_release(params: Params) -> dict[str, Any]:
         summary["gguf"] = export_gguf(params, pruned["path"], "pruned")
         if healed is not None:
             healed["gguf"] = export_gguf(params, healed["path"], "healed")
+    exports = release_exports(summary)
+    summary["card"] = card(params, "pruned", exports)
+    if healed is not None:
+        healed["card"] = card(params, "healed", exports)
     if params.registry.enabled:
         summary["registry"] = register(params, summary)
     summary["seconds"] = round(time.perf_counter() - started, 1)
@@ -158,6 +168,11 @@ def print_summary(summary: dict[str, Any]) -> None:
         f"perplexity:      base {bench['base']['perplexity']['perplexity']:.2f} -> "
         f"pruned {bench['pruned']['perplexity']['perplexity']:.2f}",
     ]
+    metrics = summary.get("metrics") or {}
+    speedups = [f"{metrics[f'speedup_bs{b}']:.2f}x at batch {b} ({metrics[f'speedup_bs{b}_min']:.2f}-"
+                f"{metrics[f'speedup_bs{b}_max']:.2f})" for b in (1, 8) if f"speedup_bs{b}" in metrics]
+    if speedups:
+        lines.append(f"speed-up:        {', '.join(speedups)}, median of {metrics['speed_pairs']} interleaved pairs")
     if "zero_shot" in bench["pruned"]:
         lines.append(f"zero-shot mean:  base {bench['base']['zero_shot']['mean']:.3f} -> "
                      f"pruned {bench['pruned']['zero_shot']['mean']:.3f}")
@@ -166,6 +181,8 @@ def print_summary(summary: dict[str, Any]) -> None:
                      f"{bench['healed']['perplexity']['perplexity']:.2f})")
     if "gguf" in summary:
         lines.append(f"gguf:            {summary['gguf']['path']} ({summary['gguf']['how']})")
+    if "card" in summary:
+        lines.append(f"release card:    {summary['card']}")
     if "registry" in summary:
         lines.append(f"registry:        {summary['registry']}")
     lines.append(f"summary:         {summary['output_dir']}/summary.json ({summary['seconds']} s)")

@@ -85,6 +85,13 @@ def benchmark(params: Params, checkpoint: str, label: str) -> dict[str, Any]:
     return pipeline.benchmark(params, checkpoint, out)
 
 
+@task(name="compare-speed", cache_policy=NO_CACHE)
+def compare_speed(params: Params, scores: dict[str, Any]) -> dict[str, Any] | None:
+    """Base and pruned timed together in interleaved pairs (``benchmark.speed_pairs``): the
+    speed-up is their median ratio, never two figures timed minutes apart; None with speed off."""
+    return pipeline.compare_release_speed(params, scores)
+
+
 @task(name="heal", cache_policy=NO_CACHE)
 def heal(params: Params, pruned: dict[str, Any]) -> dict[str, Any]:
     """LoRA healing of the pruned checkpoint (``heal.enabled``); resumes a killed run's training.
@@ -99,9 +106,15 @@ def export_gguf(params: Params, checkpoint: str, label: str) -> dict[str, Any]:
 
 
 @task(name="report", cache_policy=NO_CACHE)
-def report(params: Params, scores: dict[str, Any]) -> dict[str, Any]:
-    """Perplexity curve, plots/ and metrics.json from both benchmarks."""
-    return pipeline.report_release(params, scores)
+def report(params: Params, scores: dict[str, Any], speed: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Perplexity curve, plots/ and metrics.json from both benchmarks and the speed comparison."""
+    return pipeline.report_release(params, scores, speed)
+
+
+@task(name="card", cache_policy=NO_CACHE, task_run_name="card-{label}")
+def card(params: Params, label: str = "pruned", exports: list[dict[str, Any]] | None = None) -> str:
+    """The release card (``<output_dir>/card.html``, ``card-healed.html``): one self-contained page."""
+    return str(pipeline.release_card(params, label, exports))
 
 
 @task(name="register", cache_policy=NO_CACHE)
@@ -143,9 +156,16 @@ def publish(params: Params, summary: dict[str, Any], label: str = "pruned") -> d
     inputs = {role: {"name": f"{role} text", "source": data[role]["source"], "digest": data[role]["fingerprint"]}
               for role in ("calibration", "evaluation") if role in data}
     inputs["masks"] = {"name": "mask dataset", "source": str(masks), "digest": tags["mask_dataset_sha256"]}
+    from coopprune.card import card_file, card_summary
+
+    exports = release_exports(summary)
+    card_path = out / card_file(label)
+    if not card_path.is_file():  # the flow writes it before registering; a caller that did not gets one now
+        card_path = pipeline.release_card(params, label, exports)
     with tempfile.TemporaryDirectory(prefix=".mlflow-model-", dir=out) as tmp:  # logged, then gone
         model_path, model_dir = registered_model_dir(out / label, Path(tmp))
-        artifacts = {"plots": out / "plots", "benchmark": out / "benchmark", "surrogate": out / "surrogate"}
+        artifacts = {"plots": out / "plots", "benchmark": out / "benchmark", "surrogate": out / "surrogate",
+                     "card": card_path}
         flavored = (model_dir / "MLmodel").is_file()
         if not flavored:
             artifacts[model_path] = model_dir
@@ -164,13 +184,38 @@ def publish(params: Params, summary: dict[str, Any], label: str = "pruned") -> d
         "release_fingerprint": tags["release_fingerprint"],
         "mask_dataset_dvc_md5": tags["mask_dataset_dvc_md5"],
         "gguf": f"gguf/{Path(gguf['path']).name}" if gguf else None,
+        "card": f"card/{card_path.name}",
+        **speed_tags(metrics),
         **heal_tags,
-    })
+    }, description=card_summary(out, label, exports))
     result: dict[str, Any] = {"run_id": run_id, "model_name": name, "version": version, "alias": registry.CANDIDATE}
     if params.registry.promote:
         decision = registry.promote(name, params.registry.rule)
         result["promotion"] = {"promoted": decision.promoted, "reason": decision.reason}
     return result
+
+
+def speed_tags(metrics: dict[str, Any]) -> dict[str, str]:
+    """The speed-up as the version shows it: ``speedup_bs1`` (the median pruned/base ratio of the
+    interleaved pairs) and ``speedup_bs1_range`` (min-max over the pairs); no absolute tokens/s.
+    The healed model has the pruned one's layers, so it carries the same measured ratio."""
+    tags = {}
+    for key, value in metrics.items():
+        if key.startswith("speedup_bs") and key.count("_") == 1:
+            tags[key] = f"{value:.3f}"
+            low, high = metrics.get(f"{key}_min"), metrics.get(f"{key}_max")
+            if low is not None and high is not None:
+                tags[f"{key}_range"] = f"{low:.2f}-{high:.2f} over {metrics.get('speed_pairs')} interleaved pairs"
+    return tags
+
+
+def release_exports(summary: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """The GGUF files the flow wrote (with how each was made), for the card; None: none exported."""
+    found = []
+    for label, part in (("pruned", summary), ("healed", summary.get("healed") or {})):
+        if part.get("gguf"):
+            found.append({**part["gguf"], "label": label})
+    return found or None
 
 
 def registered_model_dir(pruned: Path, work: Path) -> tuple[str, Path]:

@@ -31,7 +31,7 @@ def flow_params(tmp_path: Path, tiny_checkpoint: Path, text_file: Path, eval_tex
         "surrogate": {"epochs": 60},
         "prune": {"method": "semivalue", "remove": 2, "bootstrap": 0},
         "evaluation": {"text": str(eval_text), "window": 16, "max_windows": 8},
-        "benchmark": {"tasks": [], "speed": True, "new_tokens": 4},
+        "benchmark": {"tasks": [], "speed": True, "new_tokens": 4, "speed_pairs": 2},
         "registry": {"enabled": False},
         "output_dir": str(tmp_path / "run"),
     }
@@ -86,7 +86,21 @@ def test_flow_threads_and_dask_give_the_same_dataset(prefect_server, tmp_path, t
     assert summary["surrogate"]["metrics"]["overall"]["spearman"] is not None
     bench = json.loads((out / "benchmark" / "pruned.json").read_text())
     assert bench["perplexity"]["window"] == 16
-    assert set(bench["speed"]["tokens_per_second"]) == {"1", "8"}
+    assert "speed" not in bench  # timed with the base model, in interleaved pairs
+    speed = json.loads((out / "benchmark" / "speed.json").read_text())
+    assert speed["order"] == ["base", "pruned", "pruned", "base"] and set(speed["summary"]) == {"1", "8"}
+    assert summary["metrics"]["speedup_bs1"] == pytest.approx(speed["summary"]["1"]["speedup"], abs=1e-4)
+    assert summary["metrics"]["speedup_bs1_min"] <= summary["metrics"]["speedup_bs1"] <= summary["metrics"]["speedup_bs1_max"]
+    assert not any("tokens_per_s_batch" in key for key in summary["metrics"])
+    # the release card: a file under the run's output, logged with the run, its summary the version's description
+    from coopprune.card import card_summary
+
+    assert summary["card"] == str(out / "card.html") and "llama-pruned.f16.gguf" in (out / "card.html").read_text()
+    assert version.description == card_summary(out) and "interleaved timing pairs" in version.description
+    assert version.tags["card"] == "card/card.html" and float(version.tags["speedup_bs1"]) > 0
+    assert version.tags["speedup_bs1_range"].endswith("over 2 interleaved pairs")
+    assert [f.path for f in MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").list_artifacts(logged.info.run_id, "card")] \
+        == ["card/card.html"]
     assert json.loads((out / "summary.json").read_text())["pruned"]["removed_layers"] == summary["pruned"]["removed_layers"]
 
     dask = flow_params(tmp_path / "dask", tiny_checkpoint, text_file, eval_text,
@@ -232,6 +246,10 @@ def test_a_healed_model_is_benchmarked_and_registered_as_its_own_version(prefect
     assert healed_v.tags["promotion.decision"] in {"promoted", "kept champion"}  # judged against the unhealed one
     assert client.get_run(healed_v.run_id).info.run_name.endswith(" healed")
     assert summary["registry"]["healed"]["version"] == "2"
+    from coopprune.card import card_summary
+
+    assert healed_v.description == card_summary(params.output_dir, "healed") and "(healed)" in healed_v.description
+    assert healed_v.tags["card"] == "card/card-healed.html" and summary["healed"]["card"].endswith("card-healed.html")
 
     mtime = (healed / "healing.json").stat().st_mtime
     run(params)  # a rerun trains nothing again

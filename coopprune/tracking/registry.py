@@ -334,6 +334,7 @@ def register_pruned(
     *,
     tracking: str | None = None,
     alias: str = CANDIDATE,
+    description: str | None = None,
 ) -> str:
     """Register the run's model as a new version of ``model_name`` and point ``alias`` at it.
 
@@ -342,7 +343,8 @@ def register_pruned(
     for, a plain folder among its artifacts (``create_model_version`` on the artifact URI:
     ``mlflow.register_model`` refuses a folder without MLmodel in MLflow 3). Tags come from the checkpoint's ``pruning.json`` (base fingerprint,
     removed layers, method, parameters) overridden by ``tags`` (e.g. ``zero_shot_mean``, ``perplexity``;
-    None values are skipped). Returns the version number.
+    None values are skipped). ``description``: the version's description (the release card's
+    summary paragraph; MLflow's version page shows it). Returns the version number.
     """
     _check_name(model_name)
     uri = tracking or tracking_uri(Path.cwd())
@@ -379,6 +381,7 @@ def register_pruned(
                 raise
         source = f"models:/{logged.model_id}" if logged else f"{run.info.artifact_uri.rstrip('/')}/{path}"
         version = client.create_model_version(model_name, source=source, run_id=run_id, tags=all_tags,
+                                              description=description,
                                               model_id=logged.model_id if logged else None).version
         client.set_registered_model_alias(model_name, alias, str(version))
     return str(version)

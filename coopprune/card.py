@@ -1,0 +1,724 @@
+"""The release card: one self-contained HTML page per release run (and per registered version)
+saying what was removed and why, what it cost and what it gained.
+
+Everything is read from the run's output folder, so a card can be rendered again at any time
+from what a run left (``render_card(out_dir)``); nothing is measured here:
+
+- ``pruned/pruning.json``: removed layers, the method, its rounds (``scores.rounds``) and, for a
+  set search (``game-search``), ``details.search`` with the trace, the peers' seed sets and the
+  confirmed / refined sets of a multi-fidelity search;
+- ``pruned/contributions.csv`` / ``contributions.png``: contributions with their intervals;
+- ``pruned/attribution.json`` / ``interactions.png`` where present (the interaction analysis:
+  its ``summary`` and ``warnings`` are shown verbatim, its ``fit`` as a table);
+- ``metrics.json`` (and ``heal_metrics.json`` from DVC's heal stage): scores before and after;
+- ``benchmark/speed.json``: the speed-up, a median ratio over interleaved pairs with its spread
+  (never two absolute figures taken at different moments);
+- ``healed/healing.json``, ``gguf/`` and ``gguf-healed/``: healing and exports, if any;
+- ``data.json``: the calibration and evaluation text and their fingerprints.
+
+Images are embedded as base64 PNG, so the one file is the whole card (an MLflow artifact, a mail
+attachment). :func:`card_summary` is the card's one paragraph in plain text: the registered model
+version's description.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from coopprune.atomic import atomic_path
+from coopprune.errors import CoopPruneError
+from coopprune.records import PRUNING_FILE
+
+CARD_FILE = "card.html"
+ATTRIBUTION_FILE = "attribution.json"
+INTERACTIONS_FILE = "interactions.png"
+LABELS = ("pruned", "healed")
+
+
+def card_file(label: str = "pruned") -> str:
+    """``card.html`` for the pruned model, ``card-healed.html`` for the healed one."""
+    _check_label(label)
+    return CARD_FILE if label == "pruned" else f"card-{label}.html"
+
+
+def _check_label(label: str) -> None:
+    if label not in LABELS:
+        raise CoopPruneError(f"a release card is for one of {', '.join(LABELS)}, not '{label}'")
+
+
+# ------------------------------------------------------------------------------------------ inputs
+
+
+def _json(path: Path) -> Any:
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise CoopPruneError(f"corrupt {path}: {exc}") from None
+
+
+class Release:
+    """What a run's output folder holds, read once (missing optional parts are None)."""
+
+    def __init__(self, out_dir: str | Path, label: str = "pruned", exports: list[dict[str, Any]] | None = None):
+        _check_label(label)
+        self.out, self.label = Path(out_dir), label
+        pruned = self.out / "pruned"
+        record = _json(pruned / PRUNING_FILE)
+        if record is None:
+            raise CoopPruneError(f"no {PRUNING_FILE} in {pruned}: nothing to make a card of")
+        self.record: dict[str, Any] = record
+        self.pruned_dir = pruned
+        self.metrics: dict[str, Any] = dict(_json(self.out / "metrics.json") or {})
+        heal_metrics = _json(self.out / "heal_metrics.json") or {}
+        for key, value in heal_metrics.items():  # DVC's heal stage keeps the healed scores apart
+            self.metrics.setdefault(key, value)
+        self.speed: dict[str, Any] | None = _json(self.out / "benchmark" / "speed.json")
+        self.data: dict[str, Any] = _json(self.out / "data.json") or {}
+        healing = _json(self.out / "healed" / "healing.json")
+        self.healing: dict[str, Any] | None = healing if healing and healing.get("enabled", True) else None
+        if label == "healed" and self.healing is None:
+            raise CoopPruneError(f"no healed model in {self.out} (healed/healing.json): no healed card")
+        self.attribution: dict[str, Any] | None = _json(pruned / ATTRIBUTION_FILE)
+        self.contributions = _read_csv(pruned / "contributions.csv")
+        self.exports = exports if exports is not None else _find_exports(self.out)
+        self.benchmarks = {lab: _json(self.out / "benchmark" / f"{lab}.json") or {} for lab in ("base", *LABELS)}
+
+    # -- facts
+    @property
+    def model_name(self) -> str:
+        from coopprune.naming import DEFAULT_MODEL_NAME, short_model_name
+
+        source = str(self.record.get("base_model", "model"))
+        return DEFAULT_MODEL_NAME if source == "default" else short_model_name(source)
+
+    @property
+    def removed(self) -> list[Any]:
+        """The removed players: layer indices, or sublayer names for sublayer players."""
+        scores = self.record.get("scores") or {}
+        return list(scores.get("removed_players") or self.record.get("removed_layers") or [])
+
+    @property
+    def searches(self) -> list[dict[str, Any]]:
+        """Each round's ``details.search`` (a set searcher's), in round order."""
+        rounds = (self.record.get("scores") or {}).get("rounds") or []
+        return [r["search"] for r in rounds if isinstance(r.get("search"), dict)]
+
+    @property
+    def sublayers(self) -> bool:
+        return (self.record.get("scores") or {}).get("players") == "sublayers"
+
+    def out_of(self) -> str:
+        """``6 of 30 layers`` / ``5 of 60 sublayers``."""
+        n = int(self.record.get("layers_before") or 0)
+        return f"{len(self.removed)} of {2 * n} sublayers" if self.sublayers else f"{len(self.removed)} of {n} layers"
+
+    def metric(self, label: str, key: str) -> Any:
+        return self.metrics.get(f"{label}_{key}")
+
+    @property
+    def domains(self) -> list[str]:
+        prefix = "base_perplexity_"
+        return [k[len(prefix) :] for k in self.metrics if k.startswith(prefix)]
+
+    def speed_summary(self) -> dict[int, dict[str, Any]]:
+        if not self.speed:
+            return {}
+        return {int(b): s for b, s in (self.speed.get("summary") or {}).items()}
+
+
+def _read_csv(path: Path) -> list[dict[str, str]]:
+    if not path.is_file():
+        return []
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def _find_exports(out: Path) -> list[dict[str, Any]]:
+    found = []
+    for folder in ("gguf", "gguf-healed"):
+        for path in sorted((out / folder).glob("*.gguf")):
+            found.append(
+                {"path": str(path), "bytes": path.stat().st_size, "label": "healed" if "healed" in folder else "pruned"}
+            )
+    return found
+
+
+# ----------------------------------------------------------------------------------------- wording
+
+
+def _num(value: Any, digits: int = 4) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, int):
+        return f"{value:,}"
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        return str(value)
+    if not math.isfinite(x):
+        return str(x)
+    if x != 0 and (abs(x) >= 1e6 or abs(x) < 1e-3):
+        return f"{x:.3e}"
+    return f"{x:.{digits}g}"
+
+
+def _millions(n: Any) -> str:
+    return "n/a" if n is None else f"{int(n) / 1e6:.4g} M"
+
+
+def _layers(items: list[Any]) -> str:
+    """``[13, 14, 15, 16, 17, 18]`` -> ``13-18``; ``[2, 5, 6]`` -> ``2, 5-6``; names as they are."""
+    if not items or not all(isinstance(i, int) for i in items):
+        return ", ".join(map(str, items)) or "none"
+    items, parts, start = sorted(items), [], None
+    for i, v in enumerate(items):
+        if start is None:
+            start = v
+        if i + 1 == len(items) or items[i + 1] != v + 1:
+            parts.append(str(start) if start == v else f"{start}-{v}")
+            start = None
+    return ", ".join(parts)
+
+
+def _why(release: Release) -> str:
+    """How the method chose the set, in one clause."""
+    record, searches = release.record, release.searches
+    utility = (record.get("params") or {}).get("utility")
+    utility_text = f" (utility {utility})" if utility else ""
+    if searches:
+        s = searches[-1]
+        fidelity = s.get("fidelity")
+        where = (
+            f", searched on {fidelity['windows']} of {fidelity['of']} calibration windows and confirmed on all"
+            if fidelity
+            else ""
+        )
+        return (
+            f"the best removal set the search measured{utility_text}, among the sets it gave a real forward pass "
+            f"({_num((record.get('scores') or {}).get('passes'))} passes in {s.get('rounds', 'n/a')} rounds{where})"
+        )
+    rounds = (record.get("scores") or {}).get("rounds") or []
+    if len(rounds) > 1:
+        return (
+            f"the lowest contributions{utility_text}, removed over {len(rounds)} rounds with the game re-run in between"
+        )
+    return f"the lowest contributions{utility_text}"
+
+
+def card_summary(out_dir: str | Path, label: str = "pruned", exports: list[dict[str, Any]] | None = None) -> str:
+    """The card's one paragraph, plain text: the registered model version's description."""
+    return _summary(Release(out_dir, label, exports))
+
+
+def _summary(r: Release) -> str:
+    rec, label = r.record, r.label
+    before, after = rec.get("parameters_before"), rec.get("parameters_after")
+    parts = [
+        (
+            f"{r.model_name}{' (healed)' if label == 'healed' else ''}: {r.out_of()} removed "
+            f"({_layers(r.removed)}) by {rec.get('method')}, chosen as {_why(r)}."
+        )
+    ]
+    if before and after:
+        parts.append(
+            f"Parameters {_millions(before)} -> {_millions(after)} ({100 * (1 - after / before):.1f} % fewer)."
+        )
+    scores = []
+    ppl_b, ppl_a = r.metric("base", "perplexity"), r.metric(label, "perplexity")
+    if ppl_b is not None and ppl_a is not None:
+        bench = (r.benchmarks.get("base") or {}).get("perplexity") or {}
+        text = r.data.get("evaluation", {}).get("source")
+        how = ", ".join(
+            x
+            for x in (text and f"on {Path(str(text)).name}", bench.get("window") and f"{bench['window']}-token windows")
+            if x
+        )
+        scores.append(f"held-out perplexity {_num(ppl_b)} -> {_num(ppl_a)}" + (f" ({how})" if how else ""))
+    dom_b, dom_a = r.metric("base", "domain_mean_perplexity"), r.metric(label, "domain_mean_perplexity")
+    if dom_b is not None and dom_a is not None:
+        scores.append(f"mean perplexity over {len(r.domains)} held-out domains {_num(dom_b)} -> {_num(dom_a)}")
+    zs_b, zs_a = r.metric("base", "zero_shot_mean"), r.metric(label, "zero_shot_mean")
+    if zs_b is not None and zs_a is not None:
+        scores.append(f"zero-shot mean accuracy {zs_b:.3f} -> {zs_a:.3f}")
+    if scores:
+        parts.append(scores[0][0].upper() + "; ".join(scores)[1:] + ".")
+    speed = r.speed_summary()
+    if speed:
+        pairs = next(iter(speed.values())).get("pairs")
+        rates = [
+            f"{s['speedup']:.2f}x at batch {b} (range {s['speedup_min']:.2f}-{s['speedup_max']:.2f})"
+            for b, s in sorted(speed.items())
+        ]
+        parts.append(
+            f"Generation is {' and '.join(rates)} as fast as the base model, the median ratio of "
+            f"{pairs} interleaved timing pairs."
+        )
+    if label == "healed" and r.healing:
+        h = r.healing
+        parts.append(
+            f"Healed with LoRA ({h.get('loss')} loss) for {h.get('steps')} steps on {_num(h.get('tokens'))} tokens."
+        )
+    elif r.healing and r.metric("healed", "perplexity") is not None:
+        parts.append(
+            f"A healed variant ({r.healing.get('steps')} LoRA steps) reaches perplexity "
+            f"{_num(r.metric('healed', 'perplexity'))}."
+        )
+    if r.attribution and r.attribution.get("summary"):
+        parts.append(" ".join(str(r.attribution["summary"]).split()))
+    mine = [e for e in r.exports if e.get("label", "pruned") == label]
+    if mine:
+        parts.append("GGUF for llama.cpp: " + ", ".join(Path(e["path"]).name for e in mine) + ".")
+    return " ".join(parts)
+
+
+# -------------------------------------------------------------------------------------------- html
+
+_CSS = """
+body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;max-width:1100px;margin:24px auto;padding:0 16px;
+color:#1f2328;line-height:1.45}
+h1{font-size:1.6em;margin-bottom:4px}
+h2{font-size:1.2em;border-bottom:1px solid #d0d7de;padding-bottom:4px;margin-top:28px}
+h3{font-size:1.02em}.sub{color:#59636e;margin-top:0}
+.summary{background:#f6f8fa;border-left:4px solid #0969da;padding:10px 14px}
+table{border-collapse:collapse;margin:8px 0;font-size:.92em}
+th,td{border:1px solid #d0d7de;padding:3px 8px;text-align:left}
+th{background:#f6f8fa}td.n{text-align:right;font-variant-numeric:tabular-nums}tr.removed td{background:#ffebe9}
+.better{color:#1a7f37}.worse{color:#cf222e}.warn{background:#fff8c5;border-left:4px solid #d4a72c;padding:6px 12px}
+img{max-width:100%;border:1px solid #d0d7de;margin:6px 0}.muted{color:#59636e;font-size:.9em}code{font-size:.92em}
+.chips span{display:inline-block;background:#ffebe9;border:1px solid #ff8182;border-radius:12px;padding:1px 9px;
+margin:2px}
+"""
+
+
+def _e(value: Any) -> str:
+    return html.escape(str(value))
+
+
+def _img(data: bytes, alt: str) -> str:
+    return f'<img alt="{_e(alt)}" src="data:image/png;base64,{base64.b64encode(data).decode()}">'
+
+
+def _img_file(path: Path, alt: str) -> str:
+    return _img(path.read_bytes(), alt) if path.is_file() else ""
+
+
+def _table(
+    header: list[str], rows: list[list[Any]], numeric: set[int] | None = None, row_class: list[str] | None = None
+) -> str:
+    numeric = numeric or set()
+    head = "".join(f"<th>{_e(h)}</th>" for h in header)
+    body = []
+    for i, row in enumerate(rows):
+        cls = f' class="{row_class[i]}"' if row_class and row_class[i] else ""
+        cells = "".join(f'<td class="n">{c}</td>' if j in numeric else f"<td>{c}</td>" for j, c in enumerate(row))
+        body.append(f"<tr{cls}>{cells}</tr>")
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def _change(before: Any, after: Any, lower_is_better: bool) -> str:
+    if before is None or after is None:
+        return ""
+    try:
+        b, a = float(before), float(after)
+    except (TypeError, ValueError):
+        return ""
+    if b == 0 or not (math.isfinite(a) and math.isfinite(b)):
+        return ""
+    pct = 100 * (a / b - 1)
+    good = (pct < 0) == lower_is_better if pct != 0 else None
+    cls = "" if good is None else ("better" if good else "worse")
+    return f'<span class="{cls}">{pct:+.1f} %</span>'
+
+
+def _scores_section(r: Release) -> str:
+    columns = ["base", "pruned"] + (["healed"] if r.metric("healed", "perplexity") is not None else [])
+    rec = r.record
+    bench = (r.benchmarks.get("base") or {}).get("perplexity") or {}
+    text = r.data.get("evaluation", {}).get("source")
+    rows: list[tuple[str, str, bool]] = [
+        (
+            "perplexity",
+            "held-out perplexity"
+            + (
+                f" ({_e(Path(str(text)).name)}, {bench.get('window')}-token windows)"
+                if text and bench.get("window")
+                else ""
+            ),
+            True,
+        )
+    ]
+    rows += [(f"perplexity_{d}", f"perplexity: {_e(d)}", True) for d in r.domains]
+    if r.domains:
+        rows.append(("domain_mean_perplexity", f"mean over the {len(r.domains)} held-out domains", True))
+    rows.append(("zero_shot_mean", "zero-shot mean accuracy", False))
+    rows.append(("parameters", "parameters", True))
+    rows.append(("peak_rss_mb", "peak RSS (MB, generating)", True))
+    table = []
+    for key, name, lower in rows:
+        values = [r.metric(c, key) for c in columns]
+        if key == "parameters":  # pruning.json knows them even without a zero-shot benchmark
+            values[0] = values[0] if values[0] is not None else rec.get("parameters_before")
+            values[1] = values[1] if values[1] is not None else rec.get("parameters_after")
+        if all(v is None for v in values):
+            continue
+        cells = [name] + [_num(v, 5) if key != "zero_shot_mean" or v is None else f"{v:.3f}" for v in values]
+        cells += [_change(values[0], v, lower) for v in values[1:]]
+        table.append(cells)
+    header = ["score", *columns] + [f"change ({c})" for c in columns[1:]]
+    return "<h2>Scores before and after</h2>" + _table(header, table, numeric=set(range(1, 1 + len(columns))))
+
+
+def _speed_section(r: Release) -> str:
+    summary = r.speed_summary()
+    if not summary:
+        return (
+            '<h2>Speed</h2><p class="muted">Not measured (<code>benchmark.speed: false</code>, or a run '
+            "before speed was timed in interleaved pairs).</p>"
+        )
+    s = r.speed or {}
+    rows = [
+        [
+            f"batch {b}",
+            f"<b>{v['speedup']:.2f}x</b>",
+            f"{v['speedup_min']:.2f}-{v['speedup_max']:.2f}",
+            f"{v['speedup_q1']:.2f}-{v['speedup_q3']:.2f}",
+            _num(v["base_tokens_per_s"]),
+            _num(v["pruned_tokens_per_s"]),
+        ]
+        for b, v in sorted(summary.items())
+    ]
+    table = _table(
+        ["", "speed-up (median)", "min-max", "IQR", "base tokens/s (median)", "pruned tokens/s (median)"],
+        rows,
+        numeric={1, 2, 3, 4, 5},
+    )
+    pairs = next(iter(summary.values())).get("pairs")
+    note = (
+        f"Generated tokens/s of the pruned model over the base model's, greedy with the KV cache, "
+        f"{_e(s.get('prompt_tokens'))} prompt and {_e(s.get('new_tokens'))} new tokens, "
+        f"{_e(s.get('threads'))} threads. "
+        f"Base and pruned were timed in {pairs} interleaved pairs, each timing in a fresh process, "
+        f"the order alternating from pair to pair (order: {_e(' '.join(s.get('order') or []))}); the speed-up is "
+        f"the median of the {pairs} per-pair ratios. Absolute tokens/s depend on what else the machine was "
+        f"doing at that moment; the ratio is the number to read."
+    )
+    return f'<h2>Speed</h2>{table}<p class="muted">{note}</p>'
+
+
+def _contributions_section(r: Release) -> str:
+    rows = r.contributions
+    if not rows:
+        return ""
+    by_round: dict[str, list[dict[str, str]]] = {}
+    for row in rows:
+        by_round.setdefault(row["round"], []).append(row)
+    parts = ["<h3>Contributions with their intervals</h3>"]
+    for rnd, items in by_round.items():
+        items = sorted(items, key=lambda x: int(x["rank"]))
+        table = [
+            [
+                _e(x["name"]),
+                _num(x["contribution"]),
+                f"[{_num(x['ci_low'] or None)}, {_num(x['ci_high'] or None)}]" if x["ci_low"] else "n/a",
+                _e(x["rank"]),
+                "removed" if x["removed"] == "True" else "",
+            ]
+            for x in items
+        ]
+        classes = ["removed" if x["removed"] == "True" else "" for x in items]
+        title = f"round {rnd}" if len(by_round) > 1 else "all players, least important first"
+        parts.append(
+            f"<details{' open' if len(items) <= 40 else ''}><summary>{_e(title)}</summary>"
+            + _table(["player", "contribution", "95 % interval", "rank", ""], table, {1, 2, 3}, classes)
+            + "</details>"
+        )
+    stability = next(
+        (
+            rd.get("bottom_k_stability")
+            for rd in (r.record.get("scores") or {}).get("rounds") or []
+            if rd.get("bottom_k_stability") is not None
+        ),
+        None,
+    )
+    if stability is not None:
+        parts.append(
+            f'<p class="muted">Bootstrap stability of the bottom-k set: {100 * float(stability):.0f} % of the '
+            f"resampled contributions give the same bottom k.</p>"
+        )
+    return "".join(parts)
+
+
+def _removed_section(r: Release) -> str:
+    rec = r.record
+    chips = "".join(f"<span>{_e(x)}</span>" for x in r.removed)
+    rows = {x["name"]: x for x in r.contributions if x.get("removed") == "True"}
+    why = f"<p>Chosen as {_e(_why(r))}.</p>"
+    detail = ""
+    if rows:
+        table = [
+            [
+                _e(name),
+                _num(x["contribution"]),
+                f"[{_num(x['ci_low'] or None)}, {_num(x['ci_high'] or None)}]" if x["ci_low"] else "n/a",
+                _e(x["rank"]),
+            ]
+            for name, x in rows.items()
+        ]
+        detail = (
+            '<p class="muted">The removed players\' contributions (rank 0 = least important of its round'
+            + ("; a set search removes a set, which need not be the k lowest" if r.searches else "")
+            + "):</p>"
+            + _table(["removed", "contribution", "95 % interval", "rank"], table, {1, 2, 3})
+        )
+    plot = _img_file(r.pruned_dir / "contributions.png", "contributions")
+    return (
+        f'<h2>Removed, and why</h2><p class="chips">{chips}</p><p>{_e(r.out_of())} removed by '
+        f"<code>{_e(rec.get('method'))}</code>; {_e(rec.get('layers_after'))} layers kept.</p>"
+        f"{why}{detail}{plot}{_contributions_section(r)}"
+    )
+
+
+def _attribution_section(r: Release) -> str:
+    a, heatmap = r.attribution, r.pruned_dir / INTERACTIONS_FILE
+    if a is None and not heatmap.is_file():
+        return ""
+    parts = ["<h2>Attribution and interactions</h2>"]
+    if a is not None:
+        if a.get("summary"):
+            parts.append(f"<p>{_e(a['summary'])}</p>")
+        warnings = [w for w in (a.get("warnings") or []) if w]
+        if warnings:
+            parts.append(
+                '<div class="warn"><b>Warnings</b><ul>' + "".join(f"<li>{_e(w)}</li>" for w in warnings) + "</ul></div>"
+            )
+        fit = a.get("fit")
+        if isinstance(fit, dict) and fit:
+            flat = _flat(fit)
+            parts.append(
+                "<h3>Fit</h3>"
+                + _table(
+                    ["", "value"], [[_e(k), _e(_num(v) if not isinstance(v, str) else v)] for k, v in flat.items()], {1}
+                )
+            )
+    if heatmap.is_file():
+        parts.append("<h3>Interactions</h3>" + _img_file(heatmap, "interaction heatmap"))
+    return "".join(parts)
+
+
+def _flat(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in values.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        elif isinstance(v, list):
+            out[f"{prefix}{k}"] = ", ".join(_num(x) if not isinstance(x, str) else x for x in v[:30]) + (
+                " ..." if len(v) > 30 else ""
+            )
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _search_section(r: Release) -> str:
+    searches = r.searches
+    if not searches:
+        return ""
+    from coopprune.plots import png_bytes, search_trace_figure
+
+    traces = {
+        f"round {i}" if len(searches) > 1 else "best so far": s.get("trace") or [] for i, s in enumerate(searches)
+    }
+    final = (
+        sorted(int(x) for x in r.record.get("removed_layers") or [])
+        if not (r.record.get("scores") or {}).get("removed_players")
+        else None
+    )
+    parts = ["<h2>The search</h2>"]
+    fidelity = searches[0].get("fidelity")
+    title = "best utility found against real passes" + (
+        f" (search on {fidelity['windows']} of {fidelity['of']} windows)" if fidelity else ""
+    )
+    parts.append(_img(png_bytes(search_trace_figure(traces, title)), "search trace"))
+    for i, s in enumerate(searches):
+        if len(searches) > 1:
+            parts.append(f"<h3>Round {i}</h3>")
+        facts = [
+            ["budget (real passes)", _num(s.get("budget"))],
+            ["rounds", _num(s.get("rounds"))],
+            ["stopped by", _e(s.get("stopped"))],
+            ["passes before the rounds", _num(s.get("passes_before"))],
+            ["strata (removed)", _e(s.get("strata_removed"))],
+            ["chosen set's utility", _num(s.get("chosen_real"))],
+        ]
+        fit = s.get("proposals_fit") or {}
+        if fit.get("spearman") is not None:
+            facts.append(["surrogate on its proposals (Spearman)", _num(fit.get("spearman"))])
+        parts.append(_table(["", ""], facts, {1}))
+        trace = s.get("trace") or []
+        start = sorted(trace[0]["removed"]) if trace and trace[0].get("removed") else None
+        seeds = s.get("peer_seeds") or {}
+        if seeds:
+            rows = []
+            for name, chosen in seeds.items():
+                st = sorted(chosen)
+                marks = [m for m, hit in (("best at the start", st == start), ("the removed set", st == final)) if hit]
+                rows.append([_e(name), _e(_layers(st)), _e(", ".join(marks))])
+            parts.append("<h3>The peers' sets it evaluated (seeds)</h3>" + _table(["peer", "removed set", ""], rows))
+        if trace:
+            rows = [
+                [
+                    _e(p.get("round")),
+                    _num(p.get("passes")),
+                    _e(_layers(list(p.get("removed") or []))),
+                    _num(p.get("utility")),
+                ]
+                for p in trace
+            ]
+            parts.append(
+                "<details><summary>Trace (best set after each round)</summary>"
+                + _table(["round", "passes", "best set", "utility"], rows, {1, 3})
+                + "</details>"
+            )
+        if fidelity := s.get("fidelity"):
+            confirmed = fidelity.get("confirmed") or []
+            if confirmed:
+                rows = [[_e(_layers(c["removed"])), _num(c.get("screen")), _num(c.get("full"))] for c in confirmed]
+                parts.append(
+                    f"<h3>Confirmed on all {fidelity.get('of')} windows</h3>"
+                    + _table(["set", f"utility on {fidelity.get('windows')} windows", "on all"], rows, {1, 2})
+                )
+            refined = fidelity.get("refined") or []
+            if refined:
+                rows = [
+                    [
+                        _e(_layers(c["removed"])),
+                        _num(c.get("full")),
+                        _e(c.get("screened")),
+                        _e(c.get("evaluated")),
+                        "yes" if c.get("moved") else "no",
+                    ]
+                    for c in refined
+                ]
+                parts.append(
+                    "<h3>Refinement on all windows (one exchange at a time)</h3>"
+                    + _table(["best neighbour", "utility", "screened", "evaluated", "moved"], rows, {1, 2, 3})
+                )
+    return "".join(parts)
+
+
+def _healing_section(r: Release) -> str:
+    h = r.healing
+    if not h:
+        return ""
+    rows = [
+        ["loss", _e(h.get("loss"))],
+        ["steps", _num(h.get("steps"))],
+        ["tokens", _num(h.get("tokens"))],
+        ["data", _e(h.get("data"))],
+        ["data fingerprint", f"<code>{_e(str(h.get('data_fingerprint'))[:16])}</code>"],
+        ["minutes", _num(h.get("minutes"))],
+    ]
+    losses = h.get("losses") or []
+    if losses:
+        rows.append(["loss first -> last step", f"{_num(losses[0])} -> {_num(losses[-1])}"])
+    return "<h2>Healing</h2>" + _table(["", ""], rows)
+
+
+def _exports_section(r: Release) -> str:
+    if not r.exports:
+        return ""
+    rows = [
+        [
+            f"<code>{_e(Path(e['path']).name)}</code>",
+            _e(e.get("label", "pruned")),
+            _e(e.get("how", "")),
+            f"{int(e['bytes']) / 2**20:.1f} MiB" if e.get("bytes") is not None else "",
+        ]
+        for e in r.exports
+    ]
+    return "<h2>Exports</h2>" + _table(["file", "model", "how", "size"], rows, {3})
+
+
+def _provenance_section(r: Release) -> str:
+    rec = r.record
+    params = rec.get("params") or {}
+    calib = params.get("calibration") or {}
+    rows = [
+        ["base model", _e(rec.get("base_model"))],
+        ["base fingerprint", f"<code>{_e(str(rec.get('base_fingerprint'))[:16])}</code>"],
+        [
+            "calibration",
+            _e(
+                f"{calib.get('source')}: {calib.get('n_windows')} x {calib.get('window')} tokens, "
+                f"seed {calib.get('seed')}"
+            )
+            if calib
+            else "n/a",
+        ],
+        ["utility", _e(params.get("utility"))],
+        ["protected layers", _e(params.get("protected"))],
+    ]
+    for role in ("calibration", "evaluation"):
+        d = r.data.get(role)
+        if d:
+            rows.append(
+                [
+                    f"{role} text",
+                    _e(
+                        f"{d.get('source')} ({d.get('documents')} documents, fingerprint "
+                        f"{str(d.get('fingerprint'))[:16]})"
+                    ),
+                ]
+            )
+    versions = rec.get("versions") or {}
+    rows.append(["made with", _e(", ".join(f"{k} {v}" for k, v in versions.items()))])
+    rows.append(["created", _e(rec.get("created"))])
+    return "<h2>Provenance</h2>" + _table(["", ""], rows)
+
+
+def render_card(out_dir: str | Path, label: str = "pruned", exports: list[dict[str, Any]] | None = None) -> str:
+    """The card of the run in ``out_dir`` as one HTML document (images embedded)."""
+    r = Release(out_dir, label, exports)
+    rec = r.record
+    title = f"{r.model_name}{' (healed)' if label == 'healed' else ''}: {r.out_of()} removed"
+    body = "".join(
+        [
+            f"<h1>{_e(title)}</h1>",
+            (
+                f'<p class="sub">coopprune release card · method <code>{_e(rec.get("method"))}</code> · '
+                f"{_e(rec.get('created'))}</p>"
+            ),
+            f'<p class="summary">{_e(_summary(r))}</p>',
+            _scores_section(r),
+            _speed_section(r),
+            _removed_section(r),
+            _attribution_section(r),
+            _search_section(r),
+            _healing_section(r),
+            _exports_section(r),
+            _provenance_section(r),
+        ]
+    )
+    return (
+        f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{_e(title)}</title>'
+        f"<style>{_CSS}</style></head><body>{body}</body></html>\n"
+    )
+
+
+def write_card(out_dir: str | Path, label: str = "pruned", exports: list[dict[str, Any]] | None = None) -> Path:
+    """Write ``<out_dir>/card.html`` (``card-healed.html``) atomically; returns its path."""
+    path = Path(out_dir) / card_file(label)
+    text = render_card(out_dir, label, exports)
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return path
