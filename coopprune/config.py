@@ -231,6 +231,28 @@ class HealParams(_Section):
     save_every: int = Field(50, ge=1)  # steps between resumable saves
 
 
+#: The patch's default ridge strength, relative to the mean eigenvalue of the preceding MLP
+#: output's Gram matrix (coopprune/patch.py; measured on SmolLM2, see docs/PATCH.md).
+PATCH_LAMBDA = 0.1
+
+
+class PatchParams(_Section):
+    """A training-free linear patch after the cut (ReplaceMe-style, coopprune/patch.py): for each
+    run of consecutive removed layers, a transform T fitted on calibration windows and folded into
+    the preceding kept layer's MLP ``down_proj``; the checkpoint keeps its plain architecture."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_by_name=True, validate_by_alias=True,
+                              serialize_by_alias=True)
+
+    enabled: bool = False  # in the flow: patch the pruned model before healing; benchmark and register it
+    #: ridge toward the identity, relative to the data's scale: minimise ||h + M T - Y||^2 +
+    #: lambda * (tr(M^T M) / H) * ||T - I||^2; 0 is ReplaceMe's plain least squares, .inf leaves T = I
+    lambda_: float = Field(PATCH_LAMBDA, ge=0, alias="lambda")
+    objective: Literal["lstsq", "cosine"] = "lstsq"  # cosine: mean cosine distance to Y, from the lstsq solution
+    n_windows: int = Field(64, ge=1)  # calibration windows (of calibration.window tokens) the fit reads
+    steps: int = Field(100, ge=1)  # cosine only: L-BFGS iterations
+
+
 class ExportParams(_Section):
     """After pruning: a GGUF for llama.cpp (a GGUF source is pruned as is, its quantization kept)."""
 
@@ -266,6 +288,7 @@ class Params(_Section):
     evaluation: EvaluationParams = EvaluationParams()
     benchmark: BenchmarkParams = BenchmarkParams()
     registry: RegistryParams = RegistryParams()
+    patch: PatchParams = PatchParams()
     heal: HealParams = HealParams()
     export: ExportParams = ExportParams()
     flow: FlowParams = FlowParams()
