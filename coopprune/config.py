@@ -308,6 +308,13 @@ class Params(_Section):
             raise ValueError("game.utility mc_margin scores zero-shot items, not calibration text: drop calibration.mix")
         return self
 
+    @model_validator(mode="after")
+    def _patch_windows_cover_the_mix(self) -> Params:
+        parts = sum(1 for w in (self.calibration.mix or {}).values() if w > 0)
+        if self.patch.enabled and parts > self.patch.n_windows:
+            raise ValueError(f"patch.n_windows is {self.patch.n_windows}: too few for the {parts} parts of calibration.mix")
+        return self
+
     @classmethod
     def load(cls, path: str | Path | None = None) -> Params:
         """Parse and validate a YAML file (``None``: all defaults)."""

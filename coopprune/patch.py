@@ -398,7 +398,7 @@ def patch_checkpoint(
     patch = fit_patch(base, record.removed_layers, windows, settings, batch_size=batch_size, progress=progress)
     patch.windows = {"source": calibration.label, "seed": calibration.seed, **patch.windows}
     patch.extra = dict(extra or {})
-    target = load_model(str(pruned), trust_remote_code=trust_remote_code)
+    target = load_model(str(pruned), trust_remote_code=trust_remote_code, dtype=dtype)
     apply_patch(target.model, target.architecture, record.kept_layers, patch, base=base.model)
     record.params = {**record.params, "patch": patch.to_json()}
     with atomic_dir(out, overwrite=overwrite) as tmp:
