@@ -232,7 +232,7 @@ class HealParams(_Section):
 
 
 #: The patch's default ridge strength, relative to the mean eigenvalue of the preceding MLP
-#: output's Gram matrix (coopprune/patch.py; measured on SmolLM2, see docs/PATCH.md).
+#: output's Gram matrix (coopprune/patch.py; measured on SmolLM2: bench/patch.py, README "Patching").
 PATCH_LAMBDA = 0.1
 
 
