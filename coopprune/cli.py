@@ -220,6 +220,61 @@ def heal(
                f"{r['losses'][0]:.3f} -> {r['losses'][-1]:.3f}, {r['minutes']:.1f} min")
 
 
+@app.command()
+def patch(
+    base_model: Annotated[str, typer.Argument(help="The unpruned model the checkpoint was pruned from (hub id, folder, "
+                                                   ".gguf or 'default').")],
+    pruned_dir: Annotated[Path, typer.Argument(help="The pruned checkpoint folder (with pruning.json), not yet healed.")],
+    out_dir: Annotated[Path, typer.Argument(help="Where to write the patched checkpoint.")],
+    lambda_: Annotated[float | None, typer.Option("--lambda", help="Ridge toward the identity, relative to the MLP "
+                                                  "output's scale (0: ReplaceMe's plain least squares; inf: no patch). "
+                                                  "Default: the measured one in coopprune/config.py.")] = None,
+    objective: Annotated[str, typer.Option(help="lstsq (closed form) or cosine (mean cosine distance, L-BFGS).")] = "lstsq",
+    calib: Annotated[str, typer.Option("--calib", help="Calibration text: file, folder, hf:NAME:SPLIT, lambada.")] = "lambada",
+    mix: Annotated[str | None, typer.Option(help="Fit on a mixture instead of --calib: NAME=WEIGHT,... of bundled "
+                                            "calibration domains (books, science, howto, code) or sources.")] = None,
+    n_windows: Annotated[int, typer.Option(help="Calibration windows the fit reads.")] = 64,
+    window: Annotated[int, typer.Option(help="Tokens per calibration window.")] = 128,
+    seed: Annotated[int, typer.Option(help="Seed of the calibration windows.")] = 0,
+    steps: Annotated[int, typer.Option(help="cosine: L-BFGS iterations.")] = 100,
+    batch_size: Annotated[int, typer.Option(help="Windows per forward pass.")] = 8,
+    dtype: Annotated[str, typer.Option(help="dtype the base model is loaded in (as it was pruned).")] = "float32",
+    device: Device = "cpu",
+    overwrite: Overwrite = False,
+    trust_remote_code: TrustRemoteCode = False,
+    quiet: Quiet = False,
+) -> None:
+    """Patch a pruned checkpoint without training: each run of removed layers becomes a linear map
+    fitted on calibration text and folded into the preceding layer's down_proj (ReplaceMe); the
+    result is a plain checkpoint whose pruning.json gains a patch entry."""
+    import warnings
+
+    from coopprune.config import CalibrationParams, PatchParams
+    from coopprune.mixture import Calibration
+    from coopprune.patch import patch_checkpoint
+
+    settings = PatchParams.from_dict({"objective": objective, "n_windows": n_windows, "steps": steps,
+                                      **({} if lambda_ is None else {"lambda": lambda_})}, "patch")
+    calibration = Calibration.from_params(CalibrationParams.from_dict(
+        {**({"mix": _parse_mix(mix)} if mix else {"source": calib}), "n_windows": n_windows, "window": window,
+         "seed": seed}, "calibration"))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = patch_checkpoint(base_model, pruned_dir, out_dir, settings, calibration, overwrite=overwrite,
+                                  progress=not quiet, device=device, dtype=dtype, batch_size=batch_size,
+                                  trust_remote_code=trust_remote_code)
+    for warning in caught:
+        if "unpatched" in str(warning.message):
+            typer.echo(f"warning: {warning.message}", err=True)
+    for run in result.record["runs"]:
+        if run.get("folded_into") is not None:
+            typer.echo(f"layers {run['layers'][0]}..{run['layers'][-1]} folded into layer {run['folded_into']}: "
+                       f"residual error x{run['relative_error']:.3f}, cosine {run['cosine_before']:.4f} -> "
+                       f"{run['cosine_after']:.4f}")
+    typer.echo(f"patched {pruned_dir} -> {out_dir} ({settings.objective}, lambda {settings.lambda_:g}, "
+               f"{result.record['seconds'] / 60:.1f} min)")
+
+
 @app.command("export-gguf")
 def export_gguf(
     source: Annotated[str, typer.Argument(help=(
@@ -249,7 +304,11 @@ def export_gguf(
             raise CoopPruneError("pruning a GGUF needs exactly one of --remove LAYERS or --like CHECKPOINT")
         facts: dict[str, object] = {}
         if like is not None:
-            facts = gguf_export.record_facts(asdict(PruningRecord.load(like)))
+            record = PruningRecord.load(like)
+            if "patch" in record.params:  # the GGUF's own blocks would lose the folded transform
+                raise CoopPruneError(f"{like} is patched (its down_proj weights changed): export the checkpoint "
+                                     f"itself, `coopprune export-gguf {like} --out FILE`")
+            facts = gguf_export.record_facts(asdict(record))
             removed = list(facts.pop("removed_layers"))
         else:
             removed = _parse_layers(remove)

@@ -232,6 +232,28 @@ class HealParams(_Section):
     save_every: int = Field(50, ge=1)  # steps between resumable saves
 
 
+#: The patch's default ridge strength, relative to the mean eigenvalue of the preceding MLP
+#: output's Gram matrix (coopprune/patch.py; measured on SmolLM2: bench/patch.py, README "Patching").
+PATCH_LAMBDA = 0.1
+
+
+class PatchParams(_Section):
+    """A training-free linear patch after the cut (ReplaceMe-style, coopprune/patch.py): for each
+    run of consecutive removed layers, a transform T fitted on calibration windows and folded into
+    the preceding kept layer's MLP ``down_proj``; the checkpoint keeps its plain architecture."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_by_name=True, validate_by_alias=True,
+                              serialize_by_alias=True)
+
+    enabled: bool = False  # in the flow: patch the pruned model before healing; benchmark and register it
+    #: ridge toward the identity, relative to the data's scale: minimise ||h + M T - Y||^2 +
+    #: lambda * (tr(M^T M) / H) * ||T - I||^2; 0 is ReplaceMe's plain least squares, .inf leaves T = I
+    lambda_: float = Field(PATCH_LAMBDA, ge=0, alias="lambda")
+    objective: Literal["lstsq", "cosine"] = "lstsq"  # cosine: mean cosine distance to Y, from the lstsq solution
+    n_windows: int = Field(64, ge=1)  # calibration windows (of calibration.window tokens) the fit reads
+    steps: int = Field(100, ge=1)  # cosine only: L-BFGS iterations
+
+
 class ExportParams(_Section):
     """After pruning: a GGUF for llama.cpp (a GGUF source is pruned as is, its quantization kept)."""
 
@@ -269,6 +291,7 @@ class Params(_Section):
     evaluation: EvaluationParams = EvaluationParams()
     benchmark: BenchmarkParams = BenchmarkParams()
     registry: RegistryParams = RegistryParams()
+    patch: PatchParams = PatchParams()
     heal: HealParams = HealParams()
     export: ExportParams = ExportParams()
     flow: FlowParams = FlowParams()
@@ -286,6 +309,13 @@ class Params(_Section):
     def _choices_are_not_a_mix(self) -> Params:
         if self.game.utility == "mc_margin" and self.calibration.mix:
             raise ValueError("game.utility mc_margin scores zero-shot items, not calibration text: drop calibration.mix")
+        return self
+
+    @model_validator(mode="after")
+    def _patch_windows_cover_the_mix(self) -> Params:
+        parts = sum(1 for w in (self.calibration.mix or {}).values() if w > 0)
+        if self.patch.enabled and parts > self.patch.n_windows:
+            raise ValueError(f"patch.n_windows is {self.patch.n_windows}: too few for the {parts} parts of calibration.mix")
         return self
 
     @classmethod

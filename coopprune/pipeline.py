@@ -606,12 +606,15 @@ def heal_release(params: Params, progress: bool = True) -> dict[str, Any]:
     from coopprune.heal import HEALING_FILE, heal, settings_key
 
     out = Path(params.output_dir)
-    record = asdict(PruningRecord.load(out / "pruned"))
+    source = heal_source(params)
+    record = asdict(PruningRecord.load(source))
     done = out / "healed" / HEALING_FILE
     key = {"settings": settings_key(params.heal), "removed": record["removed_layers"], "base": record["base_fingerprint"]}
+    if "patch" in record["params"]:  # healing the patched checkpoint: another patch is another input
+        key["patch"] = record["params"]["patch"]["key"]
     healing = json.loads(done.read_text()) if done.is_file() else {}
     if healing.get("key") != key:
-        healing = heal(out / "pruned", out / "healed", params.heal, overwrite=True, progress=progress,
+        healing = heal(source, out / "healed", params.heal, overwrite=True, progress=progress,
                        extra={"key": key}).record
     return {"path": str(out / "healed"), **{k: healing[k] for k in ("steps", "tokens", "data_fingerprint", "minutes", "loss")}}
 
@@ -636,6 +639,52 @@ def heal_stage(params: Params, progress: bool = True) -> dict[str, Any]:
     return {**healed, "metrics": metrics}
 
 
+def heal_source(params: Params) -> Path:
+    """What healing starts from: ``<output_dir>/patched`` when ``patch.enabled``, else ``pruned``."""
+    return Path(params.output_dir) / ("patched" if params.patch.enabled else "pruned")
+
+
+def patch_release(params: Params, progress: bool = True) -> dict[str, Any]:
+    """``<output_dir>/patched``: the pruned checkpoint with ``params.patch``'s linear patch, fitted on
+    the run's calibration text (``patch.n_windows`` windows of it). A patched folder of the same
+    settings, calibration and removal is kept (a rerun fits nothing again)."""
+    from coopprune.patch import patch_checkpoint
+
+    out, m = Path(params.output_dir), params.model
+    record = PruningRecord.load(out / "pruned")
+    calibration_params = params.calibration.model_copy(update={"n_windows": params.patch.n_windows})
+    key = {"settings": params.patch.model_dump(exclude={"enabled"}), "calibration": calibration_params.model_dump(),
+           "removed": record.removed_layers, "base": record.base_fingerprint}
+    done = PruningRecord.load_if_present(out / "patched") if (out / "patched" / "config.json").is_file() else None
+    entry = done.params.get("patch", {}) if done is not None else {}
+    if entry.get("release_key") != key:
+        entry = patch_checkpoint(m.source, out / "pruned", out / "patched", params.patch,
+                                 Calibration.from_params(calibration_params), overwrite=True, progress=progress,
+                                 device=m.device, dtype=m.dtype, batch_size=params.calibration.batch_size,
+                                 trust_remote_code=m.trust_remote_code, extra={"release_key": key}).record
+    return {"path": str(out / "patched"), "objective": entry["objective"], "lambda": entry["lambda"],
+            "runs": [r["layers"] for r in entry["runs"] if r.get("folded_into") is not None],
+            "skipped": entry["skipped"], "calibration_fingerprint": entry["calibration"]["fingerprint"],
+            "minutes": round(entry["seconds"] / 60, 2)}
+
+
+def patch_stage(params: Params, progress: bool = True) -> dict[str, Any]:
+    """DVC's ``patch`` stage: patch and benchmark the patched model with the pruned one's settings
+    (``patch_metrics.json``); with ``patch.enabled: false`` it records that and does nothing else."""
+    out = Path(params.output_dir)
+    if not params.patch.enabled:
+        with atomic_dir(out / "patched", overwrite=True) as tmp:
+            write_json(tmp / "patch.json", {"enabled": False})
+        write_json(out / "patch_metrics.json", {"patched": False})
+        return {"enabled": False}
+    patched = patch_release(params, progress)
+    score = benchmark(params, patched["path"], out / "patched" / "benchmark.json")
+    metrics = {"patched": True, "patch_minutes": patched["minutes"], "patch_runs": len(patched["runs"]),
+               **score_metrics({"patched": score})}
+    write_json(out / "patch_metrics.json", metrics)
+    return {**patched, "metrics": metrics}
+
+
 def export_release(params: Params, checkpoint: str | Path | None = None) -> dict[str, Any]:
     """The model for llama.cpp, in ``<output_dir>/gguf/`` (``gguf-healed/`` for a healed checkpoint).
     When the base model was a GGUF (the bundled default included) and the checkpoint is the pruned
@@ -648,8 +697,9 @@ def export_release(params: Params, checkpoint: str | Path | None = None) -> dict
     pruned = Path(checkpoint) if checkpoint else Path(params.output_dir) / "pruned"
     record = asdict(PruningRecord.load(pruned))
     healed = (pruned / HEALING_FILE).is_file()
-    folder = Path(params.output_dir) / ("gguf-healed" if healed else "gguf")
-    source = None if healed else base_gguf(pruned)
+    patched = not healed and "patch" in record["params"]  # its down_proj weights are not the base GGUF's
+    folder = Path(params.output_dir) / ("gguf-healed" if healed else "gguf-patched" if patched else "gguf")
+    source = None if healed or patched else base_gguf(pruned)
     if source is not None:
         stem, _, quant = source.stem.rpartition(".")
         dst = folder / (f"{stem}-pruned.{quant}.gguf" if stem else f"{source.stem}-pruned.gguf")
@@ -660,7 +710,7 @@ def export_release(params: Params, checkpoint: str | Path | None = None) -> dict
         name = Path(str(record.get("base_model", "model")).rstrip("/")).name or "model"
         if name == "default":
             from coopprune.naming import DEFAULT_MODEL_NAME as name
-        label = "healed" if healed else "pruned"
+        label = "healed" if healed else "patched" if patched else "pruned"
         dst = export_gguf(pruned, folder / f"{name}-{label}.{params.export.dtype}.gguf", dtype=params.export.dtype,
                           vocab_from=base_gguf(pruned), overwrite=True)
         how = f"exported the {label} checkpoint ({params.export.dtype})"

@@ -33,6 +33,7 @@ from tasks.prune_release import (
     fit_surrogate,
     heal,
     merge_masks,
+    patch,
     plan_masks,
     prepare_data,
     prune,
@@ -58,8 +59,8 @@ def task_runner(settings: FlowParams):
 # (dill's disassembly capture inside datasets/lm-eval then floods the log).
 @flow(name="prune_release", log_prints=False)
 def prune_release(params: Params) -> dict[str, Any]:
-    """Sweep -> surrogate -> contributions -> prune -> [heal] -> benchmark -> speed -> [GGUF] -> card -> register;
-    returns the summary."""
+    """Sweep -> surrogate -> contributions -> prune -> [patch] -> [heal] -> benchmark -> speed -> [GGUF] -> card ->
+    register; returns the summary."""
     started, started_at = time.perf_counter(), time.time()
     out = Path(params.output_dir)
     prepared = prepare_data(params)
@@ -75,9 +76,12 @@ def prune_release(params: Params) -> dict[str, Any]:
     surrogate = fit_surrogate(params)
     contributions = estimate_contributions(params)
     pruned = prune(params, contributions)
-    healed = heal(params, pruned) if params.heal.enabled else None
+    patched = patch(params, pruned) if params.patch.enabled else None
+    healed = heal(params, pruned) if params.heal.enabled else None  # heals the patched model when there is one
     scores = {"base": benchmark(params, params.model.source, "base"),
               "pruned": benchmark(params, pruned["path"], "pruned")}
+    if patched is not None:
+        scores["patched"] = benchmark(params, patched["path"], "patched")
     if healed is not None:  # the same benchmark, so the promotion rule compares like with like
         scores["healed"] = benchmark(params, healed["path"], "healed")
     speed = compare_speed(params, scores) if params.benchmark.speed else None  # both models, interleaved
@@ -97,10 +101,14 @@ def prune_release(params: Params) -> dict[str, Any]:
         "output_dir": str(out),
         "started_at": started_at,
     }
+    if patched is not None:
+        summary["patched"] = patched
     if healed is not None:
         summary["healed"] = healed
     if params.export.gguf:
         summary["gguf"] = export_gguf(params, pruned["path"], "pruned")
+        if patched is not None:
+            patched["gguf"] = export_gguf(params, patched["path"], "patched")
         if healed is not None:
             healed["gguf"] = export_gguf(params, healed["path"], "healed")
     exports = release_exports(summary)
@@ -176,6 +184,9 @@ def print_summary(summary: dict[str, Any]) -> None:
     if "zero_shot" in bench["pruned"]:
         lines.append(f"zero-shot mean:  base {bench['base']['zero_shot']['mean']:.3f} -> "
                      f"pruned {bench['pruned']['zero_shot']['mean']:.3f}")
+    if "patched" in summary:
+        lines.append(f"patched model:   {summary['patched']['path']} (layers {summary['patched']['runs']} folded, "
+                     f"perplexity {bench['patched']['perplexity']['perplexity']:.2f})")
     if "healed" in summary:
         lines.append(f"healed model:    {summary['healed']['path']} ({summary['healed']['steps']} steps, perplexity "
                      f"{bench['healed']['perplexity']['perplexity']:.2f})")

@@ -92,9 +92,16 @@ def compare_speed(params: Params, scores: dict[str, Any]) -> dict[str, Any] | No
     return pipeline.compare_release_speed(params, scores)
 
 
+@task(name="patch", cache_policy=NO_CACHE)
+def patch(params: Params, pruned: dict[str, Any]) -> dict[str, Any]:
+    """The training-free linear patch of the pruned checkpoint (``patch.enabled``), before healing.
+    The flow benchmarks the result itself (``benchmark-patched``), not DVC's patch stage."""
+    return pipeline.patch_release(params, progress=False)
+
+
 @task(name="heal", cache_policy=NO_CACHE)
 def heal(params: Params, pruned: dict[str, Any]) -> dict[str, Any]:
-    """LoRA healing of the pruned checkpoint (``heal.enabled``); resumes a killed run's training.
+    """LoRA healing of the pruned (or patched) checkpoint (``heal.enabled``); resumes a killed run's training.
     The flow benchmarks the result itself (``benchmark-healed``), not DVC's heal stage."""
     return pipeline.heal_release(params, progress=False)
 
@@ -122,19 +129,21 @@ def register(params: Params, summary: dict[str, Any]) -> dict[str, Any]:
     """One MLflow run with everything, the checkpoint as a new version (alias candidate), promotion;
     a healed checkpoint then as a version of its own, judged by the same rule against the champion."""
     result = publish(params, summary)
-    if summary.get("healed"):
-        result["healed"] = publish(params, summary, label="healed")
+    for label in ("patched", "healed"):
+        if summary.get(label):
+            result[label] = publish(params, summary, label=label)
     return result
 
 
 def publish(params: Params, summary: dict[str, Any], label: str = "pruned") -> dict[str, Any]:
-    """Log and register ``<output_dir>/<label>`` (``pruned`` or ``healed``) with its own scores."""
+    """Log and register ``<output_dir>/<label>`` (``pruned``, ``patched`` or ``healed``) with its own scores."""
     from coopprune.tracking import registry
 
     out = Path(params.output_dir)
     metrics = summary["metrics"]
     healed = summary.get("healed") if label == "healed" else None
-    gguf = (healed or summary).get("gguf")
+    patched = summary.get("patched") if label == "patched" else None
+    gguf = (healed or patched or summary).get("gguf")
     masks = Path(summary["mask_dataset"]["path"])
     tags = {
         "base_model": base_model_name(params.model.source),
@@ -145,13 +154,16 @@ def publish(params: Params, summary: dict[str, Any], label: str = "pruned") -> d
         "removed_layers": ",".join(map(str, summary["pruned"]["removed_layers"])),
         "method": params.prune.method,
     }
-    heal_tags = {"healed": "true", "heal_steps": healed["steps"], "heal_loss": healed["loss"],
-                 "heal_data_fingerprint": healed["data_fingerprint"]} if healed else {}
-    tags |= heal_tags | contributions_tag(out / label)
+    variant_tags = {"healed": "true", "heal_steps": healed["steps"], "heal_loss": healed["loss"],
+                    "heal_data_fingerprint": healed["data_fingerprint"]} if healed else {}
+    if patched:
+        variant_tags |= {"patched": "true", "patch_objective": patched["objective"], "patch_lambda": str(patched["lambda"]),
+                         "patch_calibration_fingerprint": patched["calibration_fingerprint"]}
+    tags |= variant_tags | contributions_tag(out / label)
     name = params.registry.model_name or registry.registered_model_name(params.model.source)
     k = len(summary["pruned"]["removed_layers"])
     run_name = f"{registry.registered_model_name(params.model.source, suffix='')} {params.prune.method} k={k}" + (
-        " healed" if healed else "")
+        f" {label}" if label != "pruned" else "")
     data = summary.get("data") or {}
     inputs = {role: {"name": f"{role} text", "source": data[role]["source"], "digest": data[role]["fingerprint"]}
               for role in ("calibration", "evaluation") if role in data}
@@ -186,7 +198,7 @@ def publish(params: Params, summary: dict[str, Any], label: str = "pruned") -> d
         "gguf": f"gguf/{Path(gguf['path']).name}" if gguf else None,
         "card": f"card/{card_path.name}",
         **speed_tags(metrics),
-        **heal_tags,
+        **variant_tags,
     }, description=card_summary(out, label, exports))
     result: dict[str, Any] = {"run_id": run_id, "model_name": name, "version": version, "alias": registry.CANDIDATE}
     if params.registry.promote:

@@ -254,3 +254,31 @@ def test_a_healed_model_is_benchmarked_and_registered_as_its_own_version(prefect
     mtime = (healed / "healing.json").stat().st_mtime
     run(params)  # a rerun trains nothing again
     assert (healed / "healing.json").stat().st_mtime == mtime
+
+
+def test_a_patched_model_is_benchmarked_exported_and_registered_before_healing(prefect_server, tmp_path, tiny_checkpoint,
+                                                                               text_file, eval_text, monkeypatch):
+    from mlflow import MlflowClient
+
+    from flows.prune_release import run
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    params = flow_params(tmp_path, tiny_checkpoint, text_file, eval_text, benchmark={"speed": False},
+                         patch={"enabled": True, "n_windows": 4},
+                         heal={"enabled": True, "data": str(text_file), "steps": 1, "seq_len": 16, "batch_size": 2,
+                               "grad_accum": 1, "save_every": 1},
+                         registry={"enabled": True, "model_name": "tiny-pruned", "rule": "perplexity"},
+                         export={"gguf": True})
+    summary = run(params)
+    patched = Path(summary["patched"]["path"])
+    entry = json.loads((patched / "pruning.json").read_text())["params"]["patch"]
+    assert patched.name == "patched" and entry["objective"] == "lstsq"
+    assert "patched_perplexity" in summary["metrics"] and Path(summary["patched"]["gguf"]["path"]).parent.name == "gguf-patched"
+    healed = json.loads((Path(summary["healed"]["path"]) / "pruning.json").read_text())
+    assert healed["params"]["patch"]["key"] == entry["key"]  # healing started from the patched model
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    pruned_v, patched_v, healed_v = (client.get_model_version("tiny-pruned", v) for v in ("1", "2", "3"))
+    assert "patched" not in pruned_v.tags and patched_v.tags["patched"] == "true" and "healed" not in patched_v.tags
+    assert float(patched_v.tags["perplexity"]) == pytest.approx(summary["metrics"]["patched_perplexity"])
+    assert client.get_run(patched_v.run_id).info.run_name.endswith(" patched") and healed_v.tags["healed"] == "true"
+    assert summary["registry"]["patched"]["version"] == "2"
