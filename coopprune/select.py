@@ -9,14 +9,19 @@ method's own set is taken as it is (:func:`choose`).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 
 from coopprune.errors import CoopPruneError
 
-if TYPE_CHECKING:
-    from coopprune.estimators.base import Contributions
+
+class Ranked(Protocol):
+    """What :func:`choose` reads of an estimator's result (``estimators.base.Contributions``)."""
+
+    method: str
+    values: np.ndarray
+    removal: list[int] | None
 
 
 def select_within_cost(
@@ -44,7 +49,7 @@ def select_layers(values: np.ndarray, k: int, protected: Sequence[int] = ()) -> 
     return select_within_cost(values, [1.0] * n, k, protected) if k else []
 
 
-def choose(contributions: Contributions, k: int, protected: tuple[int, ...]) -> list[int]:
+def choose(contributions: Ranked, k: int, protected: tuple[int, ...]) -> list[int]:
     """The k players to remove: a set-based method's own set, otherwise the k lowest contributions."""
     if contributions.removal is not None:
         if len(contributions.removal) != k or set(contributions.removal) & set(protected):
