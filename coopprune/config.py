@@ -249,6 +249,9 @@ class PatchParams(_Section):
     #: lambda * (tr(M^T M) / H) * ||T - I||^2; 0 is ReplaceMe's plain least squares, .inf leaves T = I
     lambda_: float = Field(PATCH_LAMBDA, ge=0, alias="lambda")
     objective: Literal["lstsq", "cosine"] = "lstsq"  # cosine: mean cosine distance to Y, from the lstsq solution
+    #: where each run's X and M come from: the unpruned model (ReplaceMe; measured better at k = 12)
+    #: or the model with the earlier runs already removed and patched (targets: the unpruned model)
+    inputs: Literal["unpruned", "pruned"] = "unpruned"
     n_windows: int = Field(64, ge=1)  # calibration windows (of calibration.window tokens) the fit reads
     steps: int = Field(100, ge=1)  # cosine only: L-BFGS iterations
 
