@@ -4,7 +4,8 @@ For each removal set (``--sets``; defaults: the mixture's k = 6 set and a k = 12
 the pruned model and the pruned model with the patch fitted at each ``--lambdas`` value, on the
 default calibration mixture (``coopprune.domains.DEFAULT_MIX``: books, science, how-to, code, equal
 tokens, their calibration pools) and, as a comparison arm, on LAMBADA alone; ``--objectives cosine``
-adds ReplaceMe's cosine objective. Every model is scored on the held-out suite
+adds ReplaceMe's cosine objective, ``--inputs pruned`` the fit of each run on the model with the
+earlier runs already cut and patched. Every model is scored on the held-out suite
 (``coopprune.domains.SUITE``: each domain's evaluation documents only, which no calibration reads,
 ``--eval-windows`` x 128 tokens, the same windows for every model), with the means over the
 validation and the test domains, and the minutes each fit took. Defaults are chosen on the
@@ -15,6 +16,7 @@ run resumes where it stopped; ``bench/results/patch.{json,md}`` are rewritten fr
 
     python bench/patch.py [--sets 13,14,15,16,17,18 3,4,5,12,13,14,15,16,17,18,25,26]
                           [--lambdas 0 0.01 0.1 1] [--calibs mix lambada] [--objectives lstsq]
+                          [--inputs unpruned pruned]
 """
 
 from __future__ import annotations
@@ -101,9 +103,9 @@ def markdown(rows: list[dict[str, Any]], domains: list[str], settings: dict[str,
     for k_set in dict.fromkeys(tuple(r["removed"]) for r in rows if r["arm"] != "base"):
         sub = [r for r in rows if tuple(r["removed"]) == k_set or r["arm"] == "base"]
         lines += [f"### k = {len(k_set)}: removed {' '.join(map(str, k_set))}", "",
-                  "| arm | calibration | objective | lambda | " + " | ".join(
+                  "| arm | calibration | objective | inputs | lambda | " + " | ".join(
                       f"{d} (val)" if d in SUITE["validation"] else d for d in domains)
-                  + " | mean val | mean test | fit min |", "|" + "---|" * (len(domains) + 7)]
+                  + " | mean val | mean test | fit min |", "|" + "---|" * (len(domains) + 8)]
         best = min((r["mean_validation"] for r in sub if r["arm"] not in ("base",) and r["mean_validation"] is not None),
                    default=None)
         for r in sub:
@@ -113,7 +115,7 @@ def markdown(rows: list[dict[str, Any]], domains: list[str], settings: dict[str,
             test = f"{r['mean_test']:.2f}" if r["mean_test"] is not None else "-"
             fit = f"{r['fit_minutes']:.2f}" if r.get("fit_minutes") is not None else "-"
             lines.append(f"| {r['arm']} | {r.get('calibration', '-')} | {r.get('objective', '-')} | "
-                         f"{r.get('lambda', '-')} | {cells} | {val} | {test} | {fit} |")
+                         f"{r.get('inputs', '-')} | {r.get('lambda', '-')} | {cells} | {val} | {test} | {fit} |")
         lines.append("")
     return "\n".join(lines)
 
@@ -124,8 +126,8 @@ def main() -> None:
     parser.add_argument("--lambdas", nargs="+", type=float, default=[0.0, 0.01, 0.1, 1.0])
     parser.add_argument("--calibs", nargs="+", default=["mix", "lambada"], choices=list(CALIBRATIONS))
     parser.add_argument("--objectives", nargs="+", default=["lstsq"], choices=["lstsq", "cosine"])
-    parser.add_argument("--independent", action="store_true",
-                        help="also fit every run on the unpruned model's states (ReplaceMe's way), mix, lstsq")
+    parser.add_argument("--inputs", nargs="+", default=["unpruned"], choices=["unpruned", "pruned"],
+                        help="where each run's inputs come from (patch.inputs)")
     parser.add_argument("--n-windows", type=int, default=64, help="calibration windows of 128 tokens for the fit")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--eval-windows", type=int, default=64, help="evaluation windows of 128 tokens per domain")
@@ -156,32 +158,30 @@ def main() -> None:
         base.architecture.remove_layers(pruned, removed)
         kept = [i for i in range(n) if i not in removed]
         rows.append(row("pruned", removed, score(pruned, suite, cells, f"pruned|{set_key}", args.batch_size)))
-        arms = [(c, o, lam, True) for c in args.calibs for o in args.objectives for lam in args.lambdas]
-        if args.independent:
-            arms += [("mix", "lstsq", lam, False) for lam in args.lambdas]
-        for calib, objective, lam, sequential in arms:
+        arms = [(c, o, lam, i) for i in args.inputs for c in args.calibs for o in args.objectives for lam in args.lambdas]
+        for calib, objective, lam, inputs in arms:
             windows = calibrations[calib]
-            settings = PatchParams.from_dict({"lambda": lam, "objective": objective, "n_windows": args.n_windows,
-                                              "steps": args.steps}, "patch")
-            arm_key = f"{set_key}|{calib}|{objective}|{fmt_lambda(lam)}|{'seq' if sequential else 'ind'}|{windows.fingerprint[:16]}"
+            settings = PatchParams.from_dict({"lambda": lam, "objective": objective, "inputs": inputs,
+                                              "n_windows": args.n_windows, "steps": args.steps}, "patch")
+            tag = "ind" if inputs == "unpruned" else "seq"
+            arm_key = f"{set_key}|{calib}|{objective}|{fmt_lambda(lam)}|{tag}|{windows.fingerprint[:16]}"
             fit_cell = cells.get(f"fit|{arm_key}")
             model = None
             if fit_cell is None or any(f"ppl|patched|{arm_key}|{d}|{w.fingerprint[:16]}" not in cells.data
                                        for d, w in suite.items()):
                 started = time.perf_counter()
-                patch = fit_patch(base, removed, windows, settings, batch_size=args.batch_size, sequential=sequential,
-                                  progress=True)
+                patch = fit_patch(base, removed, windows, settings, batch_size=args.batch_size, progress=True)
                 minutes = (time.perf_counter() - started) / 60
                 fit_cell = cells.put(f"fit|{arm_key}", {"minutes": minutes, "runs": patch.to_json()["runs"]})
                 model = copy.deepcopy(pruned)
                 apply_patch(model, base.architecture, kept, patch, base=base.model)
             ppl = score(model, suite, cells, f"patched|{arm_key}", args.batch_size) if model is not None else {
                 d: cells.get(f"ppl|patched|{arm_key}|{d}|{w.fingerprint[:16]}") for d, w in suite.items()}
-            name = "patch" if sequential else "patch (independent)"
-            rows.append(row(name, removed, ppl, calibration=calib, objective=objective, **{"lambda": fmt_lambda(lam)},
-                            fit_minutes=fit_cell["minutes"], fit=fit_cell["runs"]))
+            name = "patch"
+            rows.append(row(name, removed, ppl, calibration=calib, objective=objective, inputs=inputs,
+                            **{"lambda": fmt_lambda(lam)}, fit_minutes=fit_cell["minutes"], fit=fit_cell["runs"]))
             del model
-            print(f"k={len(removed)} {name} {calib} {objective} lambda={fmt_lambda(lam)}: "
+            print(f"k={len(removed)} {name} {calib} {objective} inputs={inputs} lambda={fmt_lambda(lam)}: "
                   + ", ".join(f"{d} {v:.2f}" for d, v in ppl.items()) + f" ({fit_cell['minutes']:.2f} min fit)", flush=True)
     settings_info = {"n_windows": args.n_windows, "seed": args.seed, "eval_windows": args.eval_windows,
                      "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}"}

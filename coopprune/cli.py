@@ -230,6 +230,8 @@ def patch(
                                                   "output's scale (0: ReplaceMe's plain least squares; inf: no patch). "
                                                   "Default: the measured one in coopprune/config.py.")] = None,
     objective: Annotated[str, typer.Option(help="lstsq (closed form) or cosine (mean cosine distance, L-BFGS).")] = "lstsq",
+    inputs: Annotated[str, typer.Option(help="Where each run's inputs come from: unpruned (ReplaceMe) or pruned "
+                                             "(the model with the earlier runs already cut and patched).")] = "unpruned",
     calib: Annotated[str, typer.Option("--calib", help="Calibration text: file, folder, hf:NAME:SPLIT, lambada.")] = "lambada",
     mix: Annotated[str | None, typer.Option(help="Fit on a mixture instead of --calib: NAME=WEIGHT,... of bundled "
                                             "calibration domains (books, science, howto, code) or sources.")] = None,
@@ -253,7 +255,7 @@ def patch(
     from coopprune.mixture import Calibration
     from coopprune.patch import patch_checkpoint
 
-    settings = PatchParams.from_dict({"objective": objective, "n_windows": n_windows, "steps": steps,
+    settings = PatchParams.from_dict({"objective": objective, "inputs": inputs, "n_windows": n_windows, "steps": steps,
                                       **({} if lambda_ is None else {"lambda": lambda_})}, "patch")
     calibration = Calibration.from_params(CalibrationParams.from_dict(
         {**({"mix": _parse_mix(mix)} if mix else {"source": calib}), "n_windows": n_windows, "window": window,

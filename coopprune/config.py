@@ -233,8 +233,13 @@ class HealParams(_Section):
 
 
 #: The patch's default ridge strength, relative to the mean eigenvalue of the preceding MLP
-#: output's Gram matrix (coopprune/patch.py; measured on SmolLM2: bench/patch.py, README "Patching").
-PATCH_LAMBDA = 0.1
+#: output's Gram matrix (coopprune/patch.py). Measured on SmolLM2-135M (bench/patch.py, fitted on 64 x 128
+#: tokens of the default mix, mean held-out perplexity over the validation domains howto, news, fiction,
+#: 32 x 128 tokens each): k = 6 (13-18, pruned 73.40): lambda 0 / 0.01 / 0.1 / 1 / 10 give 61.73 / 61.54 /
+#: 60.91 / 61.12 / 63.58; k = 12 (3-5, 12-18, 25-26, pruned 204.11): 0.01 / 0.1 / 1 give 157.79 / 167.43 /
+#: 176.53. 0.01 is within 1 % of the best at k = 6 and 6 % ahead at k = 12, where the 7-layer run needs a
+#: large T that a stronger ridge holds back (residual error left: 0.83 at 0.01, 0.96 at 0.1).
+PATCH_LAMBDA = 0.01
 
 
 class PatchParams(_Section):
@@ -250,6 +255,9 @@ class PatchParams(_Section):
     #: lambda * (tr(M^T M) / H) * ||T - I||^2; 0 is ReplaceMe's plain least squares, .inf leaves T = I
     lambda_: float = Field(PATCH_LAMBDA, ge=0, alias="lambda")
     objective: Literal["lstsq", "cosine"] = "lstsq"  # cosine: mean cosine distance to Y, from the lstsq solution
+    #: where each run's X and M come from: the unpruned model (ReplaceMe; measured better at k = 12)
+    #: or the model with the earlier runs already removed and patched (targets: the unpruned model)
+    inputs: Literal["unpruned", "pruned"] = "unpruned"
     n_windows: int = Field(64, ge=1)  # calibration windows (of calibration.window tokens) the fit reads
     steps: int = Field(100, ge=1)  # cosine only: L-BFGS iterations
 

@@ -17,10 +17,12 @@ loads with plain ``from_pretrained`` and exports to GGUF like any other. The ``c
 (ReplaceMe's other one) minimises the mean cosine distance of ``h + M T`` to ``Y`` plus
 ``lambda / H * ||T - I||^2``, by L-BFGS from the least-squares solution.
 
-Runs are fitted in order of depth: the inputs of a run come from the model with every earlier run
-already removed and patched, and its targets from the unpruned model, so a later patch also
-corrects what the earlier cuts left (ReplaceMe fits every block on the unpruned model's states;
-``sequential=False`` does that). Statistics are accumulated and solved in float64. A run that
+Every run is fitted on the unpruned model's states (``inputs: unpruned``, ReplaceMe's way: one
+pass per batch gives ``X``, ``M`` and ``Y``). ``inputs: pruned`` fits the runs in order of depth,
+each on the model with the earlier runs already removed and patched (targets still from the
+unpruned model), so a later patch also tries to correct what the earlier cuts left; measured on
+SmolLM2 at k = 12 it generalises worse (``bench/patch.py``): the fold can only add ``M T``, a
+weak lever on a drift that lives in ``h``. Statistics are accumulated and solved in float64. A run that
 starts at layer 0 has no preceding block and is left unpatched, with a warning: folding ``T`` into
 the token embeddings would also change a tied LM head (SmolLM2, Llama-3.2, Qwen2 small models tie
 them), and untying it would change the architecture.
@@ -119,7 +121,6 @@ class Patch:
     settings: PatchParams
     windows: dict[str, Any]
     seconds: float
-    sequential: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -129,7 +130,7 @@ class Patch:
     def key(self) -> str:
         """What a patched checkpoint depends on (settings, windows, removal), for reuse in the flow."""
         spec = {"settings": self.settings.model_dump(exclude={"enabled"}), "windows": self.windows.get("fingerprint"),
-                "runs": [r.layers for r in self.runs], "sequential": self.sequential}
+                "runs": [r.layers for r in self.runs]}
         return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
     def to_json(self) -> dict[str, Any]:
@@ -138,7 +139,7 @@ class Patch:
         return {
             "method": "replaceme", "objective": s.objective, "lambda": s.lambda_ if math.isfinite(s.lambda_) else "inf",
             "fold": f"{DOWN_PROJ}.weight <- T^T W of the layer before each run",
-            "inputs": "the pruned model, earlier runs patched" if self.sequential else "the unpruned model",
+            "inputs": "the unpruned model" if s.inputs == "unpruned" else "the pruned model, earlier runs patched",
             "targets": "the unpruned model", "calibration": self.windows,
             "runs": [r.to_json() for r in self.runs], "skipped": [r.layers for r in self.runs if r.transform is None],
             "seconds": round(self.seconds, 2), "key": self.key(), **self.extra,
@@ -239,11 +240,12 @@ def _cosine_fit(h: torch.Tensor, m: torch.Tensor, y: torch.Tensor, start: torch.
 
 
 def fit_patch(base: LoadedModel, removed: Sequence[int], windows: Windows, settings: PatchParams = DEFAULT, *,
-              batch_size: int = 8, sequential: bool = True, progress: bool = True) -> Patch:
+              batch_size: int = 8, progress: bool = True) -> Patch:
     """Fit the patch of every run of ``removed`` (original layer indices) on ``windows`` of ``base``.
 
-    ``base`` is not changed (patched layers are copies while fitting). Each run costs one pass of
-    the unpruned model up to its last layer and one of the current model up to the layer before it.
+    ``base`` is not changed (with ``inputs: pruned``, patched layers are copies while fitting).
+    Each run costs one pass of the unpruned model up to its last layer (``inputs: pruned``: and
+    one of the partly pruned model up to the layer before it).
     """
     from tqdm.auto import tqdm
 
@@ -269,8 +271,9 @@ def fit_patch(base: LoadedModel, removed: Sequence[int], windows: Windows, setti
                 current.pop(i, None)
             continue
         p = a - 1
+        sequential = settings.inputs == "pruned"
         kept = [i for i in sorted(current) if i <= p] if sequential else list(range(p + 1))
-        stack = [current[i] if sequential else layers[i] for i in kept]
+        stack = [current[i] for i in kept] if sequential else layers
         width = _down_proj(layers[p]).out_features
         gram = torch.zeros(width, width, dtype=torch.float64, device=stats_device)
         cross = torch.zeros_like(gram)
@@ -283,9 +286,14 @@ def fit_patch(base: LoadedModel, removed: Sequence[int], windows: Windows, setti
             for batch, start in enumerate(tqdm(range(0, len(ids_all), batch_size), desc=f"patch {a}..{b}",
                                                disable=not progress, leave=False)):
                 ids = ids_all[start : start + batch_size].to(device)
-                target = _capture(model, arch, layers, list(range(n)), ids, {"y": layers[b]}, layers[b])["y"]
-                here = _capture(model, arch, stack, kept, ids, {"x": stack[-1], "m": _down_proj(stack[-1])}, stack[-1])
-                x, m, y = (t.reshape(-1, width).to(stats_device, torch.float64) for t in (here["x"], here["m"], target))
+                taps = {"x": layers[p], "m": _down_proj(layers[p]), "y": layers[b]}
+                if sequential:  # Y from the unpruned model, X and M from the partly pruned one
+                    here = _capture(model, arch, layers, list(range(n)), ids, {"y": layers[b]}, layers[b])
+                    taps = {"x": stack[-1], "m": _down_proj(stack[-1])}
+                    here |= _capture(model, arch, stack, kept, ids, taps, stack[-1])
+                else:  # one pass of the unpruned model gives all three
+                    here = _capture(model, arch, layers, list(range(n)), ids, taps, layers[b])
+                x, m, y = (here[k].reshape(-1, width).to(stats_device, torch.float64) for k in ("x", "m", "y"))
                 d = y - x + m  # Y - h
                 gram += m.T @ m
                 cross += m.T @ d
@@ -313,7 +321,7 @@ def fit_patch(base: LoadedModel, removed: Sequence[int], windows: Windows, setti
             for i in run:
                 current.pop(i)
     windows_info = {"n_windows": windows.n_windows, "window": windows.length, "fingerprint": windows.fingerprint}
-    return Patch(fits, settings, windows_info, time.perf_counter() - started, sequential)
+    return Patch(fits, settings, windows_info, time.perf_counter() - started)
 
 
 def apply_patch(model: nn.Module, architecture: Architecture, kept_layers: Sequence[int], patch: Patch,

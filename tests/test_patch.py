@@ -126,13 +126,14 @@ def test_the_cosine_objective_improves_the_cosine_and_its_infinity_is_the_identi
     assert torch.equal(inf.transform, torch.eye(32, dtype=torch.float64))
 
 
-def test_later_runs_are_fitted_on_the_model_with_the_earlier_ones_patched():
+def test_with_pruned_inputs_later_runs_are_fitted_on_the_model_with_the_earlier_ones_patched():
     model = tiny_model("llama", 7)
     removed = [1, 2, 5]
     ids = windows().input_ids
-    seq = fit_patch(loaded_of(model), removed, windows(), settings(), progress=False)
-    independent = fit_patch(loaded_of(model), removed, windows(), settings(), sequential=False, progress=False)
+    seq = fit_patch(loaded_of(model), removed, windows(), settings(inputs="pruned"), progress=False)
+    independent = fit_patch(loaded_of(model), removed, windows(), settings(), progress=False)
     assert [r.folded_into for r in seq.runs] == [0, 4] and seq.to_json()["inputs"].startswith("the pruned model")
+    assert independent.to_json()["inputs"] == "the unpruned model"
     torch.testing.assert_close(seq.runs[0].transform, independent.runs[0].transform)  # the first run: same inputs
     assert not torch.allclose(seq.runs[1].transform, independent.runs[1].transform)
     assert torch.equal(model.model.layers[0].mlp.down_proj.weight, tiny_model("llama", 7).model.layers[0].mlp.down_proj.weight)
@@ -242,6 +243,7 @@ def test_the_cli_patches_and_its_errors_are_one_line(checkpoints, text_file, tmp
         ([str(base), str(pruned), str(tmp_path / "p"), *common], "output folder exists"),
         ([str(base), str(pruned), str(tmp_path / "q"), "--lambda", "-1", *common], "patch: lambda"),
         ([str(base), str(pruned), str(tmp_path / "q"), "--objective", "l1", *common], "patch: objective"),
+        ([str(base), str(pruned), str(tmp_path / "q"), "--inputs", "base", *common], "patch: inputs"),
         ([str(base), str(pruned), str(tmp_path / "q"), "--mix", "wikipedia=1", "-q"], "held-out evaluation domain"),
         ([str(base), str(pruned), str(tmp_path / "q"), "--calib", "boolq", "-q"], "held-out evaluation text"),
         ([str(base), str(tmp_path / "nope"), str(tmp_path / "q"), *common], "no config.json"),
@@ -263,6 +265,7 @@ def test_params_validate_the_patch_section():
     assert Params().patch.enabled is False and Params().patch.objective == "lstsq"
     assert Params.from_dict({"patch": {"lambda": 2.0}}).patch.lambda_ == 2.0
     for section, message in (({"lambda": -1.0}, "patch.lambda"), ({"objective": "l1"}, "patch.objective"),
+                             ({"inputs": "base"}, "patch.inputs"),
                              ({"n_windows": 0}, "patch.n_windows"), ({"alpha": 1}, "patch.alpha: unknown key")):
         with pytest.raises(CoopPruneError, match=message):
             Params.from_dict({"patch": section})
