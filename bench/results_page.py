@@ -134,6 +134,8 @@ def main() -> None:
         section("10. The job's contributions against a reference; the search without its surrogate",
                 ".venv/bin/python bench/contributions.py --step job|reference|compare|subgame|ablation, then --step tables",
                 "contributions.md", read("contributions.md")),
+        section("12. 4-bit weights and pruning in both orders (GGUF)", ".venv/bin/python bench/quantize_order.py --ks 6 12",
+                "quantize_order.md", read("quantize_order.md")),
         section("11. The release card as a person sees it (headless Chromium)",
                 "make run && .venv/bin/python bench/card_screenshot.py runs/default", "card.md", read("card.md"),
                 ("card.png",)),
