@@ -265,7 +265,8 @@ def fit_patch(base: LoadedModel, removed: Sequence[int], windows: Windows, setti
         a, b = run[0], run[-1]
         if a == 0:
             reason = "no layer before it: the embeddings are tied to the LM head in many models, so nothing is folded"
-            warnings.warn(f"layers {a}..{b} start at layer 0 and stay unpatched ({reason})", stacklevel=2)
+            what = f"layers 0..{b} stay" if b > 0 else "layer 0 stays"
+            warnings.warn(f"{what} unpatched ({reason})", stacklevel=2)
             fits.append(RunFit(run, None, skipped=reason))
             for i in run:
                 current.pop(i, None)

@@ -144,7 +144,7 @@ def test_with_pruned_inputs_later_runs_are_fitted_on_the_model_with_the_earlier_
 
 def test_a_run_at_layer_0_stays_unpatched_with_a_warning():
     model = tiny_model("llama", 6)
-    with pytest.warns(UserWarning, match=r"layers 0\.\.1 start at layer 0 and stay unpatched"):
+    with pytest.warns(UserWarning, match=r"layers 0\.\.1 stay unpatched \(no layer before it"):
         patch = fit_patch(loaded_of(model), [0, 1, 4], windows(), settings(), progress=False)
     skipped, fitted = patch.runs
     assert skipped.transform is None and skipped.folded_into is None and fitted.folded_into == 3
