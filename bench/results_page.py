@@ -134,11 +134,13 @@ def main() -> None:
         section("10. The job's contributions against a reference; the search without its surrogate",
                 ".venv/bin/python bench/contributions.py --step job|reference|compare|subgame|ablation, then --step tables",
                 "contributions.md", read("contributions.md")),
-        section("12. 4-bit weights and pruning in both orders (GGUF)", ".venv/bin/python bench/quantize_order.py --ks 6 12",
-                "quantize_order.md", read("quantize_order.md")),
         section("11. The release card as a person sees it (headless Chromium)",
                 "make run && .venv/bin/python bench/card_screenshot.py runs/default", "card.md", read("card.md"),
                 ("card.png",)),
+        section("12. 4-bit weights and pruning in both orders (GGUF)", ".venv/bin/python bench/quantize_order.py --ks 6 12",
+                "quantize_order.md", read("quantize_order.md")),
+        section("13. The training-free patch after the cut", ".venv/bin/python bench/patch.py --sets 13,14,15,16,17,18 "
+                "3,4,5,12,13,14,15,16,17,18,25,26 --lambdas 0.01 --calibs mix --eval-windows 32", "patch.md", read("patch.md")),
     ]
     DOC.parent.mkdir(exist_ok=True)
     DOC.write_text("\n".join(parts))
