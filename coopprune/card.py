@@ -38,11 +38,11 @@ from coopprune.records import PRUNING_FILE
 CARD_FILE = "card.html"
 ATTRIBUTION_FILE = "attribution.json"
 INTERACTIONS_FILE = "interactions.png"
-LABELS = ("pruned", "healed")
+LABELS = ("pruned", "patched", "healed")
 
 
 def card_file(label: str = "pruned") -> str:
-    """``card.html`` for the pruned model, ``card-healed.html`` for the healed one."""
+    """``card.html`` for the pruned model, ``card-<label>.html`` for the patched or healed one."""
     _check_label(label)
     return CARD_FILE if label == "pruned" else f"card-{label}.html"
 

@@ -44,6 +44,7 @@ class FakeGame:
         self.protected_players = tuple(protected)
         self.evaluations = 0
         self.cost = 0.0  # full-calibration passes, as Game counts them
+        self.has_model = False  # a value function only, as Game says
 
     def value_function(self, coalitions):
         coalitions = np.asarray(coalitions, dtype=bool)

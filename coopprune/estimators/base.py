@@ -118,8 +118,6 @@ class Estimator(ABC):
             raise CoopPruneError(f"budget must be a positive number of real evaluations, got {budget}")
         if self.requires_k and k is None:
             raise CoopPruneError(f"method '{self.name}' chooses a set of k players to remove: give k")
-        if self.needs_model and not game.has_model:
-            raise CoopPruneError(f"method '{self.name}' reads the model's activations: it needs a game on a model")
         start, used, cost = time.perf_counter(), game.evaluations, game.cost
         extra = {} if costs is None else {"costs": costs, "max_cost": max_cost}
         result = self._estimate(game, budget, seed, k, **extra)
