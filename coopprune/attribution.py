@@ -135,7 +135,7 @@ def held_out_fit(masks: np.ndarray, log_v: np.ndarray, folds: int = 5, seed: int
         train = np.setdiff1d(order, test)
         game, _ = fit_pairwise(masks[train], log_v[train])
         pred[test] = game(masks[test])
-    return {"folds": folds, "n": len(masks), **regression_metrics(log_v, pred)}
+    return {"folds": folds, **regression_metrics(log_v, pred)}
 
 
 @dataclass

@@ -33,11 +33,9 @@ from typing import Any
 
 from coopprune.atomic import atomic_path
 from coopprune.errors import CoopPruneError
-from coopprune.records import PRUNING_FILE
+from coopprune.records import ATTRIBUTION_FILE, INTERACTIONS_FILE, PRUNING_FILE
 
 CARD_FILE = "card.html"
-ATTRIBUTION_FILE = "attribution.json"
-INTERACTIONS_FILE = "interactions.png"
 LABELS = ("pruned", "patched", "healed")
 
 

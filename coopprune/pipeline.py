@@ -28,7 +28,7 @@ from coopprune.models.architectures import architecture_for
 from coopprune.models.loading import load_config, model_fingerprint
 from coopprune.objective import DomainAggregate, objective_for
 from coopprune.prune import check_output_dir, count_parameters, make_record, prune_layers, save_pruned
-from coopprune.records import PruningRecord
+from coopprune.records import ATTRIBUTION_FILE, INTERACTIONS_FILE, PruningRecord
 from coopprune.report import write_report
 from coopprune.sampling import StrataPlan, normalize_layers, removal_count
 from coopprune.strategy import Selection, select_by_cost, select_players
@@ -236,7 +236,7 @@ def prune(request: PruneRequest) -> PruneResult:
 
 
 DECISION_FILE = "decision.json"
-REPORT_FILES = ("contributions.csv", "contributions.png", "surrogate", "attribution.json", "interactions.png")
+REPORT_FILES = ("contributions.csv", "contributions.png", "surrogate", ATTRIBUTION_FILE, INTERACTIONS_FILE)
 
 
 def apply_decision(
@@ -788,7 +788,7 @@ def collect_plots(out: Path, curve: list[dict[str, Any]]) -> Path:
     with atomic_dir(folder, overwrite=True) as tmp:
         write_csv(tmp / "perplexity_curve.csv", curve)
         for src, name in ((out / "pruned" / "contributions.png", "contributions.png"),
-                          (out / "pruned" / "interactions.png", "interactions.png"),
+                          (out / "pruned" / INTERACTIONS_FILE, INTERACTIONS_FILE),
                           (out / "surrogate" / PLOT_FILE, "surrogate_fit.png")):
             if src.is_file():
                 shutil.copyfile(src, tmp / name)
@@ -800,8 +800,6 @@ def release_metrics(out: Path, scores: dict[str, Any], speed: dict[str, Any] | N
     speed-up (``speedup_bs1``, its ``_min``/``_max`` over the interleaved pairs, ...), the held-out
     fit behind the contributions (with how many masks it rests on) and whether they can be read
     (``contributions_trustworthy``), and the Stage-2 surrogate's held-out fit on the sweep."""
-    from coopprune.report import ATTRIBUTION_FILE
-
     metrics = score_metrics(scores)
     if speed is not None:
         metrics.update(speed["metrics"])

@@ -23,6 +23,9 @@ from coopprune.atomic import write_json
 from coopprune.errors import CoopPruneError
 
 PRUNING_FILE = "pruning.json"
+#: Beside it, from a method that reads its contributions off real evaluations (coopprune.attribution).
+ATTRIBUTION_FILE = "attribution.json"
+INTERACTIONS_FILE = "interactions.png"
 
 
 def _versions() -> dict[str, str]:

@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 
 from coopprune.atomic import atomic_path, write_json
+from coopprune.records import ATTRIBUTION_FILE, INTERACTIONS_FILE
 from coopprune.strategy import Selection
 
-ATTRIBUTION_FILE = "attribution.json"
 CSV_COLUMNS = ["round", "player", "name", "contribution", "ci_low", "ci_high", "rank", "removed"]
 
 
@@ -61,7 +61,7 @@ def write_report(folder: str | Path, selection: Selection, names: list[str], sur
         from coopprune.plots import plot_interactions
 
         write_json(folder / ATTRIBUTION_FILE, a.to_json())
-        plot_interactions(a.interactions, removed, folder / "interactions.png", names=player_names,
+        plot_interactions(a.interactions, removed, folder / INTERACTIONS_FILE, names=player_names,
                           title=f"{c.method}: pairwise Shapley interactions ({a.evaluations} real evaluations)",
                           note=note)
     if surrogate is not None:

@@ -19,13 +19,12 @@ from coopprune import pipeline
 from coopprune.config import Params
 from coopprune.dataset import MaskDataset
 from coopprune.naming import base_model_name
+from coopprune.records import ATTRIBUTION_FILE
 from coopprune.stages import run_stage
 
 
 def contributions_tag(checkpoint: Path) -> dict[str, str]:
     """The run says in words whether its contributions can be read (``attribution.json``)."""
-    from coopprune.report import ATTRIBUTION_FILE
-
     path = checkpoint / ATTRIBUTION_FILE
     if not path.is_file():
         return {}
