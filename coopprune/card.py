@@ -39,6 +39,8 @@ CARD_FILE = "card.html"
 ATTRIBUTION_FILE = "attribution.json"
 INTERACTIONS_FILE = "interactions.png"
 LABELS = ("pruned", "healed")
+#: Per-pair speed-ups whose max / min exceed this disagree too much to quote: the machine was busy.
+WIDE_SPREAD = 1.25
 
 
 def card_file(label: str = "pruned") -> str:
@@ -132,6 +134,14 @@ class Release:
         if not self.speed:
             return {}
         return {int(b): s for b, s in (self.speed.get("summary") or {}).items()}
+
+    def wide_speed(self) -> list[int]:
+        """Batch sizes whose timing pairs disagree by more than :data:`WIDE_SPREAD`."""
+        return [
+            b
+            for b, s in sorted(self.speed_summary().items())
+            if s["speedup_min"] > 0 and s["speedup_max"] / s["speedup_min"] > WIDE_SPREAD
+        ]
 
 
 def _read_csv(path: Path) -> list[dict[str, str]]:
@@ -261,7 +271,8 @@ def _summary(r: Release) -> str:
         ]
         parts.append(
             f"Generation is {' and '.join(rates)} as fast as the base model, the median ratio of "
-            f"{pairs} interleaved timing pairs."
+            f"{pairs} interleaved timing pairs"
+            + ("; the pairs disagree widely (a busy machine): re-time before quoting it." if r.wide_speed() else ".")
         )
     if label == "healed" and r.healing:
         h = r.healing
@@ -412,7 +423,14 @@ def _speed_section(r: Release) -> str:
         f"the median of the {pairs} per-pair ratios. Absolute tokens/s depend on what else the machine was "
         f"doing at that moment; the ratio is the number to read."
     )
-    return f'<h2>Speed</h2>{table}<p class="muted">{note}</p>'
+    warning = ""
+    if wide := r.wide_speed():
+        ranges = ", ".join(f"batch {b}: {summary[b]['speedup_min']:.2f}-{summary[b]['speedup_max']:.2f}x" for b in wide)
+        warning = (
+            f'<div class="warn">The timing pairs disagree ({ranges}): the machine was busy while they ran. '
+            "Re-time on a quiet machine before quoting this speed-up.</div>"
+        )
+    return f'<h2>Speed</h2>{table}{warning}<p class="muted">{note}</p>'
 
 
 def _contributions_section(r: Release) -> str:
