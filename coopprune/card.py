@@ -152,12 +152,19 @@ def _read_csv(path: Path) -> list[dict[str, str]]:
 
 
 def _find_exports(out: Path) -> list[dict[str, Any]]:
+    """The GGUF files under ``gguf/`` and ``gguf-healed/``, with how each was made where the flow's
+    ``summary.json`` says (a card rendered again later keeps it)."""
+    summary = _json(out / "summary.json") or {}
+    how = {
+        Path(str(part["gguf"].get("path"))).name: part["gguf"].get("how")
+        for part in (summary, summary.get("healed") or {})
+        if isinstance(part, dict) and isinstance(part.get("gguf"), dict)
+    }
     found = []
     for folder in ("gguf", "gguf-healed"):
         for path in sorted((out / folder).glob("*.gguf")):
-            found.append(
-                {"path": str(path), "bytes": path.stat().st_size, "label": "healed" if "healed" in folder else "pruned"}
-            )
+            label = "healed" if "healed" in folder else "pruned"
+            found.append({"path": str(path), "bytes": path.stat().st_size, "label": label, "how": how.get(path.name)})
     return found
 
 
@@ -659,7 +666,7 @@ def _exports_section(r: Release) -> str:
         [
             f"<code>{_e(Path(e['path']).name)}</code>",
             _e(e.get("label", "pruned")),
-            _e(e.get("how", "")),
+            _e(e.get("how") or ""),
             f"{int(e['bytes']) / 2**20:.1f} MiB" if e.get("bytes") is not None else "",
         ]
         for e in r.exports
@@ -668,11 +675,13 @@ def _exports_section(r: Release) -> str:
 
 
 def _provenance_section(r: Release) -> str:
+    from coopprune.naming import base_model_name
+
     rec = r.record
     params = rec.get("params") or {}
     calib = params.get("calibration") or {}
     rows = [
-        ["base model", _e(rec.get("base_model"))],
+        ["base model", _e(base_model_name(str(rec.get("base_model"))))],
         ["base fingerprint", f"<code>{_e(str(rec.get('base_fingerprint'))[:16])}</code>"],
         [
             "calibration",
