@@ -60,7 +60,8 @@ def screenshot(card: Path, png: Path, browser: str) -> tuple[int, int]:
             image = image.convert("RGB")
             box = ImageChops.difference(image, Image.new("RGB", image.size, (255, 255, 255))).getbbox()
             bottom = min(image.height, (box[3] if box else image.height) + 24)
-            image.crop((0, 0, image.width, bottom)).save(png, optimize=True)
+            # 256 colours are plenty for a page of text and flat plots, and a third of the bytes
+            image.crop((0, 0, image.width, bottom)).quantize(256).save(png, optimize=True)
             return image.width, bottom
 
 

@@ -13,7 +13,7 @@ from what a run left (``render_card(out_dir)``); nothing is measured here:
 - ``metrics.json`` (and ``heal_metrics.json`` from DVC's heal stage): scores before and after;
 - ``benchmark/speed.json``: the speed-up, a median ratio over interleaved pairs with its spread
   (never two absolute figures taken at different moments);
-- ``healed/healing.json``, ``gguf/`` and ``gguf-healed/``: healing and exports, if any;
+- ``healed/healing.json``, ``gguf/``, ``gguf-patched/`` and ``gguf-healed/``: healing and exports, if any;
 - ``data.json``: the calibration and evaluation text and their fingerprints.
 
 Images are embedded as base64 PNG, so the one file is the whole card (an MLflow artifact, a mail
@@ -37,6 +37,8 @@ from coopprune.records import ATTRIBUTION_FILE, INTERACTIONS_FILE, PRUNING_FILE
 
 CARD_FILE = "card.html"
 LABELS = ("pruned", "patched", "healed")
+#: Per-pair speed-ups whose max / min exceed this disagree too much to quote: the machine was busy.
+WIDE_SPREAD = 1.25
 
 
 def card_file(label: str = "pruned") -> str:
@@ -131,6 +133,14 @@ class Release:
             return {}
         return {int(b): s for b, s in (self.speed.get("summary") or {}).items()}
 
+    def wide_speed(self) -> list[int]:
+        """Batch sizes whose timing pairs disagree by more than :data:`WIDE_SPREAD`."""
+        return [
+            b
+            for b, s in sorted(self.speed_summary().items())
+            if s["speedup_min"] > 0 and s["speedup_max"] / s["speedup_min"] > WIDE_SPREAD
+        ]
+
 
 def _read_csv(path: Path) -> list[dict[str, str]]:
     if not path.is_file():
@@ -140,12 +150,18 @@ def _read_csv(path: Path) -> list[dict[str, str]]:
 
 
 def _find_exports(out: Path) -> list[dict[str, Any]]:
+    """The GGUF files under ``gguf/``, ``gguf-patched/`` and ``gguf-healed/``, with how each was made
+    where the flow's ``summary.json`` says (a card rendered again later keeps it)."""
+    summary = _json(out / "summary.json") or {}
+    how = {
+        Path(str(part["gguf"].get("path"))).name: part["gguf"].get("how")
+        for part in (summary, *(summary.get(label) or {} for label in LABELS[1:]))
+        if isinstance(part, dict) and isinstance(part.get("gguf"), dict)
+    }
     found = []
-    for folder in ("gguf", "gguf-healed"):
-        for path in sorted((out / folder).glob("*.gguf")):
-            found.append(
-                {"path": str(path), "bytes": path.stat().st_size, "label": "healed" if "healed" in folder else "pruned"}
-            )
+    for label in LABELS:
+        for path in sorted((out / ("gguf" if label == "pruned" else f"gguf-{label}")).glob("*.gguf")):
+            found.append({"path": str(path), "bytes": path.stat().st_size, "label": label, "how": how.get(path.name)})
     return found
 
 
@@ -259,7 +275,8 @@ def _summary(r: Release) -> str:
         ]
         parts.append(
             f"Generation is {' and '.join(rates)} as fast as the base model, the median ratio of "
-            f"{pairs} interleaved timing pairs."
+            f"{pairs} interleaved timing pairs"
+            + ("; the pairs disagree widely (a busy machine): re-time before quoting it." if r.wide_speed() else ".")
         )
     if label == "healed" and r.healing:
         h = r.healing
@@ -410,7 +427,14 @@ def _speed_section(r: Release) -> str:
         f"the median of the {pairs} per-pair ratios. Absolute tokens/s depend on what else the machine was "
         f"doing at that moment; the ratio is the number to read."
     )
-    return f'<h2>Speed</h2>{table}<p class="muted">{note}</p>'
+    warning = ""
+    if wide := r.wide_speed():
+        ranges = ", ".join(f"batch {b}: {summary[b]['speedup_min']:.2f}-{summary[b]['speedup_max']:.2f}x" for b in wide)
+        warning = (
+            f'<div class="warn">The timing pairs disagree ({ranges}): the machine was busy while they ran. '
+            "Re-time on a quiet machine before quoting this speed-up.</div>"
+        )
+    return f'<h2>Speed</h2>{table}{warning}<p class="muted">{note}</p>'
 
 
 def _contributions_section(r: Release) -> str:
@@ -639,7 +663,7 @@ def _exports_section(r: Release) -> str:
         [
             f"<code>{_e(Path(e['path']).name)}</code>",
             _e(e.get("label", "pruned")),
-            _e(e.get("how", "")),
+            _e(e.get("how") or ""),
             f"{int(e['bytes']) / 2**20:.1f} MiB" if e.get("bytes") is not None else "",
         ]
         for e in r.exports
@@ -648,11 +672,13 @@ def _exports_section(r: Release) -> str:
 
 
 def _provenance_section(r: Release) -> str:
+    from coopprune.naming import base_model_name
+
     rec = r.record
     params = rec.get("params") or {}
     calib = params.get("calibration") or {}
     rows = [
-        ["base model", _e(rec.get("base_model"))],
+        ["base model", _e(base_model_name(str(rec.get("base_model"))))],
         ["base fingerprint", f"<code>{_e(str(rec.get('base_fingerprint'))[:16])}</code>"],
         [
             "calibration",

@@ -132,6 +132,20 @@ def test_summary_is_one_plain_paragraph(release):
     assert text in html.unescape(render_card(release))  # the card opens with it
 
 
+def test_a_wide_speed_spread_is_flagged(release, tmp_path):
+    """Pairs that disagree (a busy machine) are shown with a warning, and the summary says not to quote them."""
+    assert "The timing pairs disagree" not in (release / "card.html").read_text()  # the fake machine only drifts
+    run = copy_run(release, tmp_path / "run")
+    data = json.loads((run / "benchmark" / "speed.json").read_text())
+    data["summary"]["1"] |= {"speedup": 0.54, "speedup_min": 0.43, "speedup_max": 1.86}
+    (run / "benchmark" / "speed.json").write_text(json.dumps(data))
+    page = render_card(run)
+    assert (
+        "The timing pairs disagree (batch 1: 0.43-1.86x)" in page and "batch 8:" not in page.split("disagree")[1][:40]
+    )
+    assert card_summary(run).count("re-time before quoting it") == 1
+
+
 def test_attribution_and_interactions_when_present(release, tmp_path):
     run = copy_run(release, tmp_path / "run")
     attribution = {
