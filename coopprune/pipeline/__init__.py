@@ -1,18 +1,24 @@
-"""The Python API behind the CLI: each function is one user-level job, built from the library."""
+"""The Python API behind the CLI: each function is one user-level job, built from the library.
+
+One module per job, each importing only those listed before it:
+
+- ``inputs``: what the game is played with, from the params (model depth, base model,
+  calibration, the engine on its windows, the method's options and screen windows).
+- ``store``: Stage 1, the sweep, and the mask datasets searches reuse; the Stage-2 surrogate.
+- ``job``: the prune decision (``PruneRequest`` -> ``prune``, ``apply_decision``,
+  ``prune_from_params``).
+- ``benchmarking``: held-out perplexity, zero-shot, the curve, the timed speed comparison and
+  the tracked metrics.
+- ``release``: the patched and healed checkpoints, the GGUF export, the release report and card.
+- ``dvc_stages``: the functions ``coopprune.stages.STAGES`` runs, and ``prepare_data``.
+- ``runner``: ``run``, the job without an orchestrator (``coopprune run``).
+
+The names are imported back here, so ``from coopprune.pipeline import prune`` keeps working;
+patch a name in the module that looks it up, not here.
+"""
 
 from __future__ import annotations
 
-import time
-from dataclasses import asdict
-from pathlib import Path
-from typing import Any
-
-from coopprune.atomic import atomic_dir, write_json
-from coopprune.calibration import load_texts, text_fingerprint
-from coopprune.config import Params
-from coopprune.domains import evaluation_texts
-from coopprune.errors import CoopPruneError
-from coopprune.mixture import Calibration
 from coopprune.pipeline.benchmarking import (
     SPEED_FILE,
     SPEED_SETTINGS,
@@ -24,6 +30,18 @@ from coopprune.pipeline.benchmarking import (
     perplexity_curve,
     release_metrics,
     score_metrics,
+)
+from coopprune.pipeline.dvc_stages import (
+    benchmark_stage,
+    contributions_stage,
+    data_stage,
+    export_stage,
+    heal_stage,
+    patch_stage,
+    prepare_data,
+    prune_stage,
+    surrogate_stage,
+    sweep_stage,
 )
 from coopprune.pipeline.inputs import (
     build_evaluator,
@@ -53,6 +71,7 @@ from coopprune.pipeline.release import (
     release_card,
     report_release,
 )
+from coopprune.pipeline.runner import run
 from coopprune.pipeline.store import (
     SweepSetup,
     check_store,
@@ -67,157 +86,14 @@ from coopprune.pipeline.store import (
     sweep_setup,
 )
 
-
-def prepare_data(params: Params) -> dict[str, Any]:
-    """Fail fast and fingerprint the inputs: model depth and family, calibration and evaluation text.
-
-    Fetches the bundled defaults when they are named and missing, so later steps only read.
-    """
-    n_layers, architecture = model_depth(
-        params.model.source, params.model.revision, params.model.trust_remote_code, with_architecture=True
-    )
-    calibration = Calibration.from_params(params.calibration)
-    parts = calibration.documents()
-    calibration_docs = [doc for _, docs in parts for doc in docs]
-    evaluation_docs = load_texts(params.evaluation.text)
-    if not evaluation_docs:
-        raise CoopPruneError(f"evaluation text is empty: {params.evaluation.text}")
-    texts = {
-        "calibration": {"source": calibration.label, "documents": len(calibration_docs),
-                        "fingerprint": text_fingerprint(calibration_docs)},
-        "evaluation": {"source": params.evaluation.text, "documents": len(evaluation_docs),
-                       "fingerprint": text_fingerprint(evaluation_docs)},
-    }
-    if texts["calibration"]["fingerprint"] == texts["evaluation"]["fingerprint"]:
-        raise CoopPruneError("calibration and evaluation text are the same: perplexity would not be held out")
-    held_out = set().union(*(evaluation_texts(d) for d in params.evaluation.domains))
-    shared = sum(1 for doc in calibration_docs if doc in held_out)
-    if shared:
-        raise CoopPruneError(f"{shared} calibration documents are also documents of the held-out domains "
-                             f"({', '.join(params.evaluation.domains)}): they must be disjoint")
-    if params.benchmark.tasks:
-        from coopprune.fetch import benchmark_dir
-
-        benchmark_dir()
-    return {"n_layers": n_layers, "architecture": architecture.name, **texts}
-
-
-def data_stage(params: Params, progress: bool = True) -> dict[str, Any]:
-    result = prepare_data(params)
-    write_json(Path(params.output_dir) / "data.json", result)
-    return result
-
-
-def sweep_stage(params: Params, progress: bool = True) -> dict[str, Any]:
-    dataset = sweep(params, progress=progress)
-    return {"path": str(dataset.path), "rows": len(dataset)}
-
-
-def surrogate_stage(params: Params, progress: bool = True) -> dict[str, Any]:
-    out = Path(params.output_dir) / "surrogate"
-    surrogate = fit_surrogate(params, merge_sweep(masks_dir(params)), out)
-    return {"path": str(out), "metrics": surrogate.metrics}
-
-
-def contributions_stage(params: Params, progress: bool = True) -> dict[str, Any]:
-    result = prune_from_params(params, progress=progress, decision_only=True)
-    return {"path": str(result.out_dir), "removed_players": result.removed_layers, "evaluations": result.evaluations}
-
-
-def prune_stage(params: Params, progress: bool = True) -> dict[str, Any]:
-    out = Path(params.output_dir)
-    result = apply_decision(params.model.source, out / "contributions", out / "pruned", overwrite=True,
-                            trust_remote_code=params.model.trust_remote_code, dtype=params.model.dtype)
-    return {"path": str(result.out_dir), "removed_layers": result.removed_layers, "evaluations": result.evaluations}
-
-
-def benchmark_stage(params: Params, progress: bool = True) -> dict[str, Any]:
-    return benchmark_release(params)
-
-
-def export_stage(params: Params, progress: bool = True) -> dict[str, Any]:
-    return export_release(params)
-
-
-def heal_stage(params: Params, progress: bool = True) -> dict[str, Any]:
-    """DVC's ``heal`` stage: heal and benchmark the healed model with the pruned one's settings
-    (``heal_metrics.json``); with ``heal.enabled: false`` it records that and does nothing else,
-    so the stage's outputs always exist and a disabled step costs nothing."""
-    from coopprune.heal import HEALING_FILE
-
-    out = Path(params.output_dir)
-    if not params.heal.enabled:
-        with atomic_dir(out / "healed", overwrite=True) as tmp:
-            write_json(tmp / HEALING_FILE, {"enabled": False})
-        write_json(out / "heal_metrics.json", {"healed": False})
-        return {"enabled": False}
-    healed = heal_release(params, progress)
-    score = benchmark(params, healed["path"], out / "healed" / "benchmark.json")
-    metrics = {"healed": True, "heal_steps": healed["steps"], "heal_tokens": healed["tokens"],
-               "heal_minutes": healed["minutes"], **score_metrics({"healed": score})}
-    write_json(out / "heal_metrics.json", metrics)
-    return {**healed, "metrics": metrics}
-
-
-def patch_stage(params: Params, progress: bool = True) -> dict[str, Any]:
-    """DVC's ``patch`` stage: patch and benchmark the patched model with the pruned one's settings
-    (``patch_metrics.json``); with ``patch.enabled: false`` it records that and does nothing else."""
-    out = Path(params.output_dir)
-    if not params.patch.enabled:
-        with atomic_dir(out / "patched", overwrite=True) as tmp:
-            write_json(tmp / "patch.json", {"enabled": False})
-        write_json(out / "patch_metrics.json", {"patched": False})
-        return {"enabled": False}
-    patched = patch_release(params, progress)
-    score = benchmark(params, patched["path"], out / "patched" / "benchmark.json")
-    metrics = {"patched": True, "patch_minutes": patched["minutes"], "patch_runs": len(patched["runs"]),
-               **score_metrics({"patched": score})}
-    write_json(out / "patch_metrics.json", metrics)
-    return {**patched, "metrics": metrics}
-
-
-def run(params: Params, progress: bool = True) -> dict[str, Any]:
-    """The job without an orchestrator (``coopprune run``): sweep, decide, prune and compare
-    held-out perplexity. ``summary.json`` has the Prefect flow's shape (``make run``) for every key
-    both write; the flow adds the zero-shot benchmark, healing, export and the registry."""
-    out = Path(params.output_dir)
-    started = time.perf_counter()
-    timings: dict[str, float] = {}
-    t = time.perf_counter()
-    dataset = sweep(params, out / "masks", progress)
-    timings["sweep_s"] = time.perf_counter() - t
-
-    t = time.perf_counter()
-    result = prune_from_params(params, dataset, progress)
-    timings["prune_s"] = time.perf_counter() - t
-
-    t = time.perf_counter()
-    e = params.evaluation
-    scores = {label: {"perplexity": asdict(evaluate_perplexity(source, e.text, e.window, e.max_windows, e.batch_size, progress))}
-              for label, source in (("base", params.model.source), ("pruned", str(result.out_dir)))}
-    timings["evaluate_s"] = time.perf_counter() - t
-
-    summary = {
-        "model": params.model.source,
-        "mask_dataset": {"path": str(dataset.path), "rows": len(dataset)},
-        "pruned": {"path": str(result.out_dir), "removed_layers": result.removed_layers, "evaluations": result.evaluations},
-        "method": params.prune.method,
-        "benchmark": scores,
-        "output_dir": str(out),
-        "timings": {k: round(v, 1) for k, v in timings.items()},
-        "seconds": round(time.perf_counter() - started, 1),
-    }
-    write_json(out / "summary.json", summary)
-    return summary
-
-
-# moved into modules of their own: imported back for callers
 __all__ = [
-    "DECISION_FILE", "PruneRequest", "PruneResult", "REPORT_FILES", "SPEED_FILE", "SPEED_SETTINGS", "SweepSetup",
-    "apply_decision", "benchmark", "benchmark_key", "benchmark_release", "build_evaluator", "calibration_for",
-    "check_store", "collect_plots", "compare_release_speed", "empty_store", "estimator_options",
-    "evaluate_perplexity", "evaluate_shard", "export_release", "fit_surrogate", "heal_release", "heal_source",
-    "held_out_perplexity", "load_base", "masks_dir", "merge_sweep", "model_depth", "patch_release",
-    "perplexity_curve", "plan_sweep", "prune", "prune_from_params", "release_card", "release_metrics",
-    "removal_order", "report_release", "score_metrics", "screen_windows", "search_store", "sweep", "sweep_setup",
+    "DECISION_FILE", "REPORT_FILES", "SPEED_FILE", "SPEED_SETTINGS", "PruneRequest", "PruneResult", "SweepSetup",
+    "apply_decision", "benchmark", "benchmark_key", "benchmark_release", "benchmark_stage", "build_evaluator",
+    "calibration_for", "check_store", "collect_plots", "compare_release_speed", "contributions_stage", "data_stage",
+    "empty_store", "estimator_options", "evaluate_perplexity", "evaluate_shard", "export_release", "export_stage",
+    "fit_surrogate", "heal_release", "heal_source", "heal_stage", "held_out_perplexity", "load_base", "masks_dir",
+    "merge_sweep", "model_depth", "patch_release", "patch_stage", "perplexity_curve", "plan_sweep", "prepare_data",
+    "prune", "prune_from_params", "prune_stage", "release_card", "release_metrics", "removal_order",
+    "report_release", "run", "score_metrics", "screen_windows", "search_store", "surrogate_stage", "sweep",
+    "sweep_setup", "sweep_stage",
 ]
