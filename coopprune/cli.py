@@ -119,8 +119,8 @@ def prune(
     quiet: Quiet = False,
 ) -> None:
     """Remove the K least-contributing layers and save a standard checkpoint with pruning.json."""
-    from coopprune import pipeline
     from coopprune.config import Params
+    from coopprune.pipeline import job
 
     params = Params.from_dict({
         "model": {"source": model, "trust_remote_code": trust_remote_code, "device": device},
@@ -132,8 +132,8 @@ def prune(
         "prune": {"method": method, "remove": remove, "ratio": ratio, "iterative": iterative, "budget": budget,
                   "bootstrap": bootstrap, "players": players, "options": {method: _parse_options(option)}},
     }, where="options")
-    request = pipeline.PruneRequest(params, out, masks=masks, overwrite=overwrite, progress=not quiet)
-    result = pipeline.prune(request)
+    request = job.PruneRequest(params, out, masks=masks, overwrite=overwrite, progress=not quiet)
+    result = job.prune(request)
     typer.echo(f"removed layers {result.removed_layers} using {result.evaluations} real forward passes")
     typer.echo(str(result.out_dir))
 
@@ -150,10 +150,10 @@ def eval_(
     quiet: Quiet = False,
 ) -> None:
     """Perplexity on held-out text, with the window length stated."""
-    from coopprune import pipeline
     from coopprune.atomic import write_json
+    from coopprune.pipeline import benchmarking
 
-    result = pipeline.evaluate_perplexity(checkpoint, ppl_text, window, max_windows, batch_size, not quiet, device)
+    result = benchmarking.evaluate_perplexity(checkpoint, ppl_text, window, max_windows, batch_size, not quiet, device)
     if json_out:
         write_json(json_out, asdict(result))
     typer.echo(
@@ -336,10 +336,10 @@ def sweep(
     quiet: Quiet = False,
 ) -> None:
     """Evaluate the stratified mask plan into a mask-utility dataset (resumes where it stopped)."""
-    from coopprune import pipeline
     from coopprune.config import Params
+    from coopprune.pipeline import store
 
-    dataset = pipeline.sweep(Params.load(params), out, progress=not quiet)
+    dataset = store.sweep(Params.load(params), out, progress=not quiet)
     typer.echo(f"{len(dataset)} masks in {dataset.path}")
 
 
@@ -349,10 +349,10 @@ def run(
     quiet: Quiet = False,
 ) -> None:
     """The main job on params.yaml: sweep masks, score layers, prune, compare perplexity."""
-    from coopprune import pipeline
     from coopprune.config import Params
+    from coopprune.pipeline import runner
 
-    summary = pipeline.run(Params.load(params), progress=not quiet)
+    summary = runner.run(Params.load(params), progress=not quiet)
     typer.echo(json.dumps(summary, indent=2))
 
 

@@ -31,15 +31,15 @@ class Stage:
 
 
 STAGES: dict[str, Stage] = {s.name: s for s in (
-    Stage("data", "check the model and fingerprint the calibration and evaluation text", "coopprune.pipeline:data_stage"),
-    Stage("sweep", "evaluate the stratified masks (resumable)", "coopprune.pipeline:sweep_stage"),
-    Stage("surrogate", "fit and validate the Stage-2 surrogate on the sweep", "coopprune.pipeline:surrogate_stage"),
-    Stage("contributions", "search the set to remove and explain it (decision.json)", "coopprune.pipeline:contributions_stage"),
-    Stage("prune", "apply the decision: the pruned checkpoint with its report", "coopprune.pipeline:prune_stage"),
-    Stage("patch", "the training-free linear patch and its benchmark (patch.enabled)", "coopprune.pipeline:patch_stage"),
-    Stage("heal", "LoRA healing and its benchmark (heal.enabled)", "coopprune.pipeline:heal_stage"),
-    Stage("benchmark", "base and pruned model, identical settings; metrics.json", "coopprune.pipeline:benchmark_stage"),
-    Stage("export", "the GGUF for llama.cpp", "coopprune.pipeline:export_stage", in_dvc=False),
+    Stage("data", "check the model and fingerprint the calibration and evaluation text", "coopprune.pipeline.dvc_stages:data_stage"),
+    Stage("sweep", "evaluate the stratified masks (resumable)", "coopprune.pipeline.dvc_stages:sweep_stage"),
+    Stage("surrogate", "fit and validate the Stage-2 surrogate on the sweep", "coopprune.pipeline.dvc_stages:surrogate_stage"),
+    Stage("contributions", "search the set to remove and explain it (decision.json)", "coopprune.pipeline.dvc_stages:contributions_stage"),
+    Stage("prune", "apply the decision: the pruned checkpoint with its report", "coopprune.pipeline.dvc_stages:prune_stage"),
+    Stage("patch", "the training-free linear patch and its benchmark (patch.enabled)", "coopprune.pipeline.dvc_stages:patch_stage"),
+    Stage("heal", "LoRA healing and its benchmark (heal.enabled)", "coopprune.pipeline.dvc_stages:heal_stage"),
+    Stage("benchmark", "base and pruned model, identical settings; metrics.json", "coopprune.pipeline.dvc_stages:benchmark_stage"),
+    Stage("export", "the GGUF for llama.cpp", "coopprune.pipeline.dvc_stages:export_stage", in_dvc=False),
 )}
 
 

@@ -15,10 +15,10 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from coopprune import pipeline
 from coopprune.config import Params
 from coopprune.dataset import MaskDataset
 from coopprune.naming import base_model_name
+from coopprune.pipeline import benchmarking, dvc_stages, release, store
 from coopprune.records import ATTRIBUTION_FILE
 from coopprune.stages import run_stage
 
@@ -36,13 +36,13 @@ def contributions_tag(checkpoint: Path) -> dict[str, str]:
 
 @task(name="prepare-data", cache_policy=NO_CACHE)
 def prepare_data(params: Params) -> dict[str, Any]:
-    return pipeline.prepare_data(params)
+    return dvc_stages.prepare_data(params)
 
 
 @task(name="plan-masks", cache_policy=NO_CACHE)
 def plan_masks(params: Params) -> int:
     """Returns the number of shards to evaluate."""
-    return pipeline.plan_sweep(params).manifest.n_shards
+    return store.plan_sweep(params).manifest.n_shards
 
 
 @task(name="evaluate-shard", cache_policy=NO_CACHE, task_run_name="evaluate-shard-{shard}")
@@ -52,12 +52,12 @@ def evaluate_shard(params: Params, shard: int, threads: int | None = None) -> in
         import torch
 
         torch.set_num_threads(threads)
-    return pipeline.evaluate_shard(params, shard, progress=False)
+    return store.evaluate_shard(params, shard, progress=False)
 
 
 @task(name="merge-masks", cache_policy=NO_CACHE)
 def merge_masks(params: Params) -> dict[str, Any]:
-    dataset = pipeline.merge_sweep(pipeline.masks_dir(params))
+    dataset = store.merge_sweep(store.masks_dir(params))
     return {"path": str(dataset.path), "rows": len(dataset)}
 
 
@@ -81,46 +81,46 @@ def prune(params: Params, contributions: dict[str, Any]) -> dict[str, Any]:
 @task(name="benchmark", cache_policy=NO_CACHE, task_run_name="benchmark-{label}")
 def benchmark(params: Params, checkpoint: str, label: str) -> dict[str, Any]:
     out = Path(params.output_dir) / "benchmark" / f"{label}.json"
-    return pipeline.benchmark(params, checkpoint, out)
+    return benchmarking.benchmark(params, checkpoint, out)
 
 
 @task(name="compare-speed", cache_policy=NO_CACHE)
 def compare_speed(params: Params, scores: dict[str, Any]) -> dict[str, Any] | None:
     """Base and pruned timed together in interleaved pairs (``benchmark.speed_pairs``): the
     speed-up is their median ratio, never two figures timed minutes apart; None with speed off."""
-    return pipeline.compare_release_speed(params, scores)
+    return benchmarking.compare_release_speed(params, scores)
 
 
 @task(name="patch", cache_policy=NO_CACHE)
 def patch(params: Params, pruned: dict[str, Any]) -> dict[str, Any]:
     """The training-free linear patch of the pruned checkpoint (``patch.enabled``), before healing.
     The flow benchmarks the result itself (``benchmark-patched``), not DVC's patch stage."""
-    return pipeline.patch_release(params, progress=False)
+    return release.patch_release(params, progress=False)
 
 
 @task(name="heal", cache_policy=NO_CACHE)
 def heal(params: Params, pruned: dict[str, Any]) -> dict[str, Any]:
     """LoRA healing of the pruned (or patched) checkpoint (``heal.enabled``); resumes a killed run's training.
     The flow benchmarks the result itself (``benchmark-healed``), not DVC's heal stage."""
-    return pipeline.heal_release(params, progress=False)
+    return release.heal_release(params, progress=False)
 
 
 @task(name="export-gguf", cache_policy=NO_CACHE, task_run_name="export-gguf-{label}")
 def export_gguf(params: Params, checkpoint: str, label: str) -> dict[str, Any]:
     """A model as a GGUF for llama.cpp (``export.gguf``), logged with its registered version."""
-    return pipeline.export_release(params, checkpoint)
+    return release.export_release(params, checkpoint)
 
 
 @task(name="report", cache_policy=NO_CACHE)
 def report(params: Params, scores: dict[str, Any], speed: dict[str, Any] | None = None) -> dict[str, Any]:
     """Perplexity curve, plots/ and metrics.json from both benchmarks and the speed comparison."""
-    return pipeline.report_release(params, scores, speed)
+    return release.report_release(params, scores, speed)
 
 
 @task(name="card", cache_policy=NO_CACHE, task_run_name="card-{label}")
 def card(params: Params, label: str = "pruned", exports: list[dict[str, Any]] | None = None) -> str:
     """The release card (``<output_dir>/card.html``, ``card-healed.html``): one self-contained page."""
-    return str(pipeline.release_card(params, label, exports))
+    return str(release.release_card(params, label, exports))
 
 
 @task(name="register", cache_policy=NO_CACHE)
@@ -172,7 +172,7 @@ def publish(params: Params, summary: dict[str, Any], label: str = "pruned") -> d
     exports = release_exports(summary)
     card_path = out / card_file(label)
     if not card_path.is_file():  # the flow writes it before registering; a caller that did not gets one now
-        card_path = pipeline.release_card(params, label, exports)
+        card_path = release.release_card(params, label, exports)
     with tempfile.TemporaryDirectory(prefix=".mlflow-model-", dir=out) as tmp:  # logged, then gone
         model_path, model_dir = registered_model_dir(out / label, Path(tmp))
         artifacts = {"plots": out / "plots", "benchmark": out / "benchmark", "surrogate": out / "surrogate",

@@ -124,7 +124,7 @@ def test_failing_shard_fails_the_flow_by_name(prefect_server, tmp_path, tiny_che
             raise RuntimeError("worker lost")
         return real(params, shard, *args, **kwargs)
 
-    monkeypatch.setattr(pipeline, "evaluate_shard", flaky)
+    monkeypatch.setattr(pipeline.store, "evaluate_shard", flaky)  # where tasks.prune_release looks it up
     with pytest.raises(CoopPruneError, match=r"mask shards \[2\] failed"):
         run(params)
     assert attempts == [2, 2]  # tried, retried once
