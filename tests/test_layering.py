@@ -1,6 +1,7 @@
 """The library's layering, read from the source with ``ast`` (nothing is imported): ``coopprune/``
 never imports the orchestration (``tasks``, ``flows``, Prefect), and only ``coopprune/tracking/``
-imports MLflow, which the rest reaches lazily, inside a function (the CLI's ``promote``)."""
+imports MLflow, which the rest reaches lazily, inside a function (the CLI's ``promote``); the
+modules of ``coopprune.pipeline`` import one another bottom-up only (``PIPELINE_LAYERS``), so no cycle."""
 
 from __future__ import annotations
 
@@ -13,6 +14,9 @@ import pytest
 LIBRARY = Path(__file__).resolve().parents[1] / "coopprune"
 TRACKING = LIBRARY / "tracking"
 FORBIDDEN = ("tasks", "flows", "prefect")
+PIPELINE = LIBRARY / "pipeline"
+# coopprune.pipeline's modules, bottom first: each imports only modules before it (no cycles)
+PIPELINE_LAYERS = ("inputs", "store", "job", "benchmarking", "release", "dvc_stages", "runner")
 
 
 def imports(tree: ast.Module) -> Iterator[tuple[ast.stmt, str]]:
@@ -62,3 +66,29 @@ def test_params_save_and_load_round_trip(tmp_path):
     params = Params.from_dict({"prune": {"remove": 4, "options": {"game-search": {"proposals": "random"}}},
                                "calibration": {"mix": {"books": 1, "code": 2}}})
     assert Params.load(params.save(tmp_path / "p.yaml")) == params
+
+
+def pipeline_imports(path: Path) -> set[str]:
+    """The modules of ``coopprune.pipeline`` that ``path`` imports (``"__init__"``: the package itself)."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    assert not [n for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.level], f"{path}: a relative import"
+    found = set()
+    for _, name in imports(tree):
+        if name == "coopprune.pipeline" or name.startswith("coopprune.pipeline."):
+            part = name.removeprefix("coopprune.pipeline").removeprefix(".").split(".")[0]
+            found.add(part if part in PIPELINE_LAYERS else "__init__")
+    return found
+
+
+def test_the_pipeline_modules_import_only_the_ones_below_them():
+    assert sorted(p.stem for p in PIPELINE.glob("*.py")) == sorted(("__init__", *PIPELINE_LAYERS))
+    for i, name in enumerate(PIPELINE_LAYERS):
+        above = pipeline_imports(PIPELINE / f"{name}.py") - set(PIPELINE_LAYERS[:i])
+        assert not above, f"coopprune/pipeline/{name}.py imports {sorted(above)}, not below it"
+
+
+def test_the_pipeline_check_sees_the_package_and_its_modules(tmp_path):
+    path = tmp_path / "m.py"
+    path.write_text("from coopprune import pipeline\nfrom coopprune.pipeline import job\n"
+                    "def f():\n    from coopprune.pipeline.store import sweep\n")
+    assert pipeline_imports(path) == {"__init__", "job", "store"}
