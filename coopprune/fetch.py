@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from coopprune.atomic import atomic_dir, atomic_path, write_json
+from coopprune.building import check_tied, one_build_at_a_time
 from coopprune.errors import CoopPruneError
 from coopprune.gguf_io import check_gguf_file
 from coopprune.naming import DEFAULT_MODEL_NAME, MODEL_MEMBER, MODEL_WHEEL, Wheel
@@ -123,7 +124,9 @@ def materialize_gguf(gguf_file: Path, out_dir: Path, *, source: dict[str, Any] |
         )
     check_gguf_file(gguf_file)
     try:
-        loaded = AutoModelForCausalLM.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name, dtype=torch.float32)
+        with one_build_at_a_time():
+            loaded = AutoModelForCausalLM.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name, dtype=torch.float32)
+        check_tied(loaded, gguf_file)
         tokenizer = AutoTokenizer.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name)
     except Exception as exc:  # noqa: BLE001 - gguf/transformers raise many types for bad or unsupported files
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
@@ -132,7 +135,8 @@ def materialize_gguf(gguf_file: Path, out_dir: Path, *, source: dict[str, Any] |
     config = loaded.config
     if hasattr(config, "quantization_config"):
         delattr(config, "quantization_config")
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    with one_build_at_a_time():
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.load_state_dict(loaded.state_dict(), strict=True)
     probe = tokenizer(_PROBE, return_tensors="pt").input_ids
     with torch.inference_mode():
@@ -140,7 +144,8 @@ def materialize_gguf(gguf_file: Path, out_dir: Path, *, source: dict[str, Any] |
     with atomic_dir(out_dir) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        reloaded = AutoModelForCausalLM.from_pretrained(tmp, dtype=torch.float32)
+        with one_build_at_a_time():
+            reloaded = AutoModelForCausalLM.from_pretrained(tmp, dtype=torch.float32)
         same_tokens = AutoTokenizer.from_pretrained(tmp)(_PROBE, return_tensors="pt").input_ids.equal(probe)
         with torch.inference_mode():
             if not (same_tokens and reloaded(probe).logits.equal(expected)):

@@ -11,7 +11,6 @@ modules bit for bit. ``coopprune.models.load_model`` reads such folders transpar
 from __future__ import annotations
 
 import json
-import threading
 import warnings
 from contextlib import contextmanager
 from collections.abc import Iterator, Sequence
@@ -23,16 +22,12 @@ from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 
 from coopprune.atomic import atomic_dir, write_json
+from coopprune.building import one_build_at_a_time
 from coopprune.errors import CoopPruneError
 
 QUANT_FILE = "quantization.json"
 WEIGHTS_FILE = "model.safetensors"
 METHOD = "int8-dynamic"
-#: accelerate's ``init_empty_weights`` patches ``nn.Module.register_parameter`` for the whole
-#: process while the skeleton is built: loads overlapping in threads (a Prefect thread runner
-#: evaluating shards of an int8 model) would put each other's parameters on the meta device, and
-#: the last to leave could restore the patch. So int8 loads run one at a time.
-_LOAD_LOCK = threading.Lock()
 
 
 @contextmanager
@@ -126,7 +121,7 @@ def load_quantized(folder: str | Path, trust_remote_code: bool = False) -> PreTr
     """The model :func:`save_quantized` wrote. The skeleton is built on the meta device, so no float
     copy of the layers that become int8 is ever allocated (an int8 model loads in less memory than
     its float original, not more)."""
-    with _LOAD_LOCK:
+    with one_build_at_a_time():  # accelerate's init_empty_weights patches nn.Module process-wide
         return _load_quantized(Path(folder), trust_remote_code)
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from coopprune.building import check_tied, one_build_at_a_time
 from coopprune.errors import CoopPruneError
 from coopprune.models.architectures import Architecture, architecture_for
 from coopprune.quantize import is_quantized, load_quantized
@@ -96,19 +97,21 @@ def load_model(
     location, config = load_config(source, revision, trust_remote_code)
     architecture = architecture_for(config)
     try:
-        if is_quantized(location):
-            model = load_quantized(location, trust_remote_code=trust_remote_code)
-        else:
-            model = AutoModelForCausalLM.from_pretrained(
-                location,
-                revision=revision,
-                trust_remote_code=trust_remote_code,
-                dtype=_DTYPES[dtype],
-                use_safetensors=True,
-            )
+        with one_build_at_a_time():
+            if is_quantized(location):
+                model = load_quantized(location, trust_remote_code=trust_remote_code)
+            else:
+                model = AutoModelForCausalLM.from_pretrained(
+                    location,
+                    revision=revision,
+                    trust_remote_code=trust_remote_code,
+                    dtype=_DTYPES[dtype],
+                    use_safetensors=True,
+                )
         tokenizer = AutoTokenizer.from_pretrained(location, revision=revision, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as exc:
         raise CoopPruneError(f"cannot load model from {source}: {str(exc).splitlines()[0]}") from exc
+    check_tied(model, source)
     model.eval()
     fingerprint = model_fingerprint(model)
     if target.type != "cpu":

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from coopprune.atomic import atomic_dir
+from coopprune.building import one_build_at_a_time
 from coopprune.errors import CoopPruneError
 from coopprune.records import PruningRecord
 from coopprune.quantize import is_quantized
@@ -80,7 +81,8 @@ def save_mlflow_model(checkpoint: str | Path, dst: str | Path, *, max_new_tokens
         raise CoopPruneError(f"{src} is int8-quantized (our own layout), not a transformers model")
     found = PruningRecord.load_if_present(src)
     record = asdict(found) if found is not None else {}
-    model = AutoModelForCausalLM.from_pretrained(src, trust_remote_code=False)
+    with one_build_at_a_time():
+        model = AutoModelForCausalLM.from_pretrained(src, trust_remote_code=False)
     tokenizer = AutoTokenizer.from_pretrained(src, trust_remote_code=False)
     facts = {f"coopprune.{key}": json.dumps(record[key]) if isinstance(record[key], list) else str(record[key])
              for key in ("base_model", "base_fingerprint", "removed_layers", "method") if record.get(key) is not None}
