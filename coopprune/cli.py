@@ -12,6 +12,7 @@ import typer
 
 from coopprune.errors import CoopPruneError
 from coopprune.stages import stage_help
+from coopprune.utility import utility_help
 
 app = typer.Typer(
     help="Prune LLM decoder layers chosen by their cooperative-game contribution.",
@@ -102,8 +103,7 @@ def prune(
     window: Annotated[int, typer.Option(help="Tokens per calibration window.")] = 128,
     seed: Annotated[int, typer.Option(help="Seed for every random choice.")] = 0,
     protect: Annotated[str | None, typer.Option(help="Layers never removed, e.g. '0,-1'.")] = None,
-    utility: Annotated[str, typer.Option(help="kl (KL to the base model, default), ppl_ratio (paper), loglik_diff, or mc_margin "
-                                              "(zero-shot items' choice margins; --n-windows then counts items).")] = "kl",
+    utility: Annotated[str, typer.Option(help=utility_help())] = "kl",
     budget: Annotated[int | None, typer.Option(help="Real model evaluations per round (Shapley methods; default 200).")] = None,
     iterative: Annotated[int | None, typer.Option(help="Remove this many layers per round, re-running the game.")] = None,
     players: Annotated[

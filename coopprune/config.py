@@ -89,13 +89,22 @@ class CalibrationParams(_Section):
 
 class GameParams(_Section):
     #: mc_margin: the zero-shot tasks' reserved items as multiple-choice rows, not calibration text
-    utility: Literal["kl", "ppl_ratio", "loglik_diff", "mc_margin"] = "kl"
+    utility: str = "kl"  # a name in coopprune.utility.UTILITIES
     protected: list[int] = []
     kl_top_k: int | None = Field(None, ge=512)  # None: exact KL where the base log-probs fit in 2 GiB, else top-1024
     #: how a mixture's domains combine: mean = per-token mean over all windows (the mix's weights);
     #: worst = the worst domain's mean; softmax = temperature * log sum_d share_d exp(loss_d / temperature)
     aggregate: Literal["mean", "worst", "softmax"] = "mean"
     temperature: float = Field(0.1, gt=0)
+
+    @field_validator("utility")
+    @classmethod
+    def _known_utility(cls, value: str) -> str:
+        from coopprune.utility import UTILITIES
+
+        if value not in UTILITIES:
+            raise ValueError(f"unknown utility '{value}'; choose one of {', '.join(UTILITIES)}")
+        return value
 
 
 class SamplingParams(_Section):

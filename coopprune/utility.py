@@ -41,21 +41,29 @@ def kl_utility(loss: float, full_loss: float) -> float:
 
 @dataclass(frozen=True)
 class Utility:
+    """A utility is one row of :data:`UTILITIES`: the params, the CLI and the mask store read it from there."""
+
     name: str
     objective: str  # "nll", "kl" or "mc": what the engine reduces the logits to
     fn: Callable[[float, float], float]
+    summary: str = ""  # one line for the CLI's help
 
 
 UTILITIES: dict[str, Utility] = {
     u.name: u
     for u in (
-        Utility("ppl_ratio", "nll", ppl_ratio),
-        Utility("loglik_diff", "nll", loglik_diff),
-        Utility("kl", "kl", kl_utility),
+        Utility("kl", "kl", kl_utility, "KL to the base model's next-token distribution (default)"),
+        Utility("ppl_ratio", "nll", ppl_ratio, "the paper's PPL ratio"),
+        Utility("loglik_diff", "nll", loglik_diff, "the log-likelihood change"),
         # exp(full - loss) of the per-item choice cross-entropy: 1 for the full model, like ppl_ratio
-        Utility("mc_margin", "mc", ppl_ratio),
+        Utility("mc_margin", "mc", ppl_ratio,
+                "zero-shot items' choice margins (then n_windows counts items)"),
     )
 }
+
+
+def utility_help() -> str:
+    return "; ".join(f"{u.name}: {u.summary}" for u in UTILITIES.values()) + "."
 
 
 def utility_spec(utility_id: str) -> Utility:

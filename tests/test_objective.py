@@ -75,6 +75,18 @@ def test_kl_utility_and_objective_choice():
         utility_spec("bleu")
 
 
+def test_a_utility_is_one_registry_row():
+    """The params accept exactly the registered utilities and the CLI's help names each of them."""
+    from coopprune.config import Params
+    from coopprune.utility import UTILITIES, utility_help
+
+    for name in UTILITIES:
+        assert Params.from_dict({"game": {"utility": name}}).game.utility == name
+        assert f"{name}: " in utility_help()
+    with pytest.raises(CoopPruneError, match="unknown utility 'bleu'; choose one of kl, ppl_ratio"):
+        Params.from_dict({"game": {"utility": "bleu"}})
+
+
 def test_a_kl_store_is_never_read_as_a_ppl_one(tmp_path):
     evaluator = _evaluator(KLToBase())
     plan = StrataPlan.build(N_LAYERS, remove=[1], per_stratum=3, seed=0)
