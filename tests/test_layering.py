@@ -1,7 +1,8 @@
 """The library's layering, read from the source with ``ast`` (nothing is imported): ``coopprune/``
 never imports the orchestration (``tasks``, ``flows``, Prefect), and only ``coopprune/tracking/``
 imports MLflow, which the rest reaches lazily, inside a function (the CLI's ``promote``); the
-modules of ``coopprune.pipeline`` import one another bottom-up only (``PIPELINE_LAYERS``), so no cycle."""
+modules of ``coopprune.pipeline`` and of ``coopprune.card`` import one another bottom-up only
+(``PIPELINE_LAYERS``, ``CARD_LAYERS``), so no cycle."""
 
 from __future__ import annotations
 
@@ -17,6 +18,9 @@ FORBIDDEN = ("tasks", "flows", "prefect")
 PIPELINE = LIBRARY / "pipeline"
 # coopprune.pipeline's modules, bottom first: each imports only modules before it (no cycles)
 PIPELINE_LAYERS = ("inputs", "store", "job", "benchmarking", "release", "dvc_stages", "runner")
+CARD = LIBRARY / "card"
+# coopprune.card's modules, bottom first, the same rule: the facts, the words, the sections, the page
+CARD_LAYERS = ("facts", "wording", "sections", "page")
 
 
 def imports(tree: ast.Module) -> Iterator[tuple[ast.stmt, str]]:
@@ -68,16 +72,21 @@ def test_params_save_and_load_round_trip(tmp_path):
     assert Params.load(params.save(tmp_path / "p.yaml")) == params
 
 
-def pipeline_imports(path: Path) -> set[str]:
-    """The modules of ``coopprune.pipeline`` that ``path`` imports (``"__init__"``: the package itself)."""
+def package_imports(path: Path, package: str, layers: tuple[str, ...]) -> set[str]:
+    """The modules of ``package`` (one of ``layers``) that ``path`` imports (``"__init__"``: the package itself)."""
     tree = ast.parse(path.read_text(), filename=str(path))
     assert not [n for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.level], f"{path}: a relative import"
     found = set()
     for _, name in imports(tree):
-        if name == "coopprune.pipeline" or name.startswith("coopprune.pipeline."):
-            part = name.removeprefix("coopprune.pipeline").removeprefix(".").split(".")[0]
-            found.add(part if part in PIPELINE_LAYERS else "__init__")
+        if name == package or name.startswith(f"{package}."):
+            part = name.removeprefix(package).removeprefix(".").split(".")[0]
+            found.add(part if part in layers else "__init__")
     return found
+
+
+def pipeline_imports(path: Path) -> set[str]:
+    """The modules of ``coopprune.pipeline`` that ``path`` imports (``"__init__"``: the package itself)."""
+    return package_imports(path, "coopprune.pipeline", PIPELINE_LAYERS)
 
 
 def test_the_pipeline_modules_import_only_the_ones_below_them():
@@ -92,3 +101,10 @@ def test_the_pipeline_check_sees_the_package_and_its_modules(tmp_path):
     path.write_text("from coopprune import pipeline\nfrom coopprune.pipeline import job\n"
                     "def f():\n    from coopprune.pipeline.store import sweep\n")
     assert pipeline_imports(path) == {"__init__", "job", "store"}
+
+
+def test_the_card_modules_import_only_the_ones_below_them():
+    assert sorted(p.stem for p in CARD.glob("*.py")) == sorted(("__init__", *CARD_LAYERS))
+    for i, name in enumerate(CARD_LAYERS):
+        above = package_imports(CARD / f"{name}.py", "coopprune.card", CARD_LAYERS) - set(CARD_LAYERS[:i])
+        assert not above, f"coopprune/card/{name}.py imports {sorted(above)}, not below it"
