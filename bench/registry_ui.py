@@ -65,7 +65,7 @@ def expectations(tracking: str, name: str, alias: str) -> tuple[str, dict[str, s
     for key in SCORES:
         if key in version.tags:
             expected[f"tag {key}"] = version.tags[key]
-    if version.description:  # the release card's summary paragraph (coopprune/card.py)
+    if version.description:  # the release card's summary paragraph (coopprune/card/wording.py)
         expected["description: the release card's summary"] = version.description[:60]
     expected["lineage: source run"] = run.info.run_name
     if version.source.startswith("models:/"):  # a logged model: the page links it as the source model

@@ -1,4 +1,4 @@
-"""The release card (coopprune/card.py): rendered from a tiny-model release run, one self-contained
+"""The release card (coopprune/card/): rendered from a tiny-model release run, one self-contained
 page; optional parts (attribution, interactions, healing, exports, domains) shown when present and
 skipped cleanly when not; its summary paragraph is the registered version's description."""
 
