@@ -263,7 +263,10 @@ def main() -> None:
         out["reference"] = {"values": mean.tolist(), "se": se.tolist(), "bases": args.bases,
                             "evaluations": len(design), "seconds": round(time.perf_counter() - started, 1)}
     if args.step in ("ablation", "all"):
-        out["ablation"] = [ablation_arm(params, args.work, k, flag) for k in args.ks for flag in (True, False)]
+        rows = [ablation_arm(params, args.work, k, flag) for k in args.ks for flag in (True, False)]
+        done = args.work / "ablation.json"  # rows of other k stay: each k is its own run
+        kept = [r for r in json.loads(done.read_text())["ablation"] if r["k"] not in args.ks] if done.is_file() else []
+        out["ablation"] = sorted(kept + rows, key=lambda r: (r["k"], not r["surrogate"]))
     if args.step in ("compare", "all"):
         out["compare"] = compare(params, args.work)
     if args.step in ("subgame", "all"):
