@@ -15,7 +15,6 @@ import datetime as dt
 import json
 import math
 import numbers
-import os
 import re
 import tempfile
 import time
@@ -32,6 +31,7 @@ from mlflow.exceptions import MlflowException
 
 from coopprune.errors import CoopPruneError
 from coopprune.records import PRUNING_FILE
+from coopprune.tracking.connection import _artifact_store, _mlflow, tracking_uri
 from coopprune.tracking.mlflow_model import CHECKPOINT_DIR, MLMODEL, checkpoint_in
 
 CANDIDATE = "candidate"
@@ -54,73 +54,6 @@ _MODELS_URI = re.compile(r"models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<ver
 
 class NotRegistered(CoopPruneError):
     """The registered model, or the version an alias names, does not exist (the CLI exits 1 on it)."""
-
-
-# ---------------------------------------------------------------------------------------------- store
-
-
-def tracking_uri(default_dir: str | Path) -> str:
-    """``$MLFLOW_TRACKING_URI``, else a SQLite store ``<default_dir>/mlflow.db`` as an absolute path,
-    so every thread and process of a run writes to one store whatever its working directory."""
-    env = os.environ.get("MLFLOW_TRACKING_URI", "").strip()
-    if env:
-        return env
-    return f"sqlite:///{Path(default_dir).expanduser().resolve() / 'mlflow.db'}"
-
-
-def _first_line(exc: BaseException, limit: int = 200) -> str:
-    text = str(exc).strip().splitlines()
-    return (text[0] if text else type(exc).__name__)[:limit]
-
-
-def _unreachable_reason(exc: BaseException) -> str | None:
-    """Why the server could not be reached, or None when it answered (an HTTP error is an answer)."""
-    text = str(exc)
-    if not ("failed with exception" in text or "failed with timeout exception" in text or
-            type(exc).__module__.startswith(("requests", "urllib3"))):
-        return None
-    lowered = text.lower()
-    if "connection refused" in lowered:
-        return "connection refused"
-    if "timed out" in lowered or "timeout" in lowered:
-        return "timed out"
-    if "name or service not known" in lowered or "failed to resolve" in lowered:
-        return "unknown host"
-    return _first_line(exc)
-
-
-@contextlib.contextmanager
-def _mlflow(uri: str) -> Iterator[MlflowClient]:
-    """A client on ``uri`` for tracking and registry; an unreachable store is one line naming it."""
-    if uri.startswith("sqlite:///"):
-        folder = Path(uri.removeprefix("sqlite:///")).parent
-        if not folder.is_dir():
-            raise CoopPruneError(f"MLflow tracking store {uri}: folder {folder} does not exist")
-    try:
-        yield MlflowClient(tracking_uri=uri, registry_uri=uri)
-    except CoopPruneError:
-        raise
-    except Exception as exc:
-        reason = _unreachable_reason(exc)
-        if reason is None:
-            raise
-        raise CoopPruneError(f"cannot reach the MLflow tracking server at {uri} ({reason})") from exc
-
-
-@contextlib.contextmanager
-def _artifact_store(location: str) -> Iterator[None]:
-    """S3/HTTP failures while moving artifacts become one line naming the artifact location."""
-    try:
-        yield
-    except Exception as exc:
-        detail = _first_line(exc)
-        if isinstance(exc, MlflowException) and "failures occurred while downloading" in detail:
-            # MLflow gathers per-file download errors under a header line; keep the first error.
-            errors = [line for line in str(exc).splitlines()[1:] if line.strip() and not line.startswith("#####")]
-            detail = errors[0].strip()[:200] if errors else detail
-        elif not type(exc).__module__.startswith(("botocore", "boto3", "s3transfer", "requests", "urllib3")):
-            raise
-        raise CoopPruneError(f"cannot use the artifact store at {location}: {detail}") from exc
 
 
 def _default_artifact_location(uri: str, experiment: str) -> str | None:
