@@ -1,8 +1,8 @@
 """The library's layering, read from the source with ``ast`` (nothing is imported): ``coopprune/``
 never imports the orchestration (``tasks``, ``flows``, Prefect), and only ``coopprune/tracking/``
 imports MLflow, which the rest reaches lazily, inside a function (the CLI's ``promote``); the
-modules of ``coopprune.pipeline`` and of ``coopprune.card`` import one another bottom-up only
-(``PIPELINE_LAYERS``, ``CARD_LAYERS``), so no cycle."""
+modules of ``coopprune.pipeline``, of ``coopprune.card`` and of ``coopprune.tracking`` import one
+another bottom-up only (``PIPELINE_LAYERS``, ``CARD_LAYERS``, ``TRACKING_LAYERS``), so no cycle."""
 
 from __future__ import annotations
 
@@ -21,6 +21,9 @@ PIPELINE_LAYERS = ("inputs", "store", "job", "benchmarking", "release", "dvc_sta
 CARD = LIBRARY / "card"
 # coopprune.card's modules, bottom first, the same rule: the facts, the words, the sections, the page
 CARD_LAYERS = ("facts", "wording", "sections", "page")
+# coopprune.tracking's modules, bottom first, the same rule: reaching MLflow, the checkpoint as an MLflow
+# model, logging a run, registering versions, promotion, and registry.py's re-exports on top
+TRACKING_LAYERS = ("connection", "mlflow_model", "runs", "versions", "promotion", "registry")
 
 
 def imports(tree: ast.Module) -> Iterator[tuple[ast.stmt, str]]:
@@ -108,3 +111,11 @@ def test_the_card_modules_import_only_the_ones_below_them():
     for i, name in enumerate(CARD_LAYERS):
         above = package_imports(CARD / f"{name}.py", "coopprune.card", CARD_LAYERS) - set(CARD_LAYERS[:i])
         assert not above, f"coopprune/card/{name}.py imports {sorted(above)}, not below it"
+
+
+def test_the_tracking_modules_import_only_the_ones_below_them():
+    assert sorted(p.stem for p in TRACKING.glob("*.py")) == sorted(("__init__", *TRACKING_LAYERS))
+    for i, name in enumerate(TRACKING_LAYERS):
+        imported = package_imports(TRACKING / f"{name}.py", "coopprune.tracking", TRACKING_LAYERS)
+        above = imported - set(TRACKING_LAYERS[:i])
+        assert not above, f"coopprune/tracking/{name}.py imports {sorted(above)}, not below it"

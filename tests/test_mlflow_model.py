@@ -69,7 +69,7 @@ def register(uri: str, mlflow_model: Path) -> str:  # noqa: F811
 
 def test_registered_as_an_mlflow_model_and_loaded_back_as_a_checkpoint(uri, mlflow_model, tmp_path):  # noqa: F811
     version = register(uri, mlflow_model)
-    client = registry.MlflowClient(uri)
+    client = mlflow.MlflowClient(uri)
     mv = client.get_model_version("tiny-pruned", version)
     assert mv.tags["removed_layers"] == ",".join(map(str, REMOVED))  # read from model/pruning.json
     outputs = client.get_run(mv.run_id).outputs.model_outputs  # the run's "Logged models"
