@@ -9,13 +9,13 @@ import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from coopprune.atomic import atomic_dir, write_json
 from coopprune.config import Params
 from coopprune.dataset import MaskDataset
 from coopprune.errors import CoopPruneError
-from coopprune.estimators import ESTIMATORS, get_estimator
+from coopprune.estimators import ESTIMATORS, Estimator, get_estimator
 from coopprune.game import LayerGame
 from coopprune.models import load_model
 from coopprune.pipeline.inputs import build_evaluator, calibration_for, estimator_options, model_depth, screen_windows
@@ -26,6 +26,12 @@ from coopprune.report import write_report
 from coopprune.sampling import normalize_layers, removal_count
 from coopprune.strategy import Selection, select_by_cost, select_players
 from coopprune.sublayers import check_sublayers, sublayer_parameters, zero_half_layers
+
+if TYPE_CHECKING:
+    from coopprune.calibration import Windows
+    from coopprune.choices import ChoiceCalibration
+    from coopprune.mixture import Calibration
+    from coopprune.models import LoadedModel
 
 
 @dataclass
@@ -74,6 +80,47 @@ def prune(request: PruneRequest) -> PruneResult:
     ``decision.json`` to ``out_dir`` instead of a checkpoint (``apply_decision`` prunes later:
     the two DVC stages). Every argument is checked before weights are read.
     """
+    checked = _check_request(request)
+    played = _play(request, checked)
+    params_before = count_parameters(played.loaded.model)
+    selection, removed_layers, extra_scores = _select(request, checked, played)
+    scores = _scores(selection, extra_scores)
+    run_params = _run_params(request, checked, played)
+    if request.decision_only:
+        return _write_decision(request, checked, played, selection, scores, run_params)
+    return _save_checkpoint(request, checked, played, selection, removed_layers, params_before, scores, run_params)
+
+
+@dataclass
+class _Checked:
+    """What ``prune`` settles before it reads any weights, so a bad argument fails in seconds."""
+
+    out: Path
+    sublayers: bool
+    n_layers: int
+    estimator: Estimator
+    k: int
+    protected: tuple[int, ...]
+    store: MaskDataset | None  # None where the search's own store is created after loading
+    screen_store: MaskDataset | None
+    screen_rows: list[int] | None
+    calibration: Calibration | ChoiceCalibration
+    docs: Any
+
+
+@dataclass
+class _Played:
+    """The loaded model and the calibration game on it, its mask stores checked against both."""
+
+    loaded: LoadedModel
+    windows: Windows
+    game: LayerGame
+    names: list[str]
+
+
+def _check_request(request: PruneRequest) -> _Checked:
+    """Every argument, the model's config and the calibration source, checked in the order the
+    errors have always come, before the weights are read."""
     r, p, c, m = request, request.params.prune, request.params.calibration, request.params.model
     game_params = request.params.game
     out = check_output_dir(r.out_dir, r.overwrite)
@@ -90,22 +137,28 @@ def prune(request: PruneRequest) -> PruneResult:
         raise CoopPruneError(f"cannot remove {k} layers: protected layers {list(prot)} leave {n_layers - len(prot)}")
     if p.iterative is not None and not 1 <= p.iterative <= k:
         raise CoopPruneError(f"--iterative takes a number of layers per round in [1, {k}], got {p.iterative}")
-    budget = p.budget
-    estimator.check(2 * n_layers if sublayers else n_layers, p.iterative or k, budget, c.n_windows)
+    estimator.check(2 * n_layers if sublayers else n_layers, p.iterative or k, p.budget, c.n_windows)
     store = MaskDataset.open(r.masks) if r.masks is not None and not r.create_masks else None  # else: after loading
     screen_store = MaskDataset.open(r.screen_masks) if r.screen_masks is not None else None
-    estimator_seed = request.params.sampling.seed
-    screen_rows = estimator.screen_windows(c.n_windows, estimator_seed)
+    screen_rows = estimator.screen_windows(c.n_windows, request.params.sampling.seed)
     if screen_store is not None and (screen_rows is None or sublayers):
         raise CoopPruneError(f"method '{p.method}' does not search on a share of the windows here: "
                              f"the screen mask dataset {r.screen_masks} is of no use to it")
     calibration = calibration_for(request.params)
     docs = calibration.documents()  # a bad source fails before the weights are read
+    return _Checked(out, sublayers, n_layers, estimator, k, prot, store, screen_store, screen_rows, calibration, docs)
 
+
+def _play(request: PruneRequest, checked: _Checked) -> _Played:
+    """Load the model, tokenize the calibration and set the game up on the stores whose
+    evaluations it reuses (a sweep's store on the screen windows is taken as the screen's)."""
+    r, c, m, game_params = request, request.params.calibration, request.params.model, request.params.game
+    sublayers, store, screen_store = checked.sublayers, checked.store, checked.screen_store
+    screen_rows = checked.screen_rows
     loaded = load_model(m.source, m.revision, m.trust_remote_code, m.dtype, m.device)
-    windows = calibration.windows(loaded.tokenizer, docs)  # type: ignore[arg-type]
+    windows = checked.calibration.windows(loaded.tokenizer, checked.docs)  # type: ignore[arg-type]
     if windows.n_windows != c.n_windows:  # multiple-choice rows: n_windows counts their items
-        screen_rows = estimator.screen_windows(windows.n_windows, estimator_seed)
+        screen_rows = checked.estimator.screen_windows(windows.n_windows, request.params.sampling.seed)
     screen_fingerprint = windows.subset(screen_rows).fingerprint if screen_rows is not None else None
     if (store is not None and screen_store is None and screen_fingerprint is not None and not sublayers
             and store.manifest.identity.calibration_fingerprint == screen_fingerprint):
@@ -118,64 +171,94 @@ def prune(request: PruneRequest) -> PruneResult:
         check_store(screen_store, loaded.fingerprint, screen_fingerprint)
         screens = {tuple(screen_rows): screen_store}
     evaluator = build_evaluator(loaded, windows, c.batch_size, game_params, sublayers)
+    prot = checked.protected
     protected_players = [2 * i + h for i in prot for h in (0, 1)] if sublayers else list(prot)
     if r.masks is not None and store is None:
         store = empty_store(r.masks, evaluator, loaded.fingerprint, windows.fingerprint, game_params)
     game = LayerGame(evaluator, game_params.utility, protected=protected_players, store=store, progress=r.progress,
                      screen_stores=screens)
-    names = game.player_names
-    params_before = count_parameters(loaded.model)
-    extra_scores: dict[str, Any] = {}
-    if sublayers:
-        costs = sublayer_parameters(loaded.model, loaded.architecture)
-        max_cost = round(k * sum(costs) / n_layers)  # k average layers' worth of parameters
-        selection = select_by_cost(game, estimator, costs, max_cost, budget, estimator_seed)
-        removed_layers = [] if r.decision_only else zero_half_layers(loaded.model, loaded.architecture, selection.removed)
-        extra_scores = {
-            "players": "sublayers",
-            "removed_players": [names[i] for i in selection.removed],
-            "parameters_removed_effective": int(sum(costs[i] for i in selection.removed)),
-            "parameter_budget": max_cost,
-            "note": "half-removed layers are stored with zeroed output projections (exact; the dead weights stay on disk)",
-        }
-    else:
-        selection = select_players(game, estimator, k, per_round=p.iterative, budget=budget, seed=estimator_seed)
-        removed_layers = selection.removed
-    scores = {
+    return _Played(loaded, windows, game, game.player_names)
+
+
+def _select(request: PruneRequest, checked: _Checked, played: _Played) -> tuple[Selection, list[int], dict[str, Any]]:
+    """Run the method: k layers (per round where iterative), or for sublayer players k average
+    layers' worth of parameters, zeroing the chosen halves unless only the decision is wanted.
+    Returns the selection, the layers to drop from the checkpoint and the sublayer scores."""
+    p, seed, loaded = request.params.prune, request.params.sampling.seed, played.loaded
+    if not checked.sublayers:
+        selection = select_players(played.game, checked.estimator, checked.k, per_round=p.iterative, budget=p.budget,
+                                   seed=seed)
+        return selection, selection.removed, {}
+    costs = sublayer_parameters(loaded.model, loaded.architecture)
+    max_cost = round(checked.k * sum(costs) / checked.n_layers)  # k average layers' worth of parameters
+    selection = select_by_cost(played.game, checked.estimator, costs, max_cost, p.budget, seed)
+    removed_layers = ([] if request.decision_only
+                      else zero_half_layers(loaded.model, loaded.architecture, selection.removed))
+    extra_scores = {
+        "players": "sublayers",
+        "removed_players": [played.names[i] for i in selection.removed],
+        "parameters_removed_effective": int(sum(costs[i] for i in selection.removed)),
+        "parameter_budget": max_cost,
+        "note": "half-removed layers are stored with zeroed output projections (exact; the dead weights stay on disk)",
+    }
+    return selection, removed_layers, extra_scores
+
+
+def _scores(selection: Selection, extra_scores: dict[str, Any]) -> dict[str, Any]:
+    """The record's ``scores``: what the search cost and each round's contributions."""
+    return {
         "evaluations": selection.evaluations,
         "passes": round(sum(rnd.contributions.passes for rnd in selection.rounds), 3),
         "seconds": round(selection.seconds, 3),
         **extra_scores,
         "rounds": [{"players": rnd.players, "removed": rnd.removed, **rnd.contributions.to_json()} for rnd in selection.rounds],
     }
-    run_params = {
-        "calibration": {"source": calibration.label, "n_windows": c.n_windows, "window": c.window, "seed": c.seed,
-                        "fingerprint": windows.fingerprint, **({"mix": dict(c.mix)} if c.mix else {})},
-        "utility": game.utility_id,
+
+
+def _run_params(request: PruneRequest, checked: _Checked, played: _Played) -> dict[str, Any]:
+    """The record's ``params``: enough to tell which game and method made the decision."""
+    r, p, c = request, request.params.prune, request.params.calibration
+    return {
+        "calibration": {"source": checked.calibration.label, "n_windows": c.n_windows, "window": c.window,
+                        "seed": c.seed,
+                        "fingerprint": played.windows.fingerprint, **({"mix": dict(c.mix)} if c.mix else {})},
+        "utility": played.game.utility_id,
         "players": p.players,
-        "protected": list(prot),
-        "budget": budget,
+        "protected": list(checked.protected),
+        "budget": p.budget,
         "iterative": p.iterative,
         "masks": str(r.masks) if r.masks is not None else None,
         "screen_masks": str(r.screen_masks) if r.screen_masks is not None else None,
-        "estimator_options": {key: str(v) for key, v in estimator_options(request.params, n_layers).items()},
+        "estimator_options": {key: str(v) for key, v in estimator_options(request.params, checked.n_layers).items()},
     }
-    surrogate = selection.surrogate
-    if r.decision_only:
-        decision = {"method": p.method, "removed_players": selection.removed, "sublayers": sublayers,
-                    "base_fingerprint": loaded.fingerprint, "scores": scores, "params": run_params}
-        with atomic_dir(out, overwrite=r.overwrite) as tmp:
-            write_report(tmp, selection, names, surrogate)
-            write_json(tmp / DECISION_FILE, decision)
-        return PruneResult(out, selection.removed, selection)
+
+
+def _write_decision(request: PruneRequest, checked: _Checked, played: _Played, selection: Selection,
+                    scores: dict[str, Any], run_params: dict[str, Any]) -> PruneResult:
+    """``decision_only``: the report and ``decision.json``, for ``apply_decision`` to prune later."""
+    decision = {"method": request.params.prune.method, "removed_players": selection.removed,
+                "sublayers": checked.sublayers, "base_fingerprint": played.loaded.fingerprint, "scores": scores,
+                "params": run_params}
+    with atomic_dir(checked.out, overwrite=request.overwrite) as tmp:
+        write_report(tmp, selection, played.names, selection.surrogate)
+        write_json(tmp / DECISION_FILE, decision)
+    return PruneResult(checked.out, selection.removed, selection)
+
+
+def _save_checkpoint(request: PruneRequest, checked: _Checked, played: _Played, selection: Selection,
+                     removed_layers: list[int], params_before: int, scores: dict[str, Any],
+                     run_params: dict[str, Any]) -> PruneResult:
+    """Drop the removed layers and save the checkpoint with its record and the report."""
+    loaded, names, surrogate = played.loaded, played.names, selection.surrogate
     if removed_layers:
         prune_layers(loaded, removed_layers)
-    record = make_record(loaded, removed_layers, p.method, params_before, scores=scores, params=run_params)
+    record = make_record(loaded, removed_layers, request.params.prune.method, params_before, scores=scores,
+                         params=run_params)
     save_pruned(
-        loaded, out, record, overwrite=r.overwrite,
+        loaded, checked.out, record, overwrite=request.overwrite,
         extra=lambda folder: write_report(folder, selection, names, surrogate),
     )
-    return PruneResult(out, removed_layers, selection)
+    return PruneResult(checked.out, removed_layers, selection)
 
 
 DECISION_FILE = "decision.json"
