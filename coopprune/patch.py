@@ -260,6 +260,7 @@ def fit_patch(base: LoadedModel, removed: Sequence[int], windows: Windows, setti
     device = next(model.parameters()).device
     stats_device = torch.device("cpu") if device.type == "mps" else device  # MPS has no float64
     current = dict(enumerate(layers))  # original index -> module of the model being patched
+    sequential = settings.inputs == "pruned"
     fits: list[RunFit] = []
     for run in runs:
         a, b = run[0], run[-1]
@@ -272,9 +273,9 @@ def fit_patch(base: LoadedModel, removed: Sequence[int], windows: Windows, setti
                 current.pop(i, None)
             continue
         p = a - 1
-        sequential = settings.inputs == "pruned"
-        kept = [i for i in sorted(current) if i <= p] if sequential else list(range(p + 1))
-        stack = [current[i] for i in kept] if sequential else layers
+        if sequential:  # the partly pruned model up to the layer before the run
+            kept = [i for i in sorted(current) if i <= p]
+            stack = [current[i] for i in kept]
         width = _down_proj(layers[p]).out_features
         gram = torch.zeros(width, width, dtype=torch.float64, device=stats_device)
         cross = torch.zeros_like(gram)
@@ -287,12 +288,12 @@ def fit_patch(base: LoadedModel, removed: Sequence[int], windows: Windows, setti
             for batch, start in enumerate(tqdm(range(0, len(ids_all), batch_size), desc=f"patch {a}..{b}",
                                                disable=not progress, leave=False)):
                 ids = ids_all[start : start + batch_size].to(device)
-                taps = {"x": layers[p], "m": _down_proj(layers[p]), "y": layers[b]}
                 if sequential:  # Y from the unpruned model, X and M from the partly pruned one
                     here = _capture(model, arch, layers, list(range(n)), ids, {"y": layers[b]}, layers[b])
-                    taps = {"x": stack[-1], "m": _down_proj(stack[-1])}
-                    here |= _capture(model, arch, stack, kept, ids, taps, stack[-1])
+                    here |= _capture(model, arch, stack, kept, ids, {"x": stack[-1], "m": _down_proj(stack[-1])},
+                                     stack[-1])
                 else:  # one pass of the unpruned model gives all three
+                    taps = {"x": layers[p], "m": _down_proj(layers[p]), "y": layers[b]}
                     here = _capture(model, arch, layers, list(range(n)), ids, taps, layers[b])
                 x, m, y = (here[k].reshape(-1, width).to(stats_device, torch.float64) for k in ("x", "m", "y"))
                 d = y - x + m  # Y - h
