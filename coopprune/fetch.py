@@ -126,11 +126,11 @@ def materialize_gguf(gguf_file: Path, out_dir: Path, *, source: dict[str, Any] |
     try:
         with one_build_at_a_time():
             loaded = AutoModelForCausalLM.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name, dtype=torch.float32)
-        check_tied(loaded, gguf_file)
         tokenizer = AutoTokenizer.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name)
     except Exception as exc:  # noqa: BLE001 - gguf/transformers raise many types for bad or unsupported files
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise CoopPruneError(f"cannot load GGUF model {gguf_file}: {reason}") from None
+    check_tied(loaded, gguf_file)  # our own one-line error, not re-worded as a load failure
 
     config = loaded.config
     if hasattr(config, "quantization_config"):
