@@ -99,6 +99,7 @@ class _Checked:
     sublayers: bool
     n_layers: int
     estimator: Estimator
+    options: dict[str, Any]  # what the estimator was built with, for the record
     k: int
     protected: tuple[int, ...]
     store: MaskDataset | None  # None where the search's own store is created after loading
@@ -128,7 +129,8 @@ def _check_request(request: PruneRequest) -> _Checked:
     if sublayers and p.iterative is not None:
         raise CoopPruneError("iterative pruning works on layer players; use one shot with --players sublayers")
     n_layers, architecture = model_depth(m.source, m.revision, m.trust_remote_code, with_architecture=True)
-    estimator = get_estimator(p.method, **estimator_options(request.params, n_layers))
+    options = estimator_options(request.params, n_layers)
+    estimator = get_estimator(p.method, **options)
     if sublayers:
         check_sublayers(architecture)
     k = removal_count(n_layers, p.remove, p.ratio)
@@ -146,7 +148,8 @@ def _check_request(request: PruneRequest) -> _Checked:
                              f"the screen mask dataset {r.screen_masks} is of no use to it")
     calibration = calibration_for(request.params)
     docs = calibration.documents()  # a bad source fails before the weights are read
-    return _Checked(out, sublayers, n_layers, estimator, k, prot, store, screen_store, screen_rows, calibration, docs)
+    return _Checked(out, sublayers, n_layers, estimator, options, k, prot, store, screen_store, screen_rows,
+                    calibration, docs)
 
 
 def _play(request: PruneRequest, checked: _Checked) -> _Played:
@@ -229,7 +232,7 @@ def _run_params(request: PruneRequest, checked: _Checked, played: _Played) -> di
         "iterative": p.iterative,
         "masks": str(r.masks) if r.masks is not None else None,
         "screen_masks": str(r.screen_masks) if r.screen_masks is not None else None,
-        "estimator_options": {key: str(v) for key, v in estimator_options(request.params, checked.n_layers).items()},
+        "estimator_options": {key: str(v) for key, v in checked.options.items()},
     }
 
 
