@@ -1,8 +1,9 @@
 """The library's layering, read from the source with ``ast`` (nothing is imported): ``coopprune/``
 never imports the orchestration (``tasks``, ``flows``, Prefect), and only ``coopprune/tracking/``
 imports MLflow, which the rest reaches lazily, inside a function (the CLI's ``promote``); the
-modules of ``coopprune.pipeline``, of ``coopprune.card`` and of ``coopprune.tracking`` import one
-another bottom-up only (``PIPELINE_LAYERS``, ``CARD_LAYERS``, ``TRACKING_LAYERS``), so no cycle."""
+modules of ``coopprune.pipeline``, of ``coopprune.card``, of ``coopprune.tracking`` and of
+``coopprune.zeroshot`` import one another bottom-up only (``PIPELINE_LAYERS``, ``CARD_LAYERS``,
+``TRACKING_LAYERS``, ``ZEROSHOT_LAYERS``), so no cycle."""
 
 from __future__ import annotations
 
@@ -24,6 +25,10 @@ CARD_LAYERS = ("facts", "wording", "sections", "page")
 # coopprune.tracking's modules, bottom first, the same rule: reaching MLflow, the checkpoint as an MLflow
 # model, logging a run, registering versions, promotion, and registry.py's re-exports on top
 TRACKING_LAYERS = ("connection", "mlflow_model", "runs", "versions", "promotion", "registry")
+ZEROSHOT = LIBRARY / "zeroshot"
+# coopprune.zeroshot's modules, bottom first, the same rule: the task table, the items drawn or reserved,
+# the subsets and lm-eval configs, the results, and running lm-eval
+ZEROSHOT_LAYERS = ("tasks", "items", "data", "results", "run")
 
 
 def imports(tree: ast.Module) -> Iterator[tuple[ast.stmt, str]]:
@@ -119,3 +124,11 @@ def test_the_tracking_modules_import_only_the_ones_below_them():
         imported = package_imports(TRACKING / f"{name}.py", "coopprune.tracking", TRACKING_LAYERS)
         above = imported - set(TRACKING_LAYERS[:i])
         assert not above, f"coopprune/tracking/{name}.py imports {sorted(above)}, not below it"
+
+
+def test_the_zeroshot_modules_import_only_the_ones_below_them():
+    assert sorted(p.stem for p in ZEROSHOT.glob("*.py")) == sorted(("__init__", *ZEROSHOT_LAYERS))
+    for i, name in enumerate(ZEROSHOT_LAYERS):
+        imported = package_imports(ZEROSHOT / f"{name}.py", "coopprune.zeroshot", ZEROSHOT_LAYERS)
+        above = imported - set(ZEROSHOT_LAYERS[:i])
+        assert not above, f"coopprune/zeroshot/{name}.py imports {sorted(above)}, not below it"

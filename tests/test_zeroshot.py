@@ -115,7 +115,7 @@ def test_every_task_scores_with_its_headline_metric(data, model_and_tokenizer, t
 
 
 def test_specs_build_valid_requests_whose_target_is_the_right_answer(data, tmp_path, monkeypatch):
-    monkeypatch.setattr(zeroshot, "RESERVED_SHARE", {})  # every row of the fake splits (the reservation: below)
+    monkeypatch.setattr(zeroshot.items, "RESERVED_SHARE", {})  # every row of the fake splits (the reservation: below)
     subsets = build_configs(None, None, 0, tmp_path)
     loaded = lm_eval_tasks(subsets.configs)["tasks"]
     assert set(loaded) == set(TASKS)
