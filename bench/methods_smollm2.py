@@ -22,6 +22,7 @@ import numpy as np
 
 from coopprune import pipeline
 from coopprune.config import Params
+from coopprune.estimators import ESTIMATORS
 from coopprune.records import PRUNING_FILE, PruningRecord
 from coopprune.sampling import PAPER_REMOVE_RATIOS
 
@@ -57,7 +58,8 @@ def main() -> None:
 
     rows = []
     for method in args.methods:
-        seeds = range(args.random_seeds) if method == "random" else [0]
+        random_draw = ESTIMATORS[method].random_draw  # a random baseline is averaged over seeds
+        seeds = range(args.random_seeds) if random_draw else [0]
         runs = []
         for seed in seeds:
             out = work / f"{method}-{seed}"
@@ -71,7 +73,7 @@ def main() -> None:
                 t = time.perf_counter()
                 cell_params = params.model_copy(update={
                     "prune": params.prune.model_copy(update={"method": method, "remove": args.k, "budget": budget}),
-                    "sampling": params.sampling.model_copy(update={"seed": seed if method == "random" else params.sampling.seed}),
+                    "sampling": params.sampling.model_copy(update={"seed": seed if random_draw else params.sampling.seed}),
                 })
                 pipeline.prune(pipeline.PruneRequest(cell_params, out, masks=store.path, overwrite=True,
                                                                  progress=False))

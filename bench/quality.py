@@ -76,6 +76,7 @@ class Arm:
     seed: int = 0
     options: tuple[tuple[str, Any], ...] = ()
     n_windows: int = 10
+    in_plots: bool = True  # drop-last and random sit orders of magnitude above: in the tables only
 
 
 ARMS: dict[str, Arm] = {
@@ -112,8 +113,8 @@ ARMS: dict[str, Arm] = {
     "bi-64": Arm("bi", n_windows=64),
     "angular-64": Arm("angular", per_k=True, n_windows=64),
     "ppl-64": Arm("ppl", n_windows=64),
-    "last": Arm("last"),
-    **{f"random-{s}": Arm("random", seed=s) for s in range(3)},
+    "last": Arm("last", in_plots=False),
+    **{f"random-{s}": Arm("random", seed=s, in_plots=False) for s in range(3)},
 }
 METHODS = list(ARMS)
 TASKS = list(TASK_SPECS)  # the seven bundled tasks, in the library's order
@@ -447,11 +448,16 @@ def zs_fields(result: dict[str, Any] | None) -> dict[str, float]:
     return fields
 
 
+def random_draw(label: str) -> bool:
+    """True for an arm that is one seed of a random baseline (its rows are averaged per k)."""
+    return label in ARMS and ESTIMATORS[ARMS[label].method].random_draw
+
+
 def average_random(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Random removal as one row per k: the mean over its seeds (geometric for perplexity)."""
-    out = [r for r in rows if not r["method"].startswith("random-")]
-    for k in sorted({r["k"] for r in rows if r["method"].startswith("random-")}):
-        seeds = [r for r in rows if r["method"].startswith("random-") and r["k"] == k]
+    out = [r for r in rows if not random_draw(r["method"])]
+    for k in sorted({r["k"] for r in rows if random_draw(r["method"])}):
+        seeds = [r for r in rows if random_draw(r["method"]) and r["k"] == k]
         avg: dict[str, Any] = {"method": f"random (mean of {len(seeds)})", "k": k, "removed": "-"}
         for key in seeds[0]:
             values = [r.get(key) for r in seeds]
@@ -490,8 +496,9 @@ def targets(rows: list[dict[str, Any]], split: str = "", arm: str = DEFAULT_ARM)
         if arm not in cells:
             continue
         ours = cells[arm]
+        variants = {label for label, a in ARMS.items() if a.method == ARMS[arm].method}  # not its own peers
         others = {m: r for m, r in cells.items()  # the peers on the arm's calibration windows
-                  if m != arm and not m.startswith("game-search") and r["n_windows"] == ours["n_windows"]}
+                  if m not in variants and r["n_windows"] == ours["n_windows"]}
         if not others:  # nothing to compare with yet
             continue
         best = {w: min(others.items(), key=lambda mr: mr[1][f"ppl{w}{split}"]) for w in PPL_WINDOWS}
@@ -603,8 +610,7 @@ def write_tables(rows: list[dict[str, Any]], results: Path = RESULTS, curves: di
                        xlabel="calibration tokens evaluated (thousands)",
                        ylabel="held-out perplexity (test, 128)", title=f"SmolLM2-135M, k={k}: held-out PPL of the best calibration set so far",
                        logx=True, logy=True)
-    # drop-last and random sit orders of magnitude above (table); the plot compares the informed methods
-    methods = [m for m in dict.fromkeys(r["method"] for r in rows) if m != "base" and m != "last" and not m.startswith("random")]
+    methods = [m for m in dict.fromkeys(r["method"] for r in rows) if m in ARMS and ARMS[m].in_plots]
     base = next(r for r in rows if r["method"] == "base")
     if base.get("ppl128") is None:
         print("\n".join(lines))
@@ -638,7 +644,8 @@ def carry_published(
     order = {m: i for i, m in enumerate(METHODS)}
 
     def position(r: dict[str, Any]) -> tuple[bool, bool, int, int]:  # base, per k in registry order, random last
-        return (r["k"] > 0, r["method"].startswith("random"), r["k"], order.get(r["method"], len(order)))
+        seeds = random_draw(r["method"]) or r["method"] not in ARMS  # a seed, or the mean over seeds
+        return (r["k"] > 0, seeds, r["k"], order.get(r["method"], len(order)))
 
     kept = [r for r in published.get("rows", []) if (r["method"], r["k"]) not in fresh]
     return sorted(kept + rows, key=position), {**published.get("curves", {}), **curves}

@@ -101,6 +101,8 @@ class Estimator(ABC):
     needs_model: ClassVar[bool] = False
     #: True if it searches sets under a cost budget (``costs``, ``max_cost``: players of different sizes).
     accepts_costs: ClassVar[bool] = False
+    #: True if its result is one draw of a random baseline: a comparison averages it over seeds.
+    random_draw: ClassVar[bool] = False
     #: Its own options as a frozen dataclass (fields: names and defaults; ``__post_init__``: their
     #: checks), given to the constructor as ``config``; None: the constructor's keywords are its options.
     config_class: ClassVar[type | None] = None

@@ -19,6 +19,7 @@ class RandomRemoval(Estimator):
     """
 
     name = "random"
+    random_draw = True
     summary = "peer, a seeded random set as the chance baseline"
 
     def _estimate(self, game: LayerGame, budget: int | None, seed: int, k: int | None) -> Contributions:
