@@ -157,7 +157,8 @@ def main() -> None:
             print(f"k={len(removed)} {name} ({steps} LoRA steps): " + ", ".join(f"{d} {v:.2f}" for d, v in ppl.items()),
                   flush=True)
     settings = {"steps": args.steps, "eval_windows": args.eval_windows,
-                "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}"}
+                "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__} "
+                           f"with {torch.get_num_threads()} thread(s)"}
     write_json(args.out.with_suffix(".json"), {"suite": SUITE, "settings": settings, "rows": rows,
                                                "date": time.strftime("%Y-%m-%d")})
     args.out.with_suffix(".md").write_text(markdown(rows, args.domains, settings))

@@ -4,6 +4,8 @@ import importlib.util
 import sys
 from pathlib import Path
 
+import pytest
+
 spec = importlib.util.spec_from_file_location("quality", Path(__file__).parents[1] / "bench" / "quality.py")
 quality = sys.modules["quality"] = importlib.util.module_from_spec(spec)  # dataclasses look their module up
 spec.loader.exec_module(quality)
@@ -75,3 +77,12 @@ def test_search_curves_share_one_axis_in_tokens_across_calibration_sizes():
               "sleb/6": [{"passes": 1.0, "ppl128_test": 70.0}]}  # no row: nothing to scale by, left out
     assert quality.search_series(rows, curves) == {6: {"evopress": ([6.4], [60.0]), "evopress-64": ([40.96], [58.0]),
                                                        "sleb-64": ([1351.68], [62.5])}}
+
+
+def test_a_random_baseline_is_known_by_its_estimator_not_its_name():
+    assert quality.random_draw("random-0") and quality.random_draw("random-2")
+    assert not quality.random_draw("sleb") and not quality.random_draw("random (mean of 3)")
+    averaged = quality.average_random([{**row("random-0", 3, 100.0), "removed": [1]}, {**row("random-1", 3, 400.0), "removed": [2]},
+                                       {**row("sleb", 3, 40.0), "removed": [3]}])
+    assert [r["method"] for r in averaged] == ["sleb", "random (mean of 2)"]
+    assert averaged[1]["ppl128"] == pytest.approx(200.0)  # geometric mean of the seeds' perplexities
