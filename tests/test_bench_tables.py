@@ -1,4 +1,4 @@
-"""bench/quality.py's table bookkeeping: a run of some arms adds to the published table."""
+"""bench/quality_tables.py's table bookkeeping: a run of some arms adds to the published table."""
 
 import importlib.util
 import sys
@@ -6,9 +6,16 @@ from pathlib import Path
 
 import pytest
 
-spec = importlib.util.spec_from_file_location("quality", Path(__file__).parents[1] / "bench" / "quality.py")
-quality = sys.modules["quality"] = importlib.util.module_from_spec(spec)  # dataclasses look their module up
-spec.loader.exec_module(quality)
+
+def load(name):
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).parents[1] / "bench" / f"{name}.py")
+    module = sys.modules[name] = importlib.util.module_from_spec(spec)  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+load("quality_arms")  # the arms, which quality_tables imports by this name
+quality = load("quality_tables")  # the quality bench's table code (no model)
 
 
 def row(method, k, ppl):
