@@ -132,7 +132,7 @@ def main() -> None:
                 ".venv/bin/python bench/domains.py --arms ARM ... --ks 6 9 12 --windows 32", "domains.md",
                 read("domains.md")),
         section("10. The job's contributions against a reference; the search without its surrogate",
-                ".venv/bin/python bench/contributions.py --step job|reference|compare|subgame|ablation, then --step tables",
+                ".venv/bin/python bench/contributions.py --step job|reference|compare|reliability|subgame|ablation, then --step tables",
                 "contributions.md", read("contributions.md")),
         section("11. The release card as a person sees it (headless Chromium)",
                 "make run && .venv/bin/python bench/card_screenshot.py runs/default", "card.md", read("card.md"),
@@ -141,6 +141,8 @@ def main() -> None:
                 "quantize_order.md", read("quantize_order.md")),
         section("13. The training-free patch after the cut", ".venv/bin/python bench/patch.py --sets 13,14,15,16,17,18 "
                 "3,4,5,12,13,14,15,16,17,18,25,26 --lambdas 0.01 --calibs mix --eval-windows 32", "patch.md", read("patch.md")),
+        section("13b. Patch + LoRA against LoRA alone at the same time", ".venv/bin/python bench/patch_heal.py",
+                "patch_heal.md", read("patch_heal.md")),
     ]
     DOC.parent.mkdir(exist_ok=True)
     DOC.write_text("\n".join(parts))
