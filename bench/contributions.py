@@ -234,6 +234,27 @@ def _f(v: Any, digits: int = 3) -> str:
     return "n/a" if v is None else (f"{v:.{digits}f}" if isinstance(v, float) else str(v))
 
 
+def reliability_table(rows: list[dict[str, Any]]) -> list[str]:
+    """The reference split against itself, with what that means for a target set against it."""
+    half = max(rows, key=lambda r: r["bases"])
+    r_full = 2 * half["spearman_mean"] / (1 + half["spearman_mean"])  # Spearman-Brown: two halves -> the whole
+    parts = ["The reference against itself (`--step reliability`): its bases split at random into a part and the "
+              "rest (500 draws), the part's means against the rest's. This is the reference's own sampling noise "
+              "(a layer's marginal differs from one base mask to the next): two near-halves of the same design "
+              f"agree at Spearman {half['spearman_mean']:.3f} and on the top five in "
+              f"{100 * half['same_top5']:.0f} % of splits, so the whole reference is expected to correlate with "
+              f"its own many-base limit at about sqrt(2r / (1 + r)) = {np.sqrt(r_full):.2f} (Spearman-Brown). "
+              "A Spearman target near that, or \"the same top five\", measures the reference's noise as much "
+              "as the method:", "",
+              "| bases in the part | real evaluations | Spearman with the rest (mean) | 10th-90th percentile | "
+              "same top 5 |", "|---|---|---|---|---|"]
+    for r in rows:
+        parts.append(f"| {r['bases']} of {r['bases'] + r['rest']} | {r['evaluations']} | {_f(r['spearman_mean'])} | "
+                     f"{_f(r['spearman_p10'])}-{_f(r['spearman_p90'])} | {_f(100 * r['same_top5'], 0)} % |")
+    parts.append("")
+    return parts
+
+
 def tables(work: Path) -> str:
     """``bench/results/contributions.md`` from the cached steps (whatever has run)."""
     parts = ["# How far the main job's contributions can be trusted (`bench/contributions.py`)", ""]
@@ -255,23 +276,7 @@ def tables(work: Path) -> str:
                          f"{a.get('spanning_zero', 'n/a')}/30 | {_f(fit.get('r2'))} |")
         parts.append("")
     if (work / "reliability.json").is_file():
-        rows = json.loads((work / "reliability.json").read_text())["reliability"]
-        half = max(rows, key=lambda r: r["bases"])
-        r_full = 2 * half["spearman_mean"] / (1 + half["spearman_mean"])  # Spearman-Brown: two halves -> the whole
-        parts += ["The reference against itself (`--step reliability`): its bases split at random into a part and the "
-                  "rest (500 draws), the part's means against the rest's. This is the reference's own sampling noise "
-                  "(a layer's marginal differs from one base mask to the next): two near-halves of the same design "
-                  f"agree at Spearman {half['spearman_mean']:.3f} and on the top five in "
-                  f"{100 * half['same_top5']:.0f} % of splits, so the whole reference is expected to correlate with "
-                  f"its own many-base limit at about sqrt(2r / (1 + r)) = {np.sqrt(r_full):.2f} (Spearman-Brown). "
-                  "A Spearman target near that, or \"the same top five\", measures the reference's noise as much "
-                  "as the method:", "",
-                  "| bases in the part | real evaluations | Spearman with the rest (mean) | 10th-90th percentile | "
-                  "same top 5 |", "|---|---|---|---|---|"]
-        for r in rows:
-            parts.append(f"| {r['bases']} of {r['bases'] + r['rest']} | {r['evaluations']} | {_f(r['spearman_mean'])} | "
-                         f"{_f(r['spearman_p10'])}-{_f(r['spearman_p90'])} | {_f(100 * r['same_top5'], 0)} % |")
-        parts.append("")
+        parts += reliability_table(json.loads((work / "reliability.json").read_text())["reliability"])
     if (work / "subgame.json").is_file():
         rows = json.loads((work / "subgame.json").read_text())["subgame"]
         parts += ["Pairwise interactions against exact ones: the 12-layer subgame of SmolLM2 (layers 9-20, every one of its "

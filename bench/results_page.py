@@ -85,12 +85,9 @@ def engine_on_accelerators() -> str | None:
     )
 
 
-def main() -> None:
-    old = DOC.read_text() if DOC.is_file() else ""
-    discussion = old[old.index(START) : old.index(END) + len(END)] if START in old and END in old else (
-        f"{START}\n_Discussion: written by hand after a run; kept when this file is regenerated._\n{END}"
-    )
-    parts = [
+def page(discussion: str) -> list[str]:
+    """The whole page: the header, the kept discussion and one section per bench script."""
+    return [
         "# Results",
         "",
         "SmolLM2-135M-Instruct (30 layers, the bundled default) on this repository's benchmark scripts. Every number "
@@ -144,8 +141,15 @@ def main() -> None:
         section("13b. Patch + LoRA against LoRA alone at the same time", ".venv/bin/python bench/patch_heal.py",
                 "patch_heal.md", read("patch_heal.md")),
     ]
+
+
+def main() -> None:
+    old = DOC.read_text() if DOC.is_file() else ""
+    discussion = old[old.index(START) : old.index(END) + len(END)] if START in old and END in old else (
+        f"{START}\n_Discussion: written by hand after a run; kept when this file is regenerated._\n{END}"
+    )
     DOC.parent.mkdir(exist_ok=True)
-    DOC.write_text("\n".join(parts))
+    DOC.write_text("\n".join(page(discussion)))
     print(f"wrote {DOC}")
 
 
