@@ -60,8 +60,8 @@ def task_runner(settings: FlowParams):
 # (dill's disassembly capture inside datasets/lm-eval then floods the log).
 @flow(name="prune_release", log_prints=False)
 def prune_release(params: Params) -> dict[str, Any]:
-    """Sweep -> surrogate -> contributions -> prune -> [seed spread] -> [patch] -> [heal] -> benchmark -> speed -> [GGUF] -> card ->
-    register; returns the summary."""
+    """Sweep -> surrogate -> contributions -> prune -> [seed spread] -> [patch] -> [heal] -> benchmark -> speed ->
+    [GGUF] -> card -> register; returns the summary."""
     started, started_at = time.perf_counter(), time.time()
     out = Path(params.output_dir)
     prepared = prepare_data(params)

@@ -91,8 +91,9 @@ def test_seed_spread_decides_each_seed_once_and_costs_nothing_when_off(tiny_chec
         decision = json.loads((seed_dir / "contributions" / "decision.json").read_text())
         assert decision["params"]["calibration"]["seed"] == seed
         assert sorted(decision["removed_players"]) == written["sets"][str(seed)]
-    fingerprints = {json.loads((d / "contributions" / "decision.json").read_text())["params"]["calibration"]["fingerprint"]
-                    for d in (out, out / "stability" / "seed-1", out / "stability" / "seed-2")}
+    decisions = [json.loads((d / "contributions" / "decision.json").read_text())
+                 for d in (out, out / "stability" / "seed-1", out / "stability" / "seed-2")]
+    fingerprints = {d["params"]["calibration"]["fingerprint"] for d in decisions}
     assert len(fingerprints) == 3  # three draws of windows from the same text
     text, sizes = (out / STABILITY_FILE).read_bytes(), store_sizes(out / "stability")
     assert set(sizes) == {f"seed-{s}/{store}" for s in (1, 2) for store in ("masks", "search")}

@@ -83,7 +83,8 @@ def _seed_spread(release: Release) -> str | None:
     start = (f"Decided again on {len(others)} other calibration draw{'s' if len(others) != 1 else ''} "
              f"(calibration.seed {', '.join(map(str, others))}; the release used {spread['release_seed']})")
     if spread["distinct_sets"] == 1:
-        return f"{start}, the removed set held: every seed chose {_layers(spread['sets'][str(spread['release_seed'])])}."
+        release = spread["sets"][str(spread["release_seed"])]
+        return f"{start}, the removed set held: every seed chose {_layers(release)}."
     same = spread["same_as_release"]
     agree = (f"seed{'s' if len(same) > 1 else ''} {', '.join(map(str, same))} chose the release's set" if same
              else "no other seed chose the release's set")

@@ -1,6 +1,6 @@
 """The release after the cut: the patched and the healed checkpoint (each kept where its inputs
-did not change), the removed set's spread across calibration seeds, the GGUF for llama.cpp, the release benchmark with its report (the curve,
-``plots/``, ``metrics.json``) and the release card."""
+did not change), the removed set's spread across calibration seeds, the GGUF for llama.cpp, the
+release benchmark with its report (the curve, ``plots/``, ``metrics.json``) and the release card."""
 
 from __future__ import annotations
 
