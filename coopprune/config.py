@@ -271,6 +271,24 @@ class PatchParams(_Section):
     steps: int = Field(100, ge=1)  # cosine only: L-BFGS iterations
 
 
+class StabilityParams(_Section):
+    """The chosen set's spread across calibration draws (coopprune/stability.py): the same decision
+    (sweep + search) repeated with each extra ``calibration.seed``, the sets compared in
+    ``<output_dir>/stability.json``. Each seed costs about as much as the main decision."""
+
+    seeds: list[int] = []  # extra calibration seeds to decide again with; [] = off (costs nothing)
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_non_negative(cls, value: list[int]) -> list[int]:
+        if any(s < 0 for s in value):
+            raise ValueError(f"seeds must be >= 0, got {[s for s in value if s < 0][0]}")
+        repeated = sorted({s for s in value if value.count(s) > 1})
+        if repeated:
+            raise ValueError(f"seed {repeated[0]} is listed twice")
+        return value
+
+
 class ExportParams(_Section):
     """After pruning: a GGUF for llama.cpp (a GGUF source is pruned as is, its quantization kept)."""
 
@@ -310,6 +328,7 @@ class Params(_Section):
     registry: RegistryParams = RegistryParams()
     patch: PatchParams = PatchParams()
     heal: HealParams = HealParams()
+    stability: StabilityParams = StabilityParams()
     export: ExportParams = ExportParams()
     flow: FlowParams = FlowParams()
     release: ReleaseParams = ReleaseParams()
@@ -333,6 +352,13 @@ class Params(_Section):
         parts = sum(1 for w in (self.calibration.mix or {}).values() if w > 0)
         if self.patch.enabled and parts > self.patch.n_windows:
             raise ValueError(f"patch.n_windows is {self.patch.n_windows}: too few for the {parts} parts of calibration.mix")
+        return self
+
+    @model_validator(mode="after")
+    def _stability_seeds_are_other_draws(self) -> Params:
+        if self.calibration.seed in self.stability.seeds:
+            raise ValueError(f"stability.seeds: {self.calibration.seed} is calibration.seed, the release's own draw; "
+                             "list only other seeds")
         return self
 
     @classmethod

@@ -36,6 +36,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
     Stage("surrogate", "fit and validate the Stage-2 surrogate on the sweep", "coopprune.pipeline.dvc_stages:surrogate_stage"),
     Stage("contributions", "search the set to remove and explain it (decision.json)", "coopprune.pipeline.dvc_stages:contributions_stage"),
     Stage("prune", "apply the decision: the pruned checkpoint with its report", "coopprune.pipeline.dvc_stages:prune_stage"),
+    Stage("stability", "the removed set decided again on other calibration seeds (stability.seeds); stability.json", "coopprune.pipeline.dvc_stages:stability_stage"),
     Stage("patch", "the training-free linear patch and its benchmark (patch.enabled)", "coopprune.pipeline.dvc_stages:patch_stage"),
     Stage("heal", "LoRA healing and its benchmark (heal.enabled)", "coopprune.pipeline.dvc_stages:heal_stage"),
     Stage("benchmark", "base and pruned model, identical settings; metrics.json", "coopprune.pipeline.dvc_stages:benchmark_stage"),

@@ -40,6 +40,7 @@ from tasks.prune_release import (
     register,
     release_exports,
     report,
+    stability,
     worker_threads,
 )
 
@@ -59,8 +60,8 @@ def task_runner(settings: FlowParams):
 # (dill's disassembly capture inside datasets/lm-eval then floods the log).
 @flow(name="prune_release", log_prints=False)
 def prune_release(params: Params) -> dict[str, Any]:
-    """Sweep -> surrogate -> contributions -> prune -> [patch] -> [heal] -> benchmark -> speed -> [GGUF] -> card ->
-    register; returns the summary."""
+    """Sweep -> surrogate -> contributions -> prune -> [seed spread] -> [patch] -> [heal] -> benchmark -> speed ->
+    [GGUF] -> card -> register; returns the summary."""
     started, started_at = time.perf_counter(), time.time()
     out = Path(params.output_dir)
     prepared = prepare_data(params)
@@ -76,6 +77,7 @@ def prune_release(params: Params) -> dict[str, Any]:
     surrogate = fit_surrogate(params)
     contributions = estimate_contributions(params)
     pruned = prune(params, contributions)
+    spread = stability(params, pruned) if params.stability.seeds else None  # before report: metrics and card read it
     patched = patch(params, pruned) if params.patch.enabled else None
     healed = heal(params, pruned) if params.heal.enabled else None  # heals the patched model when there is one
     scores = {"base": benchmark(params, params.model.source, "base"),
@@ -101,6 +103,8 @@ def prune_release(params: Params) -> dict[str, Any]:
         "output_dir": str(out),
         "started_at": started_at,
     }
+    if spread is not None:
+        summary["stability"] = spread
     if patched is not None:
         summary["patched"] = patched
     if healed is not None:
@@ -184,6 +188,10 @@ def print_summary(summary: dict[str, Any]) -> None:
     if "zero_shot" in bench["pruned"]:
         lines.append(f"zero-shot mean:  base {bench['base']['zero_shot']['mean']:.3f} -> "
                      f"pruned {bench['pruned']['zero_shot']['mean']:.3f}")
+    if "stability" in summary:
+        from coopprune.stability import spread_tag
+
+        lines.append(f"seed spread:     {spread_tag(summary['stability'])} ({summary['stability']['path']})")
     if "patched" in summary:
         lines.append(f"patched model:   {summary['patched']['path']} (layers {summary['patched']['runs']} folded, "
                      f"perplexity {bench['patched']['perplexity']['perplexity']:.2f})")

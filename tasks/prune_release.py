@@ -33,6 +33,15 @@ def contributions_tag(checkpoint: Path) -> dict[str, str]:
     return {"contributions": ("NOT TRUSTWORTHY: " + "; ".join(a["warnings"])) if a["warnings"] else f"readable ({fit})"}
 
 
+def seed_spread_tag(out: Path) -> dict[str, str]:
+    """``calibration_seed_spread``: the removed set across calibration seeds in words
+    (``stability.json``, where the stability step ran for this checkpoint)."""
+    from coopprune.stability import read_spread, spread_tag
+    from coopprune.tracking.versions import CALIBRATION_SEED_SPREAD
+
+    tag = spread_tag(read_spread(out))
+    return {CALIBRATION_SEED_SPREAD: tag} if tag else {}
+
 
 @task(name="prepare-data", cache_policy=NO_CACHE)
 def prepare_data(params: Params) -> dict[str, Any]:
@@ -89,6 +98,13 @@ def compare_speed(params: Params, scores: dict[str, Any]) -> dict[str, Any] | No
     """Base and pruned timed together in interleaved pairs (``benchmark.speed_pairs``): the
     speed-up is their median ratio, never two figures timed minutes apart; None with speed off."""
     return benchmarking.compare_release_speed(params, scores)
+
+
+@task(name="seed-spread", cache_policy=NO_CACHE)
+def stability(params: Params, pruned: dict[str, Any]) -> dict[str, Any]:
+    """The removed set decided again with each of ``stability.seeds`` as the calibration seed
+    (``stability.json``); seeds already decided with the same settings are read back."""
+    return release.seed_spread_release(params, progress=False)
 
 
 @task(name="patch", cache_policy=NO_CACHE)
@@ -158,7 +174,8 @@ def publish(params: Params, summary: dict[str, Any], label: str = "pruned") -> d
     if patched:
         variant_tags |= {"patched": "true", "patch_objective": patched["objective"], "patch_lambda": str(patched["lambda"]),
                          "patch_calibration_fingerprint": patched["calibration_fingerprint"]}
-    tags |= variant_tags | contributions_tag(out / label)
+    spread = seed_spread_tag(out)  # the same removed set for the pruned, patched and healed versions
+    tags |= variant_tags | contributions_tag(out / label) | spread
     name = params.registry.model_name or registry.registered_model_name(params.model.source)
     k = len(summary["pruned"]["removed_layers"])
     run_name = f"{registry.registered_model_name(params.model.source, suffix='')} {params.prune.method} k={k}" + (
@@ -197,6 +214,7 @@ def publish(params: Params, summary: dict[str, Any], label: str = "pruned") -> d
         "gguf": f"gguf/{Path(gguf['path']).name}" if gguf else None,
         "card": f"card/{card_path.name}",
         **speed_tags(metrics),
+        **spread,
         **variant_tags,
     }, description=card_summary(out, label, exports))
     result: dict[str, Any] = {"run_id": run_id, "model_name": name, "version": version, "alias": registry.CANDIDATE}

@@ -54,7 +54,8 @@ def test_flow_threads_and_dask_give_the_same_dataset(prefect_server, tmp_path, t
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     threads = flow_params(tmp_path / "threads", tiny_checkpoint, text_file, eval_text, flow={"workers": 2},
                           benchmark={"tasks": ["piqa", "arc_easy"], "limit": 4},
-                          registry={"enabled": True, "model_name": "tiny-pruned"}, export={"gguf": True})
+                          registry={"enabled": True, "model_name": "tiny-pruned"}, export={"gguf": True},
+                          stability={"seeds": [1]})
     summary = run(threads)
     assert summary["registry"]["version"] == "1" and summary["registry"]["promotion"]["promoted"]
     assert set(summary["benchmark"]["pruned"]["zero_shot"]["tasks"]) == {"piqa", "arc_easy"}
@@ -98,6 +99,14 @@ def test_flow_threads_and_dask_give_the_same_dataset(prefect_server, tmp_path, t
     assert summary["card"] == str(out / "card.html") and "llama-pruned.f16.gguf" in (out / "card.html").read_text()
     assert version.description == card_summary(out) and "interleaved timing pairs" in version.description
     assert version.tags["card"] == "card/card.html" and float(version.tags["speedup_bs1"]) > 0
+    # the seed spread (stability.seeds: [1]): after the prune, in the summary, the metrics, the tags and the card
+    spread = summary["stability"]
+    assert spread["seeds"] == [0, 1] and spread["sets"]["0"] == sorted(summary["pruned"]["removed_layers"])
+    assert summary["metrics"]["calibration_seeds"] == 2
+    assert summary["metrics"]["calibration_seed_distinct_sets"] == spread["distinct_sets"]
+    assert version.tags["calibration_seed_spread"].startswith(f"2 seeds, {spread['distinct_sets']} set")
+    assert logged.data.tags["calibration_seed_spread"] == version.tags["calibration_seed_spread"]
+    assert "other calibration draw" in version.description
     assert version.tags["speedup_bs1_range"].endswith("over 2 interleaved pairs")
     assert [f.path for f in MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").list_artifacts(logged.info.run_id, "card")] \
         == ["card/card.html"]

@@ -12,7 +12,9 @@ measured here, so a card can be rendered again at any time from what a run left:
 - ``benchmark/speed.json``: the speed-up, a median ratio over interleaved pairs with its spread
   (never two absolute figures taken at different moments);
 - ``healed/healing.json``, ``gguf/``, ``gguf-patched/`` and ``gguf-healed/``: healing and exports, if any;
-- ``data.json``: the calibration and evaluation text and their fingerprints.
+- ``data.json``: the calibration and evaluation text and their fingerprints;
+- ``stability.json``: the removed sets of the decision repeated on other calibration seeds, where
+  that step ran for this checkpoint (:func:`coopprune.stability.read_spread`).
 
 Also the card's file names (:func:`card_file`) and the labels a card is for (:data:`LABELS`).
 """
@@ -26,6 +28,7 @@ from typing import Any
 
 from coopprune.errors import CoopPruneError
 from coopprune.records import ATTRIBUTION_FILE, PRUNING_FILE
+from coopprune.stability import read_spread
 
 CARD_FILE = "card.html"
 LABELS = ("pruned", "patched", "healed")
@@ -71,6 +74,7 @@ class Release:
             self.metrics.setdefault(key, value)
         self.speed: dict[str, Any] | None = _json(self.out / "benchmark" / "speed.json")
         self.data: dict[str, Any] = _json(self.out / "data.json") or {}
+        self.spread: dict[str, Any] | None = read_spread(self.out)
         healing = _json(self.out / "healed" / "healing.json")
         self.healing: dict[str, Any] | None = healing if healing and healing.get("enabled", True) else None
         if label == "healed" and self.healing is None:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from coopprune.card.facts import Release
-from coopprune.card.wording import _layers, _num, _why
+from coopprune.card.wording import _layers, _num, _seed_spread, _why
 from coopprune.records import INTERACTIONS_FILE
 
 
@@ -185,7 +185,7 @@ def _removed_section(r: Release) -> str:
     rec = r.record
     chips = "".join(f"<span>{_e(x)}</span>" for x in r.removed)
     rows = {x["name"]: x for x in r.contributions if x.get("removed") == "True"}
-    why = f"<p>Chosen as {_e(_why(r))}.</p>"
+    why = f"<p>Chosen as {_e(_why(r))}.</p>" + _seed_spread_part(r)
     detail = ""
     if rows:
         table = [
@@ -209,6 +209,19 @@ def _removed_section(r: Release) -> str:
         f"<code>{_e(rec.get('method'))}</code>; {_e(rec.get('layers_after'))} layers kept.</p>"
         f"{why}{detail}{plot}{_contributions_section(r)}"
     )
+
+
+def _seed_spread_part(r: Release) -> str:
+    """The removed set across calibration seeds (``stability.json``): the sentence, then each seed's set."""
+    sentence, spread = _seed_spread(r), r.spread
+    if not sentence or not spread:
+        return ""
+    release = spread["sets"][str(spread["release_seed"])]
+    rows = [[_e(seed), _e(_layers(spread["sets"][str(seed)])),
+             "the release's" if seed == spread["release_seed"] else "same" if spread["sets"][str(seed)] == release
+             else "differs"] for seed in spread["seeds"]]
+    return (f"<p>{_e(sentence)}</p><details><summary>The removed set by calibration seed</summary>"
+            + _table(["calibration.seed", "removed", ""], rows) + "</details>")
 
 
 def _attribution_section(r: Release) -> str:

@@ -1,6 +1,7 @@
 """The card's words: numbers as the card writes them (:func:`_num`, :func:`_layers`), how the
-method chose the removed set (:func:`_why`) and the card's one paragraph in plain text
-(:func:`card_summary`), which is also the registered model version's description."""
+method chose the removed set (:func:`_why`), whether it held across calibration seeds
+(:func:`_seed_spread`) and the card's one paragraph in plain text (:func:`card_summary`), which is
+also the registered model version's description."""
 
 from __future__ import annotations
 
@@ -71,6 +72,28 @@ def _why(release: Release) -> str:
     return f"the lowest contributions{utility_text}"
 
 
+def _seed_spread(release: Release) -> str | None:
+    """Whether the removed set held when the decision was repeated on other calibration seeds, and
+    which players changed when it did, in one sentence; None where that step did not run."""
+    spread = release.spread
+    if not spread:
+        return None
+    others = [s for s in spread["seeds"] if s != spread["release_seed"]]
+    noun = "sublayers" if release.sublayers else "layers"
+    start = (f"Decided again on {len(others)} other calibration draw{'s' if len(others) != 1 else ''} "
+             f"(calibration.seed {', '.join(map(str, others))}; the release used {spread['release_seed']})")
+    if spread["distinct_sets"] == 1:
+        release = spread["sets"][str(spread["release_seed"])]
+        return f"{start}, the removed set held: every seed chose {_layers(release)}."
+    same = spread["same_as_release"]
+    agree = (f"seed{'s' if len(same) > 1 else ''} {', '.join(map(str, same))} chose the release's set" if same
+             else "no other seed chose the release's set")
+    always = spread["layers_always_removed"]
+    return (f"{start}, the removed set changed: {spread['distinct_sets']} distinct sets over {len(spread['seeds'])} "
+            f"seeds, {noun} {_layers(spread['layers_sometimes_removed'])} removed under some seeds only "
+            f"({_layers(always) + ' under every one' if always else f'no {noun[:-1]} under every one'}), and {agree}.")
+
+
 def card_summary(out_dir: str | Path, label: str = "pruned", exports: list[dict[str, Any]] | None = None) -> str:
     """The card's one paragraph, plain text: the registered model version's description."""
     return _summary(Release(out_dir, label, exports))
@@ -130,6 +153,8 @@ def _summary(r: Release) -> str:
             f"A healed variant ({r.healing.get('steps')} LoRA steps) reaches perplexity "
             f"{_num(r.metric('healed', 'perplexity'))}."
         )
+    if spread := _seed_spread(r):
+        parts.append(spread)
     if r.attribution and r.attribution.get("summary"):
         parts.append(" ".join(str(r.attribution["summary"]).split()))
     mine = [e for e in r.exports if e.get("label", "pruned") == label]

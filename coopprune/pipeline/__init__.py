@@ -9,7 +9,8 @@ One module per job, each importing only those listed before it:
   ``prune_from_params``).
 - ``benchmarking``: held-out perplexity, zero-shot, the curve, the timed speed comparison and
   the tracked metrics.
-- ``release``: the patched and healed checkpoints, the GGUF export, the release report and card.
+- ``release``: the patched and healed checkpoints, the removed set's spread across calibration
+  seeds, the GGUF export, the release report and card.
 - ``dvc_stages``: the functions ``coopprune.stages.STAGES`` runs, and ``prepare_data``.
 - ``runner``: ``run``, the job without an orchestrator (``coopprune run``).
 
@@ -40,6 +41,7 @@ from coopprune.pipeline.dvc_stages import (
     patch_stage,
     prepare_data,
     prune_stage,
+    stability_stage,
     surrogate_stage,
     sweep_stage,
 )
@@ -70,6 +72,7 @@ from coopprune.pipeline.release import (
     patch_release,
     release_card,
     report_release,
+    seed_spread_release,
 )
 from coopprune.pipeline.runner import run
 from coopprune.pipeline.store import (
@@ -94,6 +97,6 @@ __all__ = [
     "fit_surrogate", "heal_release", "heal_source", "heal_stage", "held_out_perplexity", "load_base", "masks_dir",
     "merge_sweep", "model_depth", "patch_release", "patch_stage", "perplexity_curve", "plan_sweep", "prepare_data",
     "prune", "prune_from_params", "prune_stage", "release_card", "release_metrics", "removal_order",
-    "report_release", "run", "score_metrics", "screen_windows", "search_store", "surrogate_stage", "sweep",
-    "sweep_setup", "sweep_stage",
+    "report_release", "run", "score_metrics", "screen_windows", "search_store", "seed_spread_release",
+    "stability_stage", "surrogate_stage", "sweep", "sweep_setup", "sweep_stage",
 ]

@@ -24,6 +24,7 @@ from coopprune.pipeline.inputs import load_base
 from coopprune.pipeline.job import removal_order
 from coopprune.prune import count_parameters
 from coopprune.records import ATTRIBUTION_FILE, PruningRecord
+from coopprune.stability import read_spread, spread_metrics
 
 
 def evaluate_perplexity(
@@ -130,7 +131,8 @@ def release_metrics(out: Path, scores: dict[str, Any], speed: dict[str, Any] | N
     """The flat numbers DVC and MLflow track: quality and cost of the base and pruned models, the
     speed-up (``speedup_bs1``, its ``_min``/``_max`` over the interleaved pairs, ...), the held-out
     fit behind the contributions (with how many masks it rests on) and whether they can be read
-    (``contributions_trustworthy``), and the Stage-2 surrogate's held-out fit on the sweep."""
+    (``contributions_trustworthy``), the Stage-2 surrogate's held-out fit on the sweep, and, where
+    the stability step ran, ``calibration_seeds`` and ``calibration_seed_distinct_sets``."""
     metrics = score_metrics(scores)
     if speed is not None:
         metrics.update(speed["metrics"])
@@ -148,6 +150,7 @@ def release_metrics(out: Path, scores: dict[str, Any], speed: dict[str, Any] | N
         metrics["surrogate_heldout_r2"] = overall.get("r2")
         metrics["surrogate_heldout_spearman"] = overall.get("spearman")
         metrics["surrogate_within_stratum_spearman"] = m.get("mean_within_stratum_spearman")
+    metrics.update(spread_metrics(read_spread(out)))  # the stability step's, when it ran for this checkpoint
     return metrics
 
 

@@ -17,7 +17,13 @@ from coopprune.mixture import Calibration
 from coopprune.pipeline.benchmarking import benchmark, score_metrics
 from coopprune.pipeline.inputs import model_depth
 from coopprune.pipeline.job import apply_decision, prune_from_params
-from coopprune.pipeline.release import benchmark_release, export_release, heal_release, patch_release
+from coopprune.pipeline.release import (
+    benchmark_release,
+    export_release,
+    heal_release,
+    patch_release,
+    seed_spread_release,
+)
 from coopprune.pipeline.store import fit_surrogate, masks_dir, merge_sweep, sweep
 
 
@@ -127,3 +133,17 @@ def patch_stage(params: Params, progress: bool = True) -> dict[str, Any]:
                **score_metrics({"patched": score})}
     write_json(out / "patch_metrics.json", metrics)
     return {**patched, "metrics": metrics}
+
+
+def stability_stage(params: Params, progress: bool = True) -> dict[str, Any]:
+    """DVC's ``stability`` stage: the removed set decided again with each of ``stability.seeds``
+    (``stability.json``, read by the benchmark stage's metrics and card); with no seeds it records
+    that the step is off and does nothing else, so the stage's outputs always exist."""
+    from coopprune.stability import STABILITY_DIR, STABILITY_FILE
+
+    out = Path(params.output_dir)
+    if not params.stability.seeds:
+        (out / STABILITY_DIR).mkdir(parents=True, exist_ok=True)  # a DVC output either way
+        write_json(out / STABILITY_FILE, {"enabled": False})
+        return {"enabled": False}
+    return seed_spread_release(params, progress)

@@ -1,6 +1,6 @@
 """The release after the cut: the patched and the healed checkpoint (each kept where its inputs
-did not change), the GGUF for llama.cpp, the release benchmark with its report (the curve,
-``plots/``, ``metrics.json``) and the release card."""
+did not change), the removed set's spread across calibration seeds, the GGUF for llama.cpp, the
+release benchmark with its report (the curve, ``plots/``, ``metrics.json``) and the release card."""
 
 from __future__ import annotations
 
@@ -63,6 +63,15 @@ def patch_release(params: Params, progress: bool = True) -> dict[str, Any]:
             "runs": [r["layers"] for r in entry["runs"] if r.get("folded_into") is not None],
             "skipped": entry["skipped"], "calibration_fingerprint": entry["calibration"]["fingerprint"],
             "minutes": round(entry["seconds"] / 60, 2)}
+
+
+def seed_spread_release(params: Params, progress: bool = True) -> dict[str, Any]:
+    """``<output_dir>/stability.json``: the release's decision repeated with each of
+    ``stability.seeds`` as ``calibration.seed`` (``coopprune.stability.seed_spread``), after the prune;
+    seeds decided before with the same settings are read back. ``{"enabled": False}`` without seeds."""
+    from coopprune.stability import seed_spread
+
+    return seed_spread(params, progress)
 
 
 def export_release(params: Params, checkpoint: str | Path | None = None) -> dict[str, Any]:

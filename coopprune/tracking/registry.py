@@ -30,6 +30,7 @@ from coopprune.tracking.promotion import promote
 from coopprune.tracking.runs import log_run
 from coopprune.tracking.versions import (
     BASE_MODEL,
+    CALIBRATION_SEED_SPREAD,
     CANDIDATE,
     DOMAIN_MEAN_PERPLEXITY,
     PERPLEXITY,
@@ -43,7 +44,8 @@ from coopprune.tracking.versions import (
 )
 
 __all__ = [
-    "BASE_MODEL", "CANDIDATE", "DOMAIN_MEAN_PERPLEXITY", "PERPLEXITY", "ZERO_SHOT_MEAN", "NotRegistered",
+    "BASE_MODEL", "CALIBRATION_SEED_SPREAD", "CANDIDATE", "DOMAIN_MEAN_PERPLEXITY", "PERPLEXITY", "ZERO_SHOT_MEAN",
+    "NotRegistered",
     "already_pruned", "claim_release", "load_registered", "log_run", "promote", "register_pruned",
     "registered_model_name", "tracking_uri",
 ]

@@ -39,6 +39,9 @@ PARAMETERS = "parameters"
 ZERO_SHOT_MEAN = "zero_shot_mean"
 PERPLEXITY = "perplexity"
 DOMAIN_MEAN_PERPLEXITY = "domain_mean_perplexity"  # mean held-out perplexity over the evaluation domains
+#: the removed set across calibration seeds (``stability.seeds``; value: ``coopprune.stability.spread_tag``),
+#: on the run and on every version of it, e.g. "3 seeds, 1 set"
+CALIBRATION_SEED_SPREAD = "calibration_seed_spread"
 
 _MODELS_URI = re.compile(r"models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>\d+))(?P<sub>/.*)?")
 
