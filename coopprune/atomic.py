@@ -11,6 +11,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from coopprune.errors import CoopPruneError
+
 
 @contextlib.contextmanager
 def atomic_path(dest: str | Path) -> Iterator[Path]:
@@ -50,6 +52,17 @@ def atomic_dir(dest: str | Path, overwrite: bool = False) -> Iterator[Path]:
             os.replace(tmp, dest)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def read_json(path: str | Path) -> Any:
+    """An artifact read back: None where it is absent, a one-line error where it is not JSON."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise CoopPruneError(f"corrupt {path}: {exc}") from None
 
 
 def write_json(dest: str | Path, obj: Any) -> None:

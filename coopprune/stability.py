@@ -30,7 +30,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from coopprune.atomic import write_json
+from coopprune.atomic import read_json, write_json
 from coopprune.config import Params, StabilityParams
 from coopprune.errors import CoopPruneError
 from coopprune.records import PRUNING_FILE
@@ -103,7 +103,7 @@ def _release(out: Path) -> tuple[list[Any], str, str | None]:
         record = PruningRecord.load(out / "pruned")
         removed = (record.scores or {}).get("removed_players") or record.removed_layers
         return list(removed), record.base_fingerprint, _sha256(record_path)
-    decision = _json(out / "contributions" / "decision.json")
+    decision = read_json(out / "contributions" / "decision.json")
     if decision is None:
         raise CoopPruneError(f"no {PRUNING_FILE} in {out / 'pruned'} and no decision in {out / 'contributions'}: "
                              "run the prune step before the seed spread")
@@ -117,7 +117,7 @@ def _decide(params: Params, seed: int, base_fingerprint: str, progress: bool) ->
     folder = Path(p.output_dir)
     key = {"base_fingerprint": base_fingerprint,
            **p.model_dump(mode="json", include=set(DECISION_SECTIONS), by_alias=True)}
-    done = _json(folder / SEED_FILE) or {}
+    done = read_json(folder / SEED_FILE) or {}
     decision_file = folder / "contributions" / "decision.json"
     if done.get("key") == key and "removed" in done and decision_file.is_file():
         return done["removed"], False
@@ -147,15 +147,6 @@ def _players(decision: dict[str, Any]) -> list[Any]:
     return list((decision.get("scores") or {}).get("removed_players") or decision["removed_players"])
 
 
-def _json(path: Path) -> Any:
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise CoopPruneError(f"corrupt {path}: {exc}") from None
-
-
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -167,7 +158,7 @@ def read_spread(out_dir: str | Path) -> dict[str, Any] | None:
     """``<out_dir>/stability.json`` when the step ran for the checkpoint now in ``<out_dir>/pruned``;
     None when it did not run, was off (``{"enabled": false}``) or measured an earlier checkpoint."""
     out = Path(out_dir)
-    spread = _json(out / STABILITY_FILE)
+    spread = read_json(out / STABILITY_FILE)
     if not spread or not spread.get("seeds"):
         return None
     record = out / "pruned" / PRUNING_FILE

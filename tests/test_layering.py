@@ -111,24 +111,11 @@ def test_the_pipeline_check_sees_the_package_and_its_modules(tmp_path):
     assert pipeline_imports(path) == {"__init__", "job", "store"}
 
 
-def test_the_card_modules_import_only_the_ones_below_them():
-    assert sorted(p.stem for p in CARD.glob("*.py")) == sorted(("__init__", *CARD_LAYERS))
-    for i, name in enumerate(CARD_LAYERS):
-        above = package_imports(CARD / f"{name}.py", "coopprune.card", CARD_LAYERS) - set(CARD_LAYERS[:i])
-        assert not above, f"coopprune/card/{name}.py imports {sorted(above)}, not below it"
-
-
-def test_the_tracking_modules_import_only_the_ones_below_them():
-    assert sorted(p.stem for p in TRACKING.glob("*.py")) == sorted(("__init__", *TRACKING_LAYERS))
-    for i, name in enumerate(TRACKING_LAYERS):
-        imported = package_imports(TRACKING / f"{name}.py", "coopprune.tracking", TRACKING_LAYERS)
-        above = imported - set(TRACKING_LAYERS[:i])
-        assert not above, f"coopprune/tracking/{name}.py imports {sorted(above)}, not below it"
-
-
-def test_the_zeroshot_modules_import_only_the_ones_below_them():
-    assert sorted(p.stem for p in ZEROSHOT.glob("*.py")) == sorted(("__init__", *ZEROSHOT_LAYERS))
-    for i, name in enumerate(ZEROSHOT_LAYERS):
-        imported = package_imports(ZEROSHOT / f"{name}.py", "coopprune.zeroshot", ZEROSHOT_LAYERS)
-        above = imported - set(ZEROSHOT_LAYERS[:i])
-        assert not above, f"coopprune/zeroshot/{name}.py imports {sorted(above)}, not below it"
+@pytest.mark.parametrize("package, layers", [("card", CARD_LAYERS), ("tracking", TRACKING_LAYERS),
+                                             ("zeroshot", ZEROSHOT_LAYERS)])
+def test_a_split_package_imports_only_the_modules_below_each_one(package, layers):
+    folder = LIBRARY / package
+    assert sorted(p.stem for p in folder.glob("*.py")) == sorted(("__init__", *layers))
+    for i, name in enumerate(layers):
+        above = package_imports(folder / f"{name}.py", f"coopprune.{package}", layers) - set(layers[:i])
+        assert not above, f"coopprune/{package}/{name}.py imports {sorted(above)}, not below it"

@@ -22,10 +22,10 @@ Also the card's file names (:func:`card_file`) and the labels a card is for (:da
 from __future__ import annotations
 
 import csv
-import json
 from pathlib import Path
 from typing import Any
 
+from coopprune.atomic import read_json
 from coopprune.errors import CoopPruneError
 from coopprune.records import ATTRIBUTION_FILE, PRUNING_FILE
 from coopprune.stability import read_spread
@@ -47,15 +47,6 @@ def _check_label(label: str) -> None:
         raise CoopPruneError(f"a release card is for one of {', '.join(LABELS)}, not '{label}'")
 
 
-def _json(path: Path) -> Any:
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise CoopPruneError(f"corrupt {path}: {exc}") from None
-
-
 class Release:
     """What a run's output folder holds, read once (missing optional parts are None)."""
 
@@ -63,26 +54,26 @@ class Release:
         _check_label(label)
         self.out, self.label = Path(out_dir), label
         pruned = self.out / "pruned"
-        record = _json(pruned / PRUNING_FILE)
+        record = read_json(pruned / PRUNING_FILE)
         if record is None:
             raise CoopPruneError(f"no {PRUNING_FILE} in {pruned}: nothing to make a card of")
         self.record: dict[str, Any] = record
         self.pruned_dir = pruned
-        self.metrics: dict[str, Any] = dict(_json(self.out / "metrics.json") or {})
-        heal_metrics = _json(self.out / "heal_metrics.json") or {}
+        self.metrics: dict[str, Any] = dict(read_json(self.out / "metrics.json") or {})
+        heal_metrics = read_json(self.out / "heal_metrics.json") or {}
         for key, value in heal_metrics.items():  # DVC's heal stage keeps the healed scores apart
             self.metrics.setdefault(key, value)
-        self.speed: dict[str, Any] | None = _json(self.out / "benchmark" / "speed.json")
-        self.data: dict[str, Any] = _json(self.out / "data.json") or {}
+        self.speed: dict[str, Any] | None = read_json(self.out / "benchmark" / "speed.json")
+        self.data: dict[str, Any] = read_json(self.out / "data.json") or {}
         self.spread: dict[str, Any] | None = read_spread(self.out)
-        healing = _json(self.out / "healed" / "healing.json")
+        healing = read_json(self.out / "healed" / "healing.json")
         self.healing: dict[str, Any] | None = healing if healing and healing.get("enabled", True) else None
         if label == "healed" and self.healing is None:
             raise CoopPruneError(f"no healed model in {self.out} (healed/healing.json): no healed card")
-        self.attribution: dict[str, Any] | None = _json(pruned / ATTRIBUTION_FILE)
+        self.attribution: dict[str, Any] | None = read_json(pruned / ATTRIBUTION_FILE)
         self.contributions = _read_csv(pruned / "contributions.csv")
         self.exports = exports if exports is not None else _find_exports(self.out)
-        self.benchmarks = {lab: _json(self.out / "benchmark" / f"{lab}.json") or {} for lab in ("base", *LABELS)}
+        self.benchmarks = {lab: read_json(self.out / "benchmark" / f"{lab}.json") or {} for lab in ("base", *LABELS)}
 
     # -- facts
     @property
@@ -145,7 +136,7 @@ def _read_csv(path: Path) -> list[dict[str, str]]:
 def _find_exports(out: Path) -> list[dict[str, Any]]:
     """The GGUF files under ``gguf/``, ``gguf-patched/`` and ``gguf-healed/``, with how each was made
     where the flow's ``summary.json`` says (a card rendered again later keeps it)."""
-    summary = _json(out / "summary.json") or {}
+    summary = read_json(out / "summary.json") or {}
     how = {
         Path(str(part["gguf"].get("path"))).name: part["gguf"].get("how")
         for part in (summary, *(summary.get(label) or {} for label in LABELS[1:]))
