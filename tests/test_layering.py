@@ -19,13 +19,11 @@ FORBIDDEN = ("tasks", "flows", "prefect")
 PIPELINE = LIBRARY / "pipeline"
 # coopprune.pipeline's modules, bottom first: each imports only modules before it (no cycles)
 PIPELINE_LAYERS = ("inputs", "store", "job", "benchmarking", "release", "dvc_stages", "runner")
-CARD = LIBRARY / "card"
 # coopprune.card's modules, bottom first, the same rule: the facts, the words, the sections, the page
 CARD_LAYERS = ("facts", "wording", "sections", "page")
 # coopprune.tracking's modules, bottom first, the same rule: reaching MLflow, the checkpoint as an MLflow
 # model, logging a run, registering versions, promotion, and registry.py's re-exports on top
 TRACKING_LAYERS = ("connection", "mlflow_model", "runs", "versions", "promotion", "registry")
-ZEROSHOT = LIBRARY / "zeroshot"
 # coopprune.zeroshot's modules, bottom first, the same rule: the task table, the items drawn or reserved,
 # the subsets and lm-eval configs, the results, and running lm-eval
 ZEROSHOT_LAYERS = ("tasks", "items", "data", "results", "run")
