@@ -35,6 +35,7 @@ from coopprune.config import Params
 from coopprune.dataset import MaskDataset
 from coopprune.estimators.game_search import strata_around
 from coopprune.game import LayerGame
+from coopprune.records import Decision
 from coopprune.sampling import stratified_masks
 
 RESULTS = Path(__file__).parent / "results"
@@ -166,8 +167,8 @@ def compare(params: Params, work: Path) -> dict[str, Any]:
     mean, se = np.array(ref["values"]), np.array(ref["se"])
     k = params.prune.remove
     job = Path(params.output_dir)
-    decision = json.loads((job / "contributions" / pipeline.DECISION_FILE).read_text())
-    rnd = decision["scores"]["rounds"][0]
+    decision = Decision.load(job / "contributions")
+    rnd = decision.scores["rounds"][0]
     arms: dict[str, Any] = {}
     before = np.array(rnd["values"], dtype=float)
     arms["before: MLP surrogate, clipped log target"] = interval_stats(
@@ -189,7 +190,7 @@ def compare(params: Params, work: Path) -> dict[str, Any]:
     return {"reference": {"bases": ref["bases"], "evaluations": ref["evaluations"], "top5": sorted(np.argsort(-mean)[:5].tolist()),
                           "bottom_k": sorted(np.argsort(mean)[:k].tolist()),
                           "spanning_zero_2se": int(np.sum(np.abs(mean) < 2 * se))},
-            "arms": arms, "job_removed": sorted(decision["removed_players"])}
+            "arms": arms, "job_removed": sorted(decision.removed_players)}
 
 
 def subgame(seeds: int = 5, budgets: tuple[int, ...] = (60, 100, 150, 300)) -> list[dict[str, Any]]:

@@ -1,9 +1,10 @@
-"""``pruning.json``: the record a pruned checkpoint carries of what was removed, from what, and why.
+"""``pruning.json``: the record a pruned checkpoint carries of what was removed, from what, and why;
+``decision.json``: what a decision-only run chose, before any checkpoint exists.
 
-:class:`PruningRecord` is the one reader and writer of that file: :meth:`PruningRecord.save`
-writes it, :meth:`PruningRecord.load` reads it back (save, load, save gives the same bytes), and
-every other module names the file by :data:`PRUNING_FILE`. The JSON is the dataclass's fields in
-their order, so checkpoints written by any earlier version load unchanged.
+:class:`PruningRecord` and :class:`Decision` are the one reader and writer of their files:
+``save`` writes, ``load`` reads back (save, load, save gives the same bytes), and every other
+module names the files by :data:`PRUNING_FILE` and :data:`DECISION_FILE`. The JSON is the
+dataclass's fields in their order, so files written by any earlier version load unchanged.
 
 Only the standard library at import time: fetch, GGUF export and the registry read records
 without importing torch.
@@ -23,6 +24,7 @@ from coopprune.atomic import write_json
 from coopprune.errors import CoopPruneError
 
 PRUNING_FILE = "pruning.json"
+DECISION_FILE = "decision.json"
 #: Beside it, from a method that reads its contributions off real evaluations (coopprune.attribution).
 ATTRIBUTION_FILE = "attribution.json"
 INTERACTIONS_FILE = "interactions.png"
@@ -69,22 +71,56 @@ class PruningRecord:
     def load(cls, folder: str | Path) -> PruningRecord:
         """The record of the checkpoint in ``folder``; a one-line error when it has none or it is
         damaged (every field must be there: a record never gets today's versions or date)."""
-        path = Path(folder) / PRUNING_FILE
-        if not path.is_file():
-            raise CoopPruneError(f"no {PRUNING_FILE} in {folder}")
-        try:
-            data = json.loads(path.read_text())
-            if not isinstance(data, dict):
-                raise ValueError(f"expected an object, got {type(data).__name__}")
-            missing = [f.name for f in fields(cls) if f.name not in data]
-            if missing:
-                raise ValueError(f"missing {', '.join(missing)}")
-            return cls(**data)
-        except (OSError, ValueError, TypeError) as exc:
-            detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise CoopPruneError(f"corrupt {path}: {detail}") from None
+        return _load(cls, Path(folder) / PRUNING_FILE)
 
     @classmethod
     def load_if_present(cls, folder: str | Path) -> PruningRecord | None:
         """:meth:`load`, or None for a folder without a record (a checkpoint that was never pruned)."""
         return cls.load(folder) if (Path(folder) / PRUNING_FILE).is_file() else None
+
+
+@dataclass
+class Decision:
+    """``decision.json``: the players a decision-only run chose to remove (the ``contributions``
+    stage), for ``apply_decision`` to prune later and for the seed spread to compare."""
+
+    method: str
+    removed_players: list[Any]  # layer indices, or sublayer names
+    sublayers: bool
+    base_fingerprint: str
+    scores: dict[str, Any] = field(default_factory=dict)
+    params: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def players(self) -> list[Any]:
+        """The removed players as the pruned checkpoint will record them (its ``scores`` say, for
+        sublayers, which halves by name)."""
+        return list(self.scores.get("removed_players") or self.removed_players)
+
+    def save(self, folder: str | Path) -> Path:
+        """Write ``<folder>/decision.json`` atomically; returns its path."""
+        path = Path(folder) / DECISION_FILE
+        write_json(path, asdict(self))
+        return path
+
+    @classmethod
+    def load(cls, folder: str | Path) -> Decision:
+        """The decision in ``folder``; a one-line error when it has none or it is damaged."""
+        return _load(cls, Path(folder) / DECISION_FILE)
+
+
+def _load(cls: type, path: Path) -> Any:
+    """A record dataclass from its JSON file, every field required, errors in one line."""
+    if not path.is_file():
+        raise CoopPruneError(f"no {path.name} in {path.parent}")
+    try:
+        data = json.loads(path.read_text())
+        if not isinstance(data, dict):
+            raise ValueError(f"expected an object, got {type(data).__name__}")
+        missing = [f.name for f in fields(cls) if f.name not in data]
+        if missing:
+            raise ValueError(f"missing {', '.join(missing)}")
+        return cls(**data)
+    except (OSError, ValueError, TypeError) as exc:
+        detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise CoopPruneError(f"corrupt {path}: {detail}") from None

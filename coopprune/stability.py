@@ -25,7 +25,6 @@ No Prefect here; the pipeline modules are imported where a seed is decided (they
 from __future__ import annotations
 
 import hashlib
-import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -33,7 +32,7 @@ from typing import Any
 from coopprune.atomic import read_json, write_json
 from coopprune.config import Params, StabilityParams
 from coopprune.errors import CoopPruneError
-from coopprune.records import PRUNING_FILE
+from coopprune.records import DECISION_FILE, PRUNING_FILE, Decision, PruningRecord
 
 STABILITY_FILE = "stability.json"
 STABILITY_DIR = "stability"
@@ -98,16 +97,14 @@ def _release(out: Path) -> tuple[list[Any], str, str | None]:
     its base weights' fingerprint and the checkpoint record's sha256 (None without a checkpoint)."""
     record_path = out / "pruned" / PRUNING_FILE
     if record_path.is_file():
-        from coopprune.records import PruningRecord
-
         record = PruningRecord.load(out / "pruned")
         removed = (record.scores or {}).get("removed_players") or record.removed_layers
         return list(removed), record.base_fingerprint, _sha256(record_path)
-    decision = read_json(out / "contributions" / "decision.json")
-    if decision is None:
+    if not (out / "contributions" / DECISION_FILE).is_file():
         raise CoopPruneError(f"no {PRUNING_FILE} in {out / 'pruned'} and no decision in {out / 'contributions'}: "
                              "run the prune step before the seed spread")
-    return _players(decision), decision["base_fingerprint"], None
+    decision = Decision.load(out / "contributions")
+    return decision.players, decision.base_fingerprint, None
 
 
 def _decide(params: Params, seed: int, base_fingerprint: str, progress: bool) -> tuple[list[Any], bool]:
@@ -118,12 +115,11 @@ def _decide(params: Params, seed: int, base_fingerprint: str, progress: bool) ->
     key = {"base_fingerprint": base_fingerprint,
            **p.model_dump(mode="json", include=set(DECISION_SECTIONS), by_alias=True)}
     done = read_json(folder / SEED_FILE) or {}
-    decision_file = folder / "contributions" / "decision.json"
-    if done.get("key") == key and "removed" in done and decision_file.is_file():
+    if done.get("key") == key and "removed" in done and (folder / "contributions" / DECISION_FILE).is_file():
         return done["removed"], False
 
     from coopprune.dataset import MaskDataset
-    from coopprune.pipeline.job import DECISION_FILE, prune_from_params
+    from coopprune.pipeline.job import prune_from_params
     from coopprune.pipeline.store import sweep_setup
     from coopprune.sweep import run_sweep
 
@@ -137,14 +133,9 @@ def _decide(params: Params, seed: int, base_fingerprint: str, progress: bool) ->
         shutil.rmtree(masks)
     dataset = run_sweep(setup.evaluator, setup.manifest, masks, progress=progress)
     result = prune_from_params(p, dataset, progress=progress, decision_only=True)
-    removed = sorted(_players(json.loads((folder / "contributions" / DECISION_FILE).read_text())))
+    removed = sorted(Decision.load(folder / "contributions").players)
     write_json(folder / SEED_FILE, {"key": key, "removed": removed, "evaluations": result.evaluations})
     return removed, True
-
-
-def _players(decision: dict[str, Any]) -> list[Any]:
-    """A decision's removed players as the checkpoint records them: layer indices, or sublayer names."""
-    return list((decision.get("scores") or {}).get("removed_players") or decision["removed_players"])
 
 
 def _sha256(path: Path) -> str:

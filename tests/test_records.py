@@ -17,7 +17,7 @@ from tiny import save_tiny
 from coopprune.errors import CoopPruneError
 from coopprune.models import load_model
 from coopprune.prune import count_parameters, make_record, prune_layers, save_pruned
-from coopprune.records import PRUNING_FILE, PruningRecord
+from coopprune.records import DECISION_FILE, PRUNING_FILE, Decision, PruningRecord
 
 #: ``pruning.json`` of a tiny Llama pruned by ``coopprune prune --method shapley`` (commit 9b4facf),
 #: the code before PruningRecord moved to coopprune/records.py.
@@ -77,3 +77,25 @@ def test_reading_a_record_or_a_gguf_imports_no_torch():
     code = "import sys, coopprune.fetch, coopprune.gguf_io, coopprune.records; print('torch' in sys.modules)"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert proc.stdout.strip() == "False"
+
+
+def test_a_decision_saves_and_loads_symmetrically(tmp_path):
+    decision = Decision("game-search", [3, 4], False, "f" * 64, {"evaluations": 12, "rounds": []}, {"prune": {"remove": 2}})
+    first = decision.save(tmp_path).read_bytes()
+    loaded = Decision.load(tmp_path)
+    assert loaded == decision and loaded.players == [3, 4]
+    loaded.save(tmp_path)
+    assert (tmp_path / DECISION_FILE).read_bytes() == first
+
+
+def test_a_sublayer_decision_names_its_players_as_the_checkpoint_will():
+    decision = Decision("semivalue", [1, 3], True, "f" * 64, {"removed_players": ["0.mlp", "1.attn"]})
+    assert decision.players == ["0.mlp", "1.attn"] and decision.removed_players == [1, 3]
+
+
+def test_a_missing_or_damaged_decision_is_a_one_line_error(tmp_path):
+    with pytest.raises(CoopPruneError, match=f"no {DECISION_FILE} in"):
+        Decision.load(tmp_path)
+    (tmp_path / DECISION_FILE).write_text(json.dumps({"method": "sleb"}))
+    with pytest.raises(CoopPruneError, match="corrupt .*missing removed_players, sublayers, base_fingerprint"):
+        Decision.load(tmp_path)

@@ -5,13 +5,12 @@ runs it as the params configure it, on the sweep's mask store."""
 
 from __future__ import annotations
 
-import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from coopprune.atomic import atomic_dir, write_json
+from coopprune.atomic import atomic_dir
 from coopprune.config import Params
 from coopprune.dataset import MaskDataset
 from coopprune.errors import CoopPruneError
@@ -21,7 +20,7 @@ from coopprune.models import load_model
 from coopprune.pipeline.inputs import build_evaluator, calibration_for, estimator_options, model_depth, screen_windows
 from coopprune.pipeline.store import check_store, empty_store, masks_dir, merge_sweep, search_store
 from coopprune.prune import check_output_dir, count_parameters, make_record, prune_layers, save_pruned
-from coopprune.records import ATTRIBUTION_FILE, INTERACTIONS_FILE
+from coopprune.records import ATTRIBUTION_FILE, DECISION_FILE, INTERACTIONS_FILE, Decision
 from coopprune.report import write_report
 from coopprune.sampling import normalize_layers, removal_count
 from coopprune.strategy import Selection, select_by_cost, select_players
@@ -239,12 +238,11 @@ def _run_params(request: PruneRequest, checked: _Checked, played: _Played) -> di
 def _write_decision(request: PruneRequest, checked: _Checked, played: _Played, selection: Selection,
                     scores: dict[str, Any], run_params: dict[str, Any]) -> PruneResult:
     """``decision_only``: the report and ``decision.json``, for ``apply_decision`` to prune later."""
-    decision = {"method": request.params.prune.method, "removed_players": selection.removed,
-                "sublayers": checked.sublayers, "base_fingerprint": played.loaded.fingerprint, "scores": scores,
-                "params": run_params}
+    decision = Decision(request.params.prune.method, selection.removed, checked.sublayers,
+                        played.loaded.fingerprint, scores, run_params)
     with atomic_dir(checked.out, overwrite=request.overwrite) as tmp:
         write_report(tmp, selection, played.names, selection.surrogate)
-        write_json(tmp / DECISION_FILE, decision)
+        decision.save(tmp)
     return PruneResult(checked.out, selection.removed, selection)
 
 
@@ -264,7 +262,6 @@ def _save_checkpoint(request: PruneRequest, checked: _Checked, played: _Played, 
     return PruneResult(checked.out, removed_layers, selection)
 
 
-DECISION_FILE = "decision.json"
 REPORT_FILES = ("contributions.csv", "contributions.png", "surrogate", ATTRIBUTION_FILE, INTERACTIONS_FILE)
 
 
@@ -279,19 +276,19 @@ def apply_decision(
     decision_dir = Path(decision_dir)
     if not (decision_dir / DECISION_FILE).is_file():
         raise CoopPruneError(f"no {DECISION_FILE} in {decision_dir}: run the contributions step first")
-    decision = json.loads((decision_dir / DECISION_FILE).read_text())
+    decision = Decision.load(decision_dir)
     out = check_output_dir(out_dir, overwrite)
     loaded = load_model(model, trust_remote_code=trust_remote_code, dtype=dtype)
-    if loaded.fingerprint != decision["base_fingerprint"]:
+    if loaded.fingerprint != decision.base_fingerprint:
         raise CoopPruneError(f"{decision_dir} was decided on a different model (fingerprint differs)")
     params_before = count_parameters(loaded.model)
-    removed = decision["removed_players"]
-    if decision["sublayers"]:
+    removed = decision.removed_players
+    if decision.sublayers:
         removed = zero_half_layers(loaded.model, loaded.architecture, removed)
     if removed:
         prune_layers(loaded, removed)
-    record = make_record(loaded, removed, decision["method"], params_before,
-                         scores=decision["scores"], params=decision["params"])
+    record = make_record(loaded, removed, decision.method, params_before,
+                         scores=decision.scores, params=decision.params)
 
     def copy_report(folder: Path) -> None:
         for name in REPORT_FILES:
@@ -302,7 +299,7 @@ def apply_decision(
                 shutil.copyfile(src, folder / name)
 
     save_pruned(loaded, out, record, overwrite=overwrite, extra=copy_report)
-    return PruneResult(out, removed, None, decision["scores"]["evaluations"])
+    return PruneResult(out, removed, None, decision.scores["evaluations"])
 
 
 def prune_from_params(
