@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from coopprune.stages import STAGES
+
 ROOT = Path(__file__).parent.parent
 BIN = Path(sys.executable).parent
 
@@ -51,7 +53,7 @@ def repo(tmp_path, tiny_checkpoint, text_file) -> tuple[Path, dict[str, str]]:
 def test_a_fresh_clone_is_a_dvc_repository_with_a_reference_run(repo):
     repo, env = repo
     lock = yaml.safe_load((repo / "dvc.lock").read_text())
-    assert set(lock["stages"]) == {"data", "sweep", "surrogate", "contributions", "prune", "heal", "benchmark"}
+    assert set(lock["stages"]) == {s.name for s in STAGES.values() if s.in_dvc}  # every stage has a reference
     status = dvc(repo, "status", env=env)  # not "you are not inside of a DVC repository"
     assert "changed" in status or "deleted" in status or "modified" in status
     shown = json.loads(dvc(repo, "metrics", "show", "--json", env=env))
