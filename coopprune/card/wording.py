@@ -99,19 +99,8 @@ def card_summary(out_dir: str | Path, label: str = "pruned", exports: list[dict[
     return _summary(Release(out_dir, label, exports))
 
 
-def _summary(r: Release) -> str:
-    rec, label = r.record, r.label
-    before, after = rec.get("parameters_before"), rec.get("parameters_after")
-    parts = [
-        (
-            f"{r.model_name}{' (healed)' if label == 'healed' else ''}: {r.out_of()} removed "
-            f"({_layers(r.removed)}) by {rec.get('method')}, chosen as {_why(r)}."
-        )
-    ]
-    if before and after:
-        parts.append(
-            f"Parameters {_millions(before)} -> {_millions(after)} ({100 * (1 - after / before):.1f} % fewer)."
-        )
+def _scores_sentence(r: Release, label: str) -> str | None:
+    """Held-out perplexity, the domains' mean and zero-shot accuracy, base -> this model."""
     scores = []
     ppl_b, ppl_a = r.metric("base", "perplexity"), r.metric(label, "perplexity")
     if ppl_b is not None and ppl_a is not None:
@@ -129,20 +118,43 @@ def _summary(r: Release) -> str:
     zs_b, zs_a = r.metric("base", "zero_shot_mean"), r.metric(label, "zero_shot_mean")
     if zs_b is not None and zs_a is not None:
         scores.append(f"zero-shot mean accuracy {zs_b:.3f} -> {zs_a:.3f}")
-    if scores:
-        parts.append(scores[0][0].upper() + "; ".join(scores)[1:] + ".")
+    return scores[0][0].upper() + "; ".join(scores)[1:] + "." if scores else None
+
+
+def _speed_sentence(r: Release) -> str | None:
+    """The median interleaved speed ratio per batch size, flagged when its pairs disagree widely."""
     speed = r.speed_summary()
-    if speed:
-        pairs = next(iter(speed.values())).get("pairs")
-        rates = [
-            f"{s['speedup']:.2f}x at batch {b} (range {s['speedup_min']:.2f}-{s['speedup_max']:.2f})"
-            for b, s in sorted(speed.items())
-        ]
-        parts.append(
-            f"Generation is {' and '.join(rates)} as fast as the base model, the median ratio of "
-            f"{pairs} interleaved timing pairs"
-            + ("; the pairs disagree widely (a busy machine): re-time before quoting it." if r.wide_speed() else ".")
+    if not speed:
+        return None
+    pairs = next(iter(speed.values())).get("pairs")
+    rates = [
+        f"{s['speedup']:.2f}x at batch {b} (range {s['speedup_min']:.2f}-{s['speedup_max']:.2f})"
+        for b, s in sorted(speed.items())
+    ]
+    return (
+        f"Generation is {' and '.join(rates)} as fast as the base model, the median ratio of "
+        f"{pairs} interleaved timing pairs"
+        + ("; the pairs disagree widely (a busy machine): re-time before quoting it." if r.wide_speed() else ".")
+    )
+
+
+def _summary(r: Release) -> str:
+    rec, label = r.record, r.label
+    before, after = rec.get("parameters_before"), rec.get("parameters_after")
+    parts = [
+        (
+            f"{r.model_name}{' (healed)' if label == 'healed' else ''}: {r.out_of()} removed "
+            f"({_layers(r.removed)}) by {rec.get('method')}, chosen as {_why(r)}."
         )
+    ]
+    if before and after:
+        parts.append(
+            f"Parameters {_millions(before)} -> {_millions(after)} ({100 * (1 - after / before):.1f} % fewer)."
+        )
+    if scores := _scores_sentence(r, label):
+        parts.append(scores)
+    if speed := _speed_sentence(r):
+        parts.append(speed)
     if label == "healed" and r.healing:
         h = r.healing
         parts.append(
