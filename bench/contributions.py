@@ -111,19 +111,22 @@ def reference_values(design: np.ndarray, utilities: np.ndarray, n: int) -> tuple
     return marginals.mean(0), marginals.std(0, ddof=1) / np.sqrt(len(marginals))
 
 
+def top_five(values: np.ndarray) -> set[int]:
+    """The five players with the largest contributions."""
+    return set(np.argsort(-values)[:5].tolist())
+
+
 def reliability(params: Params, work: Path, bases: int, parts: tuple[int, ...] = (3, 6, 11, 16),
                 draws: int = 500) -> list[dict[str, Any]]:
     """How far the reference agrees with itself: its bases split at random into ``m`` and the rest,
-    the Spearman and top five of the part's means against the rest's. No estimator can be expected
-    to agree with the reference better than an equal share of the reference's own evaluations does
-    with the rest of it; a target above that line measures the reference's noise, not the method."""
+    the Spearman and top five of the part's means against the rest's. That is the reference's own
+    sampling noise, which bounds how well any estimator can be seen to agree with it."""
     masks, utilities = MaskDataset.open(work / "reference").arrays()
     n = masks.shape[1]
     design = flip_design(n, params.prune.remove, bases, params.sampling.seed)
     lookup = {m.tobytes(): u for m, u in zip(np.asarray(masks, bool), utilities)}
     marginals = base_marginals(design, np.array([lookup[m.tobytes()] for m in design]), n)
     rng = np.random.default_rng([params.sampling.seed, 0x5E1F])
-    top = lambda v: set(np.argsort(-v)[:5].tolist())  # noqa: E731
     rows = []
     for m in parts:
         rho, same = [], []
@@ -131,7 +134,7 @@ def reliability(params: Params, work: Path, bases: int, parts: tuple[int, ...] =
             order = rng.permutation(bases)
             a, b = marginals[order[:m]].mean(0), marginals[order[m:]].mean(0)
             rho.append(spearman(a, b))
-            same.append(top(a) == top(b))
+            same.append(top_five(a) == top_five(b))
         rows.append({"bases": m, "evaluations": m * (n + 1), "rest": bases - m, "spearman_mean": float(np.mean(rho)),
                      "spearman_p10": float(np.percentile(rho, 10)), "spearman_p90": float(np.percentile(rho, 90)),
                      "same_top5": float(np.mean(same)), "draws": draws})
@@ -146,11 +149,10 @@ def interval_stats(values: np.ndarray, low: np.ndarray, high: np.ndarray, ref: n
     reference's value more often than its nominal rate. ``agreement`` is the share of layers whose
     difference from the reference is within 1.96 of both errors combined (the interval's half-width
     read as 1.96 standard errors), which is 95 % when both are right."""
-    top = lambda v: set(np.argsort(-v)[:5].tolist())  # noqa: E731
     bottom = lambda v: set(np.argsort(v)[:k].tolist())  # noqa: E731
-    out = {"spearman": spearman(values, ref), "top5_same": top(values) == top(ref),
-           "top5_overlap": len(top(values) & top(ref)), "bottom_k_overlap": len(bottom(values) & bottom(ref)),
-           "top5": sorted(top(values)), "bottom_k": sorted(bottom(values))}
+    out = {"spearman": spearman(values, ref), "top5_same": top_five(values) == top_five(ref),
+           "top5_overlap": len(top_five(values) & top_five(ref)), "bottom_k_overlap": len(bottom(values) & bottom(ref)),
+           "top5": sorted(top_five(values)), "bottom_k": sorted(bottom(values))}
     if low is not None:
         out["coverage"] = float(np.mean((low <= ref) & (ref <= high)))
         out["spanning_zero"] = int(np.sum((low < 0) & (high > 0)))
@@ -240,7 +242,7 @@ def reliability_table(rows: list[dict[str, Any]]) -> list[str]:
     half = max(rows, key=lambda r: r["bases"])
     r_full = 2 * half["spearman_mean"] / (1 + half["spearman_mean"])  # Spearman-Brown: two halves -> the whole
     parts = ["The reference against itself (`--step reliability`): its bases split at random into a part and the "
-              "rest (500 draws), the part's means against the rest's. This is the reference's own sampling noise "
+              f"rest ({half['draws']} draws), the part's means against the rest's. This is the reference's own sampling noise "
               "(a layer's marginal differs from one base mask to the next): two near-halves of the same design "
               f"agree at Spearman {half['spearman_mean']:.3f} and on the top five in "
               f"{100 * half['same_top5']:.0f} % of splits, so the whole reference is expected to correlate with "

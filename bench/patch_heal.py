@@ -90,10 +90,7 @@ def healed(work: Path, source: Path, steps: int, cells: Cells, key: str) -> tupl
 
 def scored(path: Path, suite: dict, cells: Cells, key: str, batch_size: int) -> dict[str, float]:
     missing = any(f"ppl|{key}|{d}|{w.fingerprint[:16]}" not in cells.data for d, w in suite.items())
-    model = load_model(str(path)).model if missing else None
-    ppl = score(model, suite, cells, key, batch_size)
-    del model
-    return ppl
+    return score(load_model(str(path)).model if missing else None, suite, cells, key, batch_size)
 
 
 def markdown(rows: list[dict[str, Any]], domains: list[str], settings: dict[str, Any]) -> str:

@@ -43,6 +43,12 @@ def _versions() -> dict[str, str]:
     }
 
 
+def named_players(scores: dict[str, Any] | None, removed: list[Any]) -> list[Any]:
+    """The removed players as a record names them: for sublayer players their names (``scores``
+    says which halves), else the removed layer indices."""
+    return list((scores or {}).get("removed_players") or removed)
+
+
 @dataclass
 class PruningRecord:
     """``pruning.json``: everything needed to know what was removed, from what, and why."""
@@ -73,6 +79,11 @@ class PruningRecord:
         damaged (every field must be there: a record never gets today's versions or date)."""
         return _load(cls, Path(folder) / PRUNING_FILE)
 
+    @property
+    def players(self) -> list[Any]:
+        """The removed players: layer indices, or sublayer names for sublayer players."""
+        return named_players(self.scores, self.removed_layers)
+
     @classmethod
     def load_if_present(cls, folder: str | Path) -> PruningRecord | None:
         """:meth:`load`, or None for a folder without a record (a checkpoint that was never pruned)."""
@@ -93,9 +104,8 @@ class Decision:
 
     @property
     def players(self) -> list[Any]:
-        """The removed players as the pruned checkpoint will record them (its ``scores`` say, for
-        sublayers, which halves by name)."""
-        return list(self.scores.get("removed_players") or self.removed_players)
+        """The removed players as the pruned checkpoint will record them."""
+        return named_players(self.scores, self.removed_players)
 
     def save(self, folder: str | Path) -> Path:
         """Write ``<folder>/decision.json`` atomically; returns its path."""

@@ -98,8 +98,7 @@ def _release(out: Path) -> tuple[list[Any], str, str | None]:
     record_path = out / "pruned" / PRUNING_FILE
     if record_path.is_file():
         record = PruningRecord.load(out / "pruned")
-        removed = (record.scores or {}).get("removed_players") or record.removed_layers
-        return list(removed), record.base_fingerprint, _sha256(record_path)
+        return record.players, record.base_fingerprint, _sha256(record_path)
     if not (out / "contributions" / DECISION_FILE).is_file():
         raise CoopPruneError(f"no {PRUNING_FILE} in {out / 'pruned'} and no decision in {out / 'contributions'}: "
                              "run the prune step before the seed spread")

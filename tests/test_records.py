@@ -99,3 +99,9 @@ def test_a_missing_or_damaged_decision_is_a_one_line_error(tmp_path):
     (tmp_path / DECISION_FILE).write_text(json.dumps({"method": "sleb"}))
     with pytest.raises(CoopPruneError, match="corrupt .*missing removed_players, sublayers, base_fingerprint"):
         Decision.load(tmp_path)
+
+
+def test_a_checkpoint_record_and_a_decision_name_their_players_alike():
+    record = PruningRecord("m", "f" * 64, [1], [0, 2], 3, 2, 30, 20, "semivalue", {"removed_players": ["1.mlp"]})
+    assert record.players == ["1.mlp"] == Decision("semivalue", [1], True, "f" * 64, record.scores).players
+    assert PruningRecord("m", "f" * 64, [1], [0, 2], 3, 2, 30, 20, "sleb").players == [1]

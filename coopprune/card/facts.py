@@ -27,7 +27,7 @@ from typing import Any
 
 from coopprune.atomic import read_json
 from coopprune.errors import CoopPruneError
-from coopprune.records import ATTRIBUTION_FILE, PRUNING_FILE
+from coopprune.records import ATTRIBUTION_FILE, PRUNING_FILE, named_players
 from coopprune.stability import read_spread
 
 CARD_FILE = "card.html"
@@ -86,8 +86,7 @@ class Release:
     @property
     def removed(self) -> list[Any]:
         """The removed players: layer indices, or sublayer names for sublayer players."""
-        scores = self.record.get("scores") or {}
-        return list(scores.get("removed_players") or self.record.get("removed_layers") or [])
+        return named_players(self.record.get("scores"), self.record.get("removed_layers") or [])
 
     @property
     def searches(self) -> list[dict[str, Any]]:
