@@ -14,7 +14,10 @@ published calibration, LAMBADA); every other arm is selected here through the li
 resumes. Per k the table gives each arm's perplexity per domain, its mean over the test (and the
 validation) domains, and its worst ratio to the best arm on any test domain.
 
-    python bench/domains.py --arms mix sleb-mix --ks 6 9 12
+    python bench/domains.py --arms mix sleb-mix --ks 6 9 12 [--zero-shot-ks 6 12]
+
+``--zero-shot-ks`` adds each arm's zero-shot mean (7 tasks x 200 items, with its standard error,
+and without BoolQ) at those ks, read from ``quality.json`` where that script scored the same set.
 """
 
 from __future__ import annotations
@@ -36,9 +39,15 @@ from coopprune.config import Params
 from coopprune.domains import DEFAULT_MIX, SUITE, evaluation_texts
 from coopprune.engine import MaskEvaluator, masks_from_kept
 from coopprune.models.loading import load_model
+from coopprune.prune import prune_layers
+
+from quality_arms import TASKS
+from quality_tables import zs_fields
 
 RESULTS = Path(__file__).parent / "results"
 WINDOWS, LENGTH = 64, 128
+ZERO_SHOT_ITEMS = 200  # per task, seed 0: the items bench/quality.py scores, so its scores are reused
+ZERO_SHOT_FIELDS = ("zero_shot_mean", "zero_shot_mean_no_boolq", "zero_shot_mean_se")
 
 
 @dataclass(frozen=True)
@@ -55,6 +64,17 @@ class Arm:
     seed: int = 0
     game: dict[str, Any] = field(default_factory=dict)
     options: dict[str, Any] = field(default_factory=dict)
+
+    def tokens_per_pass(self) -> int:
+        """Real tokens one pass over the calibration reads: windows x 127 predicted tokens, or for
+        ``mc_margin`` the items' rows without their padding."""
+        if self.utility != "mc_margin":
+            return self.n_windows * (LENGTH - 1)
+        from coopprune.choices import CHOICE_TASKS, ChoiceCalibration
+
+        windows = ChoiceCalibration(CHOICE_TASKS, self.n_windows, self.seed).windows(load_model("default").tokenizer)
+        assert windows.objective is not None
+        return int(windows.objective.end.sum())
 
     def params(self, k: int, work: Path) -> Params:
         calibration = {"mix": self.mix} if self.mix else {"source": "lambada"}
@@ -83,6 +103,11 @@ ARMS: dict[str, Arm] = {
     "mix-worst": Arm(mix=DEFAULT_MIX, game={"aggregate": "worst"}),
     "mix-seed1": Arm(mix=DEFAULT_MIX, seed=1),
     "mix-seed2": Arm(mix=DEFAULT_MIX, seed=2),
+    # the default on other LAMBADA windows (calibration and sampling seeds 1 and 2)
+    "lambada-seed1": Arm(seed=1),
+    "lambada-seed2": Arm(seed=2),
+    # the multiple-choice objective: 24 reserved zero-shot items (about the default's tokens a pass)
+    "mc": Arm(utility="mc_margin", n_windows=24),
     # prune for your own domain: calibrated on code alone
     "code-only": Arm(mix={"code": 1.0}),
     # the peers on the same mixture windows
@@ -117,7 +142,7 @@ def select(name: str, arm: Arm, k: int, work: Path) -> dict[str, Any]:
         pruned = pipeline.prune(request)
         passes = sum(r.contributions.passes for r in pruned.selection.rounds) if pruned.selection else None
         result = {"removed": sorted(pruned.removed_layers), "passes": passes,
-                  "tokens": None if passes is None else round(passes * arm.n_windows * (LENGTH - 1)),
+                  "tokens": None if passes is None else round(passes * arm.tokens_per_pass()),
                   "seconds": round(time.perf_counter() - start, 1)}
     write_json(cell, result)
     return result
@@ -144,6 +169,33 @@ def domain_perplexities(sets: dict[str, list[int]], work: Path) -> dict[str, dic
     return cache
 
 
+def zero_shots(sets: dict[str, list[int]], work: Path) -> dict[str, dict[str, float]]:
+    """{set key: zero-shot fields} (7 tasks x 200 items). A score belongs to a pruned model, so a set
+    ``bench/quality.py`` already scored is read from ``quality.json``; others run once, cached per set."""
+    from coopprune.zeroshot import zero_shot
+
+    published = {set_key(r["removed"]): {f: r[f] for f in ZERO_SHOT_FIELDS if f in r}
+                 for r in json.loads((RESULTS / "quality.json").read_text())["rows"]
+                 if r.get("zero_shot_mean") is not None and isinstance(r.get("removed"), list)}
+    out = {}
+    for key, removed in sets.items():
+        if key in published:
+            out[key] = published[key]
+            continue
+        cache = work / f"zeroshot-{ZERO_SHOT_ITEMS}" / f"layers-{key.replace(',', '-')}.json"
+        if not cache.is_file():
+            loaded = load_model("default")
+            if removed:
+                prune_layers(loaded, removed)
+            start = time.perf_counter()
+            result = zero_shot(loaded.model, loaded.tokenizer, TASKS, ZERO_SHOT_ITEMS, 0, 8).to_dict()
+            write_json(cache, {**result, "seconds": time.perf_counter() - start, "removed": removed})
+            print(f"zero-shot {removed}: mean {result['mean']:.4f} ({time.perf_counter() - start:.0f} s)", flush=True)
+        fields = zs_fields(json.loads(cache.read_text()))
+        out[key] = {f: fields[f] for f in ZERO_SHOT_FIELDS if f in fields}
+    return out
+
+
 def set_key(removed: list[int]) -> str:
     return ",".join(map(str, sorted(removed))) or "base"
 
@@ -156,7 +208,7 @@ def table(k: int, cells: dict[str, dict[str, Any]], ppl: dict[str, dict[str, flo
         row = {"arm": name, "k": k, "removed": cell["removed"], **{d: scores[d] for d in scores},
                "mean_test": float(np.mean([scores[d] for d in SUITE["test"]])),
                "mean_validation": float(np.mean([scores[d] for d in SUITE["validation"]])),
-               "tokens": cell.get("tokens")}
+               "tokens": cell.get("tokens"), **{f: cell[f] for f in ZERO_SHOT_FIELDS if f in cell}}
         rows.append(row)
     for split in ("test", "validation"):
         best = {d: min(r[d] for r in rows) for d in SUITE[split]}
@@ -164,16 +216,23 @@ def table(k: int, cells: dict[str, dict[str, Any]], ppl: dict[str, dict[str, flo
             r[f"worst_ratio_{split}"] = max(r[d] / best[d] for d in SUITE[split])
     domains = [*SUITE["validation"], *SUITE["test"]]
     head = ("| arm | removed | " + " | ".join(f"{d} (val)" for d in SUITE["validation"]) + " | "
-            + " | ".join(SUITE["test"]) + " | mean val | mean test | worst test ratio | tokens |")
-    lines = [f"### k = {k}", "", head, "|" + "---|" * (len(domains) + 6)]
+            + " | ".join(SUITE["test"]) + " | mean val | mean test | worst test ratio | zero-shot (without BoolQ) | tokens |")
+    lines = [f"### k = {k}", "", head, "|" + "---|" * (len(domains) + 7)]
     best_mean = min(r["mean_test"] for r in rows)
     for r in rows:
         mark = " **best**" if r["mean_test"] == best_mean else ""
         lines.append(
             f"| {r['arm']} | {' '.join(map(str, r['removed']))} | " + " | ".join(f"{r[d]:.2f}" for d in domains)
             + f" | {r['mean_validation']:.2f} | {r['mean_test']:.2f}{mark} | {r['worst_ratio_test']:.3f} | "
-            + (f"{r['tokens'] / 1000:,.0f} k" if r.get("tokens") else "-") + " |")
+            + _zero_shot_cell(r) + " | " + (f"{r['tokens'] / 1000:,.0f} k" if r.get("tokens") else "-") + " |")
     return rows, "\n".join(lines)
+
+
+def _zero_shot_cell(row: dict[str, Any]) -> str:
+    if "zero_shot_mean" not in row:
+        return "-"
+    se = f" +/- {row['zero_shot_mean_se']:.3f}" if "zero_shot_mean_se" in row else ""
+    return f"{row['zero_shot_mean']:.3f}{se} ({row.get('zero_shot_mean_no_boolq', math.nan):.3f})"
 
 
 def main() -> None:
@@ -184,6 +243,8 @@ def main() -> None:
     parser.add_argument("--ks", nargs="+", type=int, default=[6, 9, 12])
     parser.add_argument("--work", type=Path, default=Path("bench/work/domains"))
     parser.add_argument("--select-only", action="store_true", help="select the sets, score nothing")
+    parser.add_argument("--zero-shot-ks", nargs="*", type=int, default=[],
+                        help=f"also score these ks' sets on the 7 zero-shot tasks ({ZERO_SHOT_ITEMS} items each)")
     parser.add_argument("--windows", type=int, default=WINDOWS, help="evaluation windows of 128 tokens per domain")
     args = parser.parse_args()
     globals()["WINDOWS"] = args.windows
@@ -193,6 +254,11 @@ def main() -> None:
     sets = {set_key(c["removed"]): c["removed"] for by_arm in cells.values() for c in by_arm.values()}
     sets["base"] = []
     ppl = domain_perplexities(sets, args.work)
+    scored = {set_key(c["removed"]): c["removed"] for k in args.zero_shot_ks for c in cells.get(k, {}).values()}
+    scores = zero_shots(scored, args.work)
+    for k in args.zero_shot_ks:
+        for cell in cells.get(k, {}).values():
+            cell.update(scores[set_key(cell["removed"])])
     out_json = RESULTS / "domains.json"
     published = json.loads(out_json.read_text()) if out_json.is_file() else {"rows": []}
     keep = [r for r in published["rows"] if not (r["k"] in args.ks and r["arm"] in args.arms)]
@@ -208,7 +274,8 @@ def main() -> None:
                           "date": time.strftime("%Y-%m-%d")})
     by_k: dict[int, dict[str, Any]] = {}
     for r in all_rows:
-        by_k.setdefault(r["k"], {})[r["arm"]] = {"removed": r["removed"], "tokens": r.get("tokens")}
+        by_k.setdefault(r["k"], {})[r["arm"]] = {"removed": r["removed"], "tokens": r.get("tokens"),
+                                                 **{f: r[f] for f in ZERO_SHOT_FIELDS if f in r}}
     md = ["# Held-out perplexity across domains (`bench/domains.py`)", "",
           f"SmolLM2-135M-Instruct, {WINDOWS} x {LENGTH} evaluation tokens per domain, evaluation documents only. "
           f"Validation domains: {', '.join(SUITE['validation'])}; test domains: {', '.join(SUITE['test'])}. "

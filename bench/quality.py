@@ -51,7 +51,7 @@ from coopprune.sublayers import SublayerEvaluator, sublayer_parameters, zero_hal
 from coopprune.utility import utility_spec
 
 from quality_arms import ARMS, CURVE_ARMS, METHODS, PPL_WINDOWS, TASKS, Arm
-from quality_tables import RESULTS, average_random, carry_published, write_tables
+from quality_tables import RESULTS, average_random, carry_published, write_tables, zs_fields
 
 
 #: Held-out text, split so defaults are chosen on one half and reported on the other: BoolQ's
@@ -363,20 +363,6 @@ def build_table(bench: Bench, selections: dict, ppl: dict, zs: dict) -> list[dic
                 **ppl_fields(m, k), **zs_fields(zs.get(f"{m}/{k}")),
             })
     return rows
-
-
-def zs_fields(result: dict[str, Any] | None) -> dict[str, float]:
-    if not result:
-        return {}
-    fields = {"zero_shot_mean": result["mean"]}
-    fields |= {f"acc_{t}": v["value"] for t, v in result["tasks"].items()}
-    others = [v["value"] for t, v in result["tasks"].items() if t != "boolq"]
-    if len(others) < len(result["tasks"]):  # BoolQ's yes/no prior moves the mean most at this size (RESULTS.md)
-        fields["zero_shot_mean_no_boolq"] = float(np.mean(others))
-    errors = [v[f"{v['metric']}_stderr"] for v in result["tasks"].values()]
-    if all(e is not None for e in errors):  # the mean of independent task means: sqrt(sum se^2) / n
-        fields["zero_shot_mean_se"] = float(np.sqrt(np.sum(np.square(errors))) / len(errors))
-    return fields
 
 
 def plot_selections(selections: dict[str, dict[str, Any]], k: int = 6, results: Path = RESULTS) -> None:

@@ -223,3 +223,17 @@ def carry_published(
 
     kept = [r for r in published.get("rows", []) if (r["method"], r["k"]) not in fresh]
     return sorted(kept + rows, key=position), {**published.get("curves", {}), **curves}
+
+
+def zs_fields(result: dict[str, Any] | None) -> dict[str, float]:
+    if not result:
+        return {}
+    fields = {"zero_shot_mean": result["mean"]}
+    fields |= {f"acc_{t}": v["value"] for t, v in result["tasks"].items()}
+    others = [v["value"] for t, v in result["tasks"].items() if t != "boolq"]
+    if len(others) < len(result["tasks"]):  # BoolQ's yes/no prior moves the mean most at this size (RESULTS.md)
+        fields["zero_shot_mean_no_boolq"] = float(np.mean(others))
+    errors = [v[f"{v['metric']}_stderr"] for v in result["tasks"].values()]
+    if all(e is not None for e in errors):  # the mean of independent task means: sqrt(sum se^2) / n
+        fields["zero_shot_mean_se"] = float(np.sqrt(np.sum(np.square(errors))) / len(errors))
+    return fields

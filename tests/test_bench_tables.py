@@ -93,3 +93,17 @@ def test_a_random_baseline_is_known_by_its_estimator_not_its_name():
                                        {**row("sleb", 3, 40.0), "removed": [3]}])
     assert [r["method"] for r in averaged] == ["sleb", "random (mean of 2)"]
     assert averaged[1]["ppl128"] == pytest.approx(200.0)  # geometric mean of the seeds' perplexities
+
+
+def test_the_domains_table_shows_zero_shot_where_a_set_was_scored():
+    domains = load("domains")
+    scores = {d: 10.0 for split in domains.SUITE.values() for d in split}
+    ppl = {"1,2": scores, "3,4": {d: v * 1.1 for d, v in scores.items()}}
+    cells = {"a": {"removed": [1, 2], "tokens": 1000, "zero_shot_mean": 0.41, "zero_shot_mean_no_boolq": 0.39,
+                   "zero_shot_mean_se": 0.013},
+             "b": {"removed": [3, 4], "tokens": None}}
+    rows, text = domains.table(2, cells, ppl)
+    a, b = text.splitlines()[-2:]
+    assert "0.410 +/- 0.013 (0.390)" in a and a.count("|") == b.count("|")
+    assert rows[0]["zero_shot_mean"] == 0.41 and "zero_shot_mean" not in rows[1]
+    assert rows[1]["worst_ratio_test"] == pytest.approx(1.1)
