@@ -105,20 +105,8 @@ def log_run(
     uri = tracking or tracking_uri(Path.cwd())
     local = {dest.strip("/"): Path(path) for dest, path in artifacts.items()}
     model_dirs = {name: Path(path) for name, path in (models or {}).items()}
-    for path in [*local.values(), *model_dirs.values()]:
-        if not path.exists():
-            raise CoopPruneError(f"artifact to log does not exist: {path}")
-    for name, path in model_dirs.items():
-        if not (path / MLMODEL).is_file():
-            raise CoopPruneError(f"model '{name}' to log is not an MLflow model folder (no {MLMODEL}): {path}")
-    now = int(time.time() * 1000)
-    metric_list = []
-    for key, value in _flatten(metrics).items():
-        if value is None:
-            continue
-        if not isinstance(value, numbers.Real):
-            raise CoopPruneError(f"metric '{key}' is not a number: {value!r}")
-        metric_list.append(Metric(key, float(value), now, 0))
+    _check_sources(local, model_dirs)
+    metric_list = _metric_list(metrics)
     param_list = [Param(k, str(v)[:_MAX_PARAM]) for k, v in _flatten(params).items()]
 
     with _mlflow(uri) as client:
@@ -128,26 +116,59 @@ def log_run(
                                 run_name=run_name, tags=_strings(tags))
         run_id = run.info.run_id
         try:
-            for i in range(0, len(param_list), _BATCH):
-                client.log_batch(run_id, params=param_list[i : i + _BATCH])
-            for i in range(0, len(metric_list), _BATCH):
-                client.log_batch(run_id, metrics=metric_list[i : i + _BATCH])
-            if inputs:
-                client.log_inputs(run_id, datasets=[_dataset_input(role, spec) for role, spec in inputs.items()])
-            with _artifact_store(run.info.artifact_uri):
-                for dest, path in local.items():
-                    if path.is_dir():
-                        client.log_artifacts(run_id, str(path), artifact_path=dest or None)
-                    else:
-                        client.log_artifact(run_id, str(path), artifact_path=dest or None)
-            for name, path in model_dirs.items():
-                _log_model(client, run, name, path)
+            _log_contents(client, run, param_list, metric_list, inputs, local, model_dirs)
         except BaseException:
             with contextlib.suppress(Exception):
                 client.set_terminated(run_id, "FAILED")
             raise
         client.set_terminated(run_id, "FINISHED")
     return run_id
+
+
+def _check_sources(local: Mapping[str, Path], model_dirs: Mapping[str, Path]) -> None:
+    """Every artifact and model folder exists (each model with its ``MLmodel``) before a run is created."""
+    for path in [*local.values(), *model_dirs.values()]:
+        if not path.exists():
+            raise CoopPruneError(f"artifact to log does not exist: {path}")
+    for name, path in model_dirs.items():
+        if not (path / MLMODEL).is_file():
+            raise CoopPruneError(f"model '{name}' to log is not an MLflow model folder (no {MLMODEL}): {path}")
+
+
+def _metric_list(metrics: Mapping[str, Any]) -> list[Metric]:
+    """The metrics flattened, all at one timestamp, None skipped; one that is not a number is an error."""
+    now = int(time.time() * 1000)
+    metric_list = []
+    for key, value in _flatten(metrics).items():
+        if value is None:
+            continue
+        if not isinstance(value, numbers.Real):
+            raise CoopPruneError(f"metric '{key}' is not a number: {value!r}")
+        metric_list.append(Metric(key, float(value), now, 0))
+    return metric_list
+
+
+def _log_contents(
+    client: MlflowClient, run: Any, param_list: list[Param], metric_list: list[Metric],
+    inputs: Mapping[str, Mapping[str, str]] | None, local: Mapping[str, Path], model_dirs: Mapping[str, Path],
+) -> None:
+    """Everything the created ``run`` holds (params and metrics in batches, inputs, artifacts, models);
+    raises as it breaks, for ``log_run`` to mark the run FAILED."""
+    run_id = run.info.run_id
+    for i in range(0, len(param_list), _BATCH):
+        client.log_batch(run_id, params=param_list[i : i + _BATCH])
+    for i in range(0, len(metric_list), _BATCH):
+        client.log_batch(run_id, metrics=metric_list[i : i + _BATCH])
+    if inputs:
+        client.log_inputs(run_id, datasets=[_dataset_input(role, spec) for role, spec in inputs.items()])
+    with _artifact_store(run.info.artifact_uri):
+        for dest, path in local.items():
+            if path.is_dir():
+                client.log_artifacts(run_id, str(path), artifact_path=dest or None)
+            else:
+                client.log_artifact(run_id, str(path), artifact_path=dest or None)
+    for name, path in model_dirs.items():
+        _log_model(client, run, name, path)
 
 
 def _log_model(client: MlflowClient, run: Any, name: str, path: Path) -> str:
