@@ -123,22 +123,17 @@ def heal(
     into ``healing.json`` as is (the flow's record of what it healed).
     """
     from peft import LoraConfig, get_peft_model
-    from tqdm.auto import tqdm
 
     checkpoint, out = Path(checkpoint), check_output_dir(out_dir, overwrite)
     if not (checkpoint / "config.json").is_file():
         raise CoopPruneError(f"not a checkpoint folder (no config.json): {checkpoint}")
     record = PruningRecord.load_if_present(checkpoint)
-    teacher_source = config.teacher or (record.base_model if record is not None else None)
-    if config.loss == "distill" and not teacher_source:
-        raise CoopPruneError(f"distillation needs a teacher: {checkpoint} has no {PRUNING_FILE} naming its base model")
+    teacher_source = _teacher_source(checkpoint, record, config)
     started = time.perf_counter()
     torch.manual_seed(config.seed)
     loaded = load_model(str(checkpoint))
     windows, fingerprint = training_windows(loaded, config.data, config.seq_len, config.seed)
-    teacher = load_model(str(teacher_source)).model if config.loss == "distill" else None
-    if teacher is not None and teacher.config.vocab_size != loaded.model.config.vocab_size:
-        raise CoopPruneError(f"teacher {teacher_source} has another vocabulary than {checkpoint}")
+    teacher = _load_teacher(str(teacher_source), loaded, checkpoint) if config.loss == "distill" else None
 
     lora = LoraConfig(r=config.rank, lora_alpha=config.alpha, lora_dropout=config.dropout,
                       target_modules=lora_targets(loaded), bias="none", task_type="CAUSAL_LM")
@@ -148,23 +143,53 @@ def heal(
     state_dir = _state_dir(out)
     state = _load_state(state_dir, model, optimizer, settings_key(config)) or {
         "key": settings_key(config), "step": 0, "losses": [], "tokens": 0, "seconds": 0.0}
+    _train(model, optimizer, windows, teacher, config, state, state_dir, progress=progress, on_step=on_step)
+
+    merged = model.merge_and_unload()
+    merged.eval()
+    healing = {
+        "data": config.data, "data_fingerprint": fingerprint, "steps": config.steps, "tokens": state["tokens"],
+        "seed": config.seed, "loss": config.loss, "teacher": teacher_source if teacher is not None else None,
+        "config": config.model_dump(exclude={"enabled"}), "losses": state["losses"], "train_minutes": round(state["seconds"] / 60, 2),
+        "minutes": round((time.perf_counter() - started) / 60, 2), "healed_from": str(checkpoint), **(extra or {}),
+    }
+    _write_healed(out, overwrite, merged, loaded, record, healing)
+    shutil.rmtree(state_dir, ignore_errors=True)
+    return HealResult(out, healing)
+
+
+def _teacher_source(checkpoint: Path, record: PruningRecord | None, config: HealParams) -> str | None:
+    """The model to distil from: the settings' teacher, else the base model the record names; an error if
+    distillation has none."""
+    teacher_source = config.teacher or (record.base_model if record is not None else None)
+    if config.loss == "distill" and not teacher_source:
+        raise CoopPruneError(f"distillation needs a teacher: {checkpoint} has no {PRUNING_FILE} naming its base model")
+    return teacher_source
+
+
+def _load_teacher(teacher_source: str, loaded: LoadedModel, checkpoint: Path) -> nn.Module:
+    """The teacher's model, which must share the student's vocabulary (the KL compares the same tokens)."""
+    teacher = load_model(teacher_source).model
+    if teacher.config.vocab_size != loaded.model.config.vocab_size:
+        raise CoopPruneError(f"teacher {teacher_source} has another vocabulary than {checkpoint}")
+    return teacher
+
+
+def _train(
+    model: Any, optimizer: torch.optim.Optimizer, windows: torch.Tensor, teacher: nn.Module | None,
+    config: HealParams, state: dict[str, Any], state_dir: Path, *, progress: bool,
+    on_step: Callable[[int, Any], None] | None,
+) -> None:
+    """The optimizer steps from ``state["step"]`` to ``config.steps``, ``state`` updated in place and saved
+    every ``save_every`` steps and at the end, so a stopped run resumes where it was saved."""
+    from tqdm.auto import tqdm
+
     bar = tqdm(total=config.steps, initial=state["step"], desc=f"healing ({config.loss})", disable=not progress)
     segment = time.perf_counter()
     while state["step"] < config.steps:
         step = state["step"]
         optimizer.zero_grad(set_to_none=True)
-        total = 0.0
-        for m in range(config.grad_accum):
-            ids = windows[batch_indices(len(windows), step, m, config.batch_size, config.seed)]
-            if teacher is None:
-                loss = model(input_ids=ids, labels=ids).loss
-            else:
-                with torch.no_grad():
-                    target = teacher(ids).logits
-                loss = distill_loss(model(input_ids=ids).logits, target, config.temperature)
-            (loss / config.grad_accum).backward()
-            total += float(loss.detach()) / config.grad_accum
-            state["tokens"] += ids.numel()
+        total = _accumulate_step(model, teacher, windows, step, config, state)
         optimizer.step()
         state["step"] = step + 1
         state["losses"].append(round(total, 6))
@@ -180,19 +205,39 @@ def heal(
     bar.close()
     state["seconds"] = state["seconds"] + time.perf_counter() - segment
 
-    merged = model.merge_and_unload()
-    merged.eval()
-    healing = {
-        "data": config.data, "data_fingerprint": fingerprint, "steps": config.steps, "tokens": state["tokens"],
-        "seed": config.seed, "loss": config.loss, "teacher": teacher_source if teacher is not None else None,
-        "config": config.model_dump(exclude={"enabled"}), "losses": state["losses"], "train_minutes": round(state["seconds"] / 60, 2),
-        "minutes": round((time.perf_counter() - started) / 60, 2), "healed_from": str(checkpoint), **(extra or {}),
-    }
+
+def _accumulate_step(
+    model: Any, teacher: nn.Module | None, windows: torch.Tensor, step: int, config: HealParams, state: dict[str, Any],
+) -> float:
+    """The gradients of one step over its ``grad_accum`` micro-batches (their tokens counted into ``state``);
+    the step's mean loss."""
+    total = 0.0
+    for m in range(config.grad_accum):
+        ids = windows[batch_indices(len(windows), step, m, config.batch_size, config.seed)]
+        loss = _batch_loss(model, teacher, ids, config.temperature)
+        (loss / config.grad_accum).backward()
+        total += float(loss.detach()) / config.grad_accum
+        state["tokens"] += ids.numel()
+    return total
+
+
+def _batch_loss(model: Any, teacher: nn.Module | None, ids: torch.Tensor, temperature: float) -> torch.Tensor:
+    """The language-modelling loss on ``ids``, or with a teacher the distillation loss from its logits."""
+    if teacher is None:
+        return model(input_ids=ids, labels=ids).loss
+    with torch.no_grad():
+        target = teacher(ids).logits
+    return distill_loss(model(input_ids=ids).logits, target, temperature)
+
+
+def _write_healed(
+    out: Path, overwrite: bool, merged: nn.Module, loaded: LoadedModel, record: PruningRecord | None,
+    healing: dict[str, Any],
+) -> None:
+    """The merged checkpoint, its tokenizer, the pruning record (if any) and ``healing.json``, atomically."""
     with atomic_dir(out, overwrite=overwrite) as tmp:
         merged.save_pretrained(tmp, safe_serialization=True)
         loaded.tokenizer.save_pretrained(tmp)
         if record is not None:
             record.save(tmp)
         write_json(tmp / HEALING_FILE, healing)
-    shutil.rmtree(state_dir, ignore_errors=True)
-    return HealResult(out, healing)
