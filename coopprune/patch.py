@@ -239,6 +239,94 @@ def _cosine_fit(h: torch.Tensor, m: torch.Tensor, y: torch.Tensor, start: torch.
     return t.detach()
 
 
+@dataclass
+class _RunStats:
+    """One run's float64 sums over the calibration tokens (the solve needs only these) and the kept states."""
+
+    gram: torch.Tensor  # M^T M
+    cross: torch.Tensor  # M^T (Y - h)
+    err0: float = 0.0  # ||X - Y||^2
+    dd: float = 0.0  # ||Y - h||^2
+    cos0: float = 0.0  # sum of cos(X, Y)
+    tokens: int = 0
+    stored: dict[str, list[torch.Tensor]] = field(default_factory=lambda: {"h": [], "m": [], "y": []})
+
+    def add(self, x: torch.Tensor, m: torch.Tensor, y: torch.Tensor, keep: bool) -> None:
+        """One batch's tokens into the sums; with ``keep``, its h, M and Y kept too (the cosine fit, the probe)."""
+        d = y - x + m  # Y - h
+        self.gram += m.T @ m
+        self.cross += m.T @ d
+        self.err0 += float((x - y).pow(2).sum())
+        self.dd += float(d.pow(2).sum())
+        self.cos0 += float(nn.functional.cosine_similarity(x, y, dim=-1).sum())
+        self.tokens += len(x)
+        if keep:
+            self.stored["h"].append((x - m).float().cpu())
+            self.stored["m"].append(m.float().cpu())
+            self.stored["y"].append(y.float().cpu())
+
+
+def _batch_states(loaded_model: nn.Module, architecture: Architecture, layers: list[nn.Module], ids: torch.Tensor,
+                  run: list[int], pruned: tuple[list[nn.Module], list[int]] | None) -> dict[str, torch.Tensor]:
+    """X, M and Y of one batch for ``run``: all three from one pass of the unpruned model, or with ``pruned``
+    (the partly pruned stack up to the layer before the run, and its original indices) X and M from that."""
+    n, b = len(layers), run[-1]
+    if pruned is not None:  # Y from the unpruned model, X and M from the partly pruned one
+        stack, kept = pruned
+        here = _capture(loaded_model, architecture, layers, list(range(n)), ids, {"y": layers[b]}, layers[b])
+        return here | _capture(loaded_model, architecture, stack, kept, ids,
+                               {"x": stack[-1], "m": _down_proj(stack[-1])}, stack[-1])
+    taps = {"x": layers[run[0] - 1], "m": _down_proj(layers[run[0] - 1]), "y": layers[b]}
+    return _capture(loaded_model, architecture, layers, list(range(n)), ids, taps, layers[b])
+
+
+def _collect_stats(base: LoadedModel, layers: list[nn.Module], run: list[int],
+                   pruned: tuple[list[nn.Module], list[int]] | None, windows: Windows, *, keep_all: bool,
+                   batch_size: int, progress: bool, device: torch.device, stats_device: torch.device) -> _RunStats:
+    """The statistics of ``run`` over every batch of ``windows``, all tokens' states kept with ``keep_all``,
+    else only the first ``PROBE_BATCHES`` batches'."""
+    from tqdm.auto import tqdm
+
+    a, b = run[0], run[-1]
+    width = _down_proj(layers[a - 1]).out_features
+    gram = torch.zeros(width, width, dtype=torch.float64, device=stats_device)
+    stats = _RunStats(gram, torch.zeros_like(gram))
+    ids_all = windows.input_ids
+    with torch.inference_mode():
+        for batch, start in enumerate(tqdm(range(0, len(ids_all), batch_size), desc=f"patch {a}..{b}",
+                                           disable=not progress, leave=False)):
+            ids = ids_all[start : start + batch_size].to(device)
+            here = _batch_states(base.model, base.architecture, layers, ids, run, pruned)
+            x, m, y = (here[k].reshape(-1, width).to(stats_device, torch.float64) for k in ("x", "m", "y"))
+            stats.add(x, m, y, keep=keep_all or batch < PROBE_BATCHES)
+    return stats
+
+
+def _fit_run(run: list[int], stats: _RunStats, settings: PatchParams) -> RunFit:
+    """The run's transform from its statistics (the ridge solve; for ``cosine``, L-BFGS from there), with
+    its error and cosine before and after."""
+    gram, cross = stats.gram, stats.cross
+    width = len(gram)
+    lam_abs = math.inf if math.isinf(settings.lambda_) else settings.lambda_ * float(torch.trace(gram)) / width
+    transform = _solve(gram, cross, lam_abs)
+    h, m, y = (torch.cat(stats.stored[k]).to(gram.device, torch.float64) for k in ("h", "m", "y"))
+    if settings.objective == "cosine":
+        transform = _cosine_fit(h, m, y, transform, settings.lambda_, settings.steps)
+    err1 = float(torch.trace(transform.T @ gram @ transform) - 2 * torch.trace(transform.T @ cross)) + stats.dd
+    cos1 = float(nn.functional.cosine_similarity(h + m @ transform, y, dim=-1).mean())
+    return RunFit(run, run[0] - 1, transform.cpu(), lam_abs, stats.tokens, stats.err0, max(err1, 0.0),
+                  stats.cos0 / stats.tokens, cos1)
+
+
+def _skip_from_layer_zero(run: list[int]) -> RunFit:
+    """A run from layer 0 stays unpatched, with a warning: its fold would go into the (often tied) embeddings."""
+    b = run[-1]
+    reason = "no layer before it: the embeddings are tied to the LM head in many models, so nothing is folded"
+    what = f"layers 0..{b} stay" if b > 0 else "layer 0 stays"
+    warnings.warn(f"{what} unpatched ({reason})", stacklevel=3)  # fit_patch's caller, as before this helper
+    return RunFit(run, None, skipped=reason)
+
+
 def fit_patch(base: LoadedModel, removed: Sequence[int], windows: Windows, settings: PatchParams = DEFAULT, *,
               batch_size: int = 8, progress: bool = True) -> Patch:
     """Fit the patch of every run of ``removed`` (original layer indices) on ``windows`` of ``base``.
@@ -247,8 +335,6 @@ def fit_patch(base: LoadedModel, removed: Sequence[int], windows: Windows, setti
     Each run costs one pass of the unpruned model up to its last layer (``inputs: pruned``: and
     one of the partly pruned model up to the layer before it).
     """
-    from tqdm.auto import tqdm
-
     model, arch = base.model, base.architecture
     check_patchable(model)
     started = time.perf_counter()
@@ -263,62 +349,21 @@ def fit_patch(base: LoadedModel, removed: Sequence[int], windows: Windows, setti
     sequential = settings.inputs == "pruned"
     fits: list[RunFit] = []
     for run in runs:
-        a, b = run[0], run[-1]
-        if a == 0:
-            reason = "no layer before it: the embeddings are tied to the LM head in many models, so nothing is folded"
-            what = f"layers 0..{b} stay" if b > 0 else "layer 0 stays"
-            warnings.warn(f"{what} unpatched ({reason})", stacklevel=2)
-            fits.append(RunFit(run, None, skipped=reason))
+        if run[0] == 0:
+            fits.append(_skip_from_layer_zero(run))
             for i in run:
                 current.pop(i, None)
             continue
-        p = a - 1
-        if sequential:  # the partly pruned model up to the layer before the run
-            kept = [i for i in sorted(current) if i <= p]
-            stack = [current[i] for i in kept]
-        width = _down_proj(layers[p]).out_features
-        gram = torch.zeros(width, width, dtype=torch.float64, device=stats_device)
-        cross = torch.zeros_like(gram)
-        err0 = dd = cos0 = 0.0
-        tokens = 0
-        keep_all = settings.objective == "cosine"
-        stored: dict[str, list[torch.Tensor]] = {"h": [], "m": [], "y": []}  # every token (cosine) or a probe's
-        ids_all = windows.input_ids
-        with torch.inference_mode():
-            for batch, start in enumerate(tqdm(range(0, len(ids_all), batch_size), desc=f"patch {a}..{b}",
-                                               disable=not progress, leave=False)):
-                ids = ids_all[start : start + batch_size].to(device)
-                if sequential:  # Y from the unpruned model, X and M from the partly pruned one
-                    here = _capture(model, arch, layers, list(range(n)), ids, {"y": layers[b]}, layers[b])
-                    here |= _capture(model, arch, stack, kept, ids, {"x": stack[-1], "m": _down_proj(stack[-1])},
-                                     stack[-1])
-                else:  # one pass of the unpruned model gives all three
-                    taps = {"x": layers[p], "m": _down_proj(layers[p]), "y": layers[b]}
-                    here = _capture(model, arch, layers, list(range(n)), ids, taps, layers[b])
-                x, m, y = (here[k].reshape(-1, width).to(stats_device, torch.float64) for k in ("x", "m", "y"))
-                d = y - x + m  # Y - h
-                gram += m.T @ m
-                cross += m.T @ d
-                err0 += float((x - y).pow(2).sum())
-                dd += float(d.pow(2).sum())
-                cos0 += float(nn.functional.cosine_similarity(x, y, dim=-1).sum())
-                tokens += len(x)
-                if keep_all or batch < PROBE_BATCHES:
-                    stored["h"].append((x - m).float().cpu())
-                    stored["m"].append(m.float().cpu())
-                    stored["y"].append(y.float().cpu())
-        lam_abs = math.inf if math.isinf(settings.lambda_) else settings.lambda_ * float(torch.trace(gram)) / width
-        transform = _solve(gram, cross, lam_abs)
-        h, m, y = (torch.cat(stored[k]).to(stats_device, torch.float64) for k in ("h", "m", "y"))
-        if keep_all:
-            transform = _cosine_fit(h, m, y, transform, settings.lambda_, settings.steps)
-        err1 = float(torch.trace(transform.T @ gram @ transform) - 2 * torch.trace(transform.T @ cross)) + dd
-        cos1 = float(nn.functional.cosine_similarity(h + m @ transform, y, dim=-1).mean())
-        del h, m, y, stored
-        fits.append(RunFit(run, p, transform.cpu(), lam_abs, tokens, err0, max(err1, 0.0), cos0 / tokens, cos1))
+        p = run[0] - 1
+        kept = [i for i in sorted(current) if i <= p]  # the partly pruned model up to the layer before the run
+        pruned = ([current[i] for i in kept], kept) if sequential else None
+        stats = _collect_stats(base, layers, run, pruned, windows, keep_all=settings.objective == "cosine",
+                               batch_size=batch_size, progress=progress, device=device, stats_device=stats_device)
+        fits.append(_fit_run(run, stats, settings))
+        del stats  # every token's states with the cosine objective: freed before the next run's
         if sequential:
             patched = copy.deepcopy(current[p])
-            fold(patched, transform)
+            fold(patched, fits[-1].transform)
             current[p] = patched
             for i in run:
                 current.pop(i)
