@@ -49,7 +49,7 @@ from coopprune.domains import DEFAULT_MIX, SUITE, evaluation_texts
 from coopprune.heal import heal
 from coopprune.mixture import Calibration
 from coopprune.models.loading import load_model
-from coopprune.patch import patch_checkpoint
+from coopprune.patch_job import patch_checkpoint
 from coopprune.prune import count_parameters, make_record, prune_layers, save_pruned
 
 

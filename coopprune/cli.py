@@ -253,7 +253,7 @@ def patch(
 
     from coopprune.config import CalibrationParams, PatchParams
     from coopprune.mixture import Calibration
-    from coopprune.patch import patch_checkpoint
+    from coopprune.patch_job import patch_checkpoint
 
     settings = PatchParams.from_dict({"objective": objective, "inputs": inputs, "n_windows": n_windows, "steps": steps,
                                       **({} if lambda_ is None else {"lambda": lambda_})}, "patch")

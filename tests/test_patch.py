@@ -23,7 +23,8 @@ from coopprune.errors import CoopPruneError
 from coopprune.mixture import Calibration
 from coopprune.models import LoadedModel, load_model
 from coopprune.models.architectures import architecture_for
-from coopprune.patch import apply_patch, fit_patch, patch_checkpoint, removed_runs
+from coopprune.patch import apply_patch, fit_patch, removed_runs
+from coopprune.patch_job import patch_checkpoint
 from coopprune.prune import count_parameters, make_record, prune_layers, save_pruned
 from coopprune.stages import run_stage
 

@@ -45,7 +45,7 @@ def patch_release(params: Params, progress: bool = True) -> dict[str, Any]:
     """``<output_dir>/patched``: the pruned checkpoint with ``params.patch``'s linear patch, fitted on
     the run's calibration text (``patch.n_windows`` windows of it). A patched folder of the same
     settings, calibration and removal is kept (a rerun fits nothing again)."""
-    from coopprune.patch import patch_checkpoint
+    from coopprune.patch_job import patch_checkpoint
 
     out, m = Path(params.output_dir), params.model
     record = PruningRecord.load(out / "pruned")
