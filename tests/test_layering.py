@@ -19,8 +19,9 @@ FORBIDDEN = ("tasks", "flows", "prefect")
 PIPELINE = LIBRARY / "pipeline"
 # coopprune.pipeline's modules, bottom first: each imports only modules before it (no cycles)
 PIPELINE_LAYERS = ("inputs", "store", "job", "benchmarking", "release", "dvc_stages", "runner")
-# coopprune.card's modules, bottom first, the same rule: the facts, the words, the sections, the page
-CARD_LAYERS = ("facts", "wording", "sections", "page")
+# coopprune.card's modules, bottom first, the same rule: the facts, the words, the shared markup, the
+# sections, the search section, the page
+CARD_LAYERS = ("facts", "wording", "markup", "sections", "search", "page")
 # coopprune.tracking's modules, bottom first, the same rule: reaching MLflow, the checkpoint as an MLflow
 # model, logging a run, registering versions, promotion, and registry.py's re-exports on top
 TRACKING_LAYERS = ("connection", "mlflow_model", "runs", "versions", "promotion", "registry")

@@ -9,17 +9,17 @@ from typing import Any
 
 from coopprune.atomic import atomic_path
 from coopprune.card.facts import Release, card_file
+from coopprune.card.markup import _e
 from coopprune.card.sections import (
     _attribution_section,
-    _e,
     _exports_section,
     _healing_section,
     _provenance_section,
     _removed_section,
     _scores_section,
-    _search_section,
     _speed_section,
 )
+from coopprune.card.search import _search_section
 from coopprune.card.wording import _summary
 
 _CSS = """
