@@ -9,7 +9,9 @@ One module per job, each importing only those listed before it:
   files), the card's file names (``card_file``, ``CARD_FILE``) and ``LABELS``.
 - ``wording``: numbers as the card writes them, how the set was chosen, and ``card_summary``, the
   card's one paragraph in plain text (the registered model version's description).
-- ``sections``: each ``<h2>`` section as HTML, with the escaping, tables and embedded images.
+- ``markup``: what the sections share: escaping, tables, embedded images, a coloured change.
+- ``sections``: each ``<h2>`` section as HTML but the search's.
+- ``search``: the search section (its trace, peer seeds, screen, confirmations, refinement).
 - ``page``: the whole page (``render_card``) and ``write_card``, which writes it atomically.
 
 The names other code uses are imported back here, so ``from coopprune.card import write_card``
