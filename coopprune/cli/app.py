@@ -70,4 +70,3 @@ def _parse_options(items: list[str] | None) -> dict[str, object]:
             raise CoopPruneError(f"--option takes NAME=VALUE, got '{item}'")
         options[name.strip()] = yaml.safe_load(value)
     return options
-
