@@ -1,9 +1,9 @@
 """The library's layering, read from the source with ``ast`` (nothing is imported): ``coopprune/``
 never imports the orchestration (``tasks``, ``flows``, Prefect), and only ``coopprune/tracking/``
 imports MLflow, which the rest reaches lazily, inside a function (the CLI's ``promote``); the
-modules of ``coopprune.pipeline``, of ``coopprune.card``, of ``coopprune.tracking`` and of
-``coopprune.zeroshot`` import one another bottom-up only (``PIPELINE_LAYERS``, ``CARD_LAYERS``,
-``TRACKING_LAYERS``, ``ZEROSHOT_LAYERS``), so no cycle."""
+modules of ``coopprune.pipeline``, of ``coopprune.card``, of ``coopprune.tracking``, of
+``coopprune.zeroshot`` and of ``coopprune.cli`` import one another bottom-up only (``PIPELINE_LAYERS``,
+``CARD_LAYERS``, ``TRACKING_LAYERS``, ``ZEROSHOT_LAYERS``, ``CLI_LAYERS``), so no cycle."""
 
 from __future__ import annotations
 
@@ -28,6 +28,10 @@ TRACKING_LAYERS = ("connection", "mlflow_model", "runs", "versions", "promotion"
 # coopprune.zeroshot's modules, bottom first, the same rule: the task table, the items drawn or reserved,
 # the subsets and lm-eval configs, the results, and running lm-eval
 ZEROSHOT_LAYERS = ("tasks", "items", "data", "results", "run")
+# coopprune.cli's modules, bottom first, the same rule: the app with its shared options and parsers, then
+# the commands, which import only the app (the package's __init__ imports them in their --help order, and
+# __main__, `python -m coopprune.cli`, imports the package)
+CLI_LAYERS = ("app", "cut", "after_cut", "job", "accuracy", "stage")
 
 
 def imports(tree: ast.Module) -> Iterator[tuple[ast.stmt, str]]:
@@ -111,10 +115,11 @@ def test_the_pipeline_check_sees_the_package_and_its_modules(tmp_path):
 
 
 @pytest.mark.parametrize("package, layers", [("card", CARD_LAYERS), ("tracking", TRACKING_LAYERS),
-                                             ("zeroshot", ZEROSHOT_LAYERS)])
+                                             ("zeroshot", ZEROSHOT_LAYERS), ("cli", CLI_LAYERS)])
 def test_a_split_package_imports_only_the_modules_below_each_one(package, layers):
     folder = LIBRARY / package
-    assert sorted(p.stem for p in folder.glob("*.py")) == sorted(("__init__", *layers))
+    entries = ("__init__", "__main__") if package == "cli" else ("__init__",)  # above every layer
+    assert sorted(p.stem for p in folder.glob("*.py")) == sorted((*entries, *layers))
     for i, name in enumerate(layers):
         above = package_imports(folder / f"{name}.py", f"coopprune.{package}", layers) - set(layers[:i])
         assert not above, f"coopprune/{package}/{name}.py imports {sorted(above)}, not below it"
