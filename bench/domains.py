@@ -91,6 +91,7 @@ ARMS: dict[str, Arm] = {
     # the default before this bench: game-search, KL on 64 x 128 LAMBADA (its published sets)
     "lambada": Arm(published="game-search-64-f10"),
     "evopress-64": Arm(published="evopress-64"),
+    "evopress": Arm(published="evopress"),  # its public script's setting: KL on 10 x 128
     "sleb-64": Arm(published="sleb-64"),
     "sleb": Arm(published="sleb"),  # SLEB's own setting: PPL on 10 x 128
     "bi": Arm(published="bi"),

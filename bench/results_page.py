@@ -126,7 +126,7 @@ def page(discussion: str) -> list[str]:
                 "make run && .venv/bin/python bench/registry_ui.py", "registry_ui.md", read("registry_ui.md"),
                 ("registry_ui.png",)),
         section("9. Held-out perplexity across domains (calibration mixtures)",
-                ".venv/bin/python bench/domains.py --arms ARM ... --ks 6 9 12 --windows 32", "domains.md",
+                ".venv/bin/python bench/domains.py --arms ARM ... --ks K --zero-shot-ks K --windows 32 (one call per k)", "domains.md",
                 read("domains.md")),
         section("10. The job's contributions against a reference; the search without its surrogate",
                 ".venv/bin/python bench/contributions.py --step job|reference|compare|reliability|subgame|ablation, then --step tables",
