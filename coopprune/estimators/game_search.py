@@ -55,7 +55,7 @@ from typing import Any
 
 import numpy as np
 
-from coopprune.attribution import attribute
+from coopprune.attribution import Attribution, attribute
 from coopprune.errors import CoopPruneError
 from coopprune.estimators.base import Contributions, register
 from coopprune.estimators.game_search_config import (
@@ -92,6 +92,30 @@ def _trace_entry(round_: int, passes: float, best: list[int], utility: float) ->
     which every JSON reader takes, not -Infinity."""
     return {"round": round_, "passes": passes, "removed": list(best),
             "utility": utility if math.isfinite(utility) else None}
+
+@dataclasses.dataclass
+class _SearchState:
+    """Where the search stands: passes paid by the design, the best real set, its trace, and the
+    surrogate's predictions of the sets it proposed against their real utilities."""
+
+    cost0: float
+    paid: float = 0.0
+    best: list[int] = dataclasses.field(default_factory=list)
+    best_utility: float = -math.inf
+    trace: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    proposals: list[tuple[float, float]] = dataclasses.field(default_factory=list)
+    rounds: int = 0
+    stale: int = 0
+
+    def spent(self, game: Game) -> float:
+        """Passes spent on the search's game: the design's and every evaluation since."""
+        return self.paid + game.cost - self.cost0
+
+    def proposals_fit(self) -> dict[str, Any]:
+        """How well the surrogate predicted the sets it proposed, before their real pass."""
+        pred, true = (np.array(v) for v in zip(*self.proposals)) if self.proposals else (np.zeros(0), np.zeros(0))
+        return regression_metrics(true, pred)
+
 
 @register
 class GameSearch(SurrogateEstimator):
@@ -135,33 +159,74 @@ class GameSearch(SurrogateEstimator):
     ) -> Contributions:
         assert k is not None
         n = game.n_players
+        removal = self._removal(game, k, costs, max_cost)
+        budget = default_budget(n, k) if budget is None else budget
+        self.check(n, k, budget, game.n_windows)
+        full, game = game, self._search_game(game, seed)
+        room = budget - self._reserve(full.n_windows)  # the search's share; the confirmations are paid from the rest
+        full_cost0 = full.cost
+        strata = strata_around(k, len(removal.movable))
+        state = _SearchState(cost0=game.cost)
+        state.paid = evaluate_design(game, removal, k, strata, room, seed, self.config)  # found evaluations stand in
+        seeds = peer_seeds(game, removal, k, self.config)
+        greedy = greedy_path(game, removal, k, room - state.spent(game) - self.config.per_round * game.pass_cost,
+                             self.config)
+        if greedy is not None:
+            seeds["greedy"] = greedy
+        self._rounds(game, removal, strata, room, state, seed)
+        confirmed = self._confirm(full, game, removal) if game is not full else []
+        refined = (self._refine(full, game, removal, seed, budget - state.paid - (full.cost - full_cost0))
+                   if confirmed else [])
+        if confirmed:
+            state.best, state.best_utility = best_known(full, removal)
+        masks, utilities = game.known()
+        target = LogTarget(utilities)
+        config = dataclasses.replace(self.surrogate_config, ensemble=self.config.ensemble)
+        final = fit_validated(masks, target(utilities), config)  # the search's surrogate, as it last stood
+        explained = self._explain(game, removal, strata, state.best, seed)
+        details = {
+            "search": {
+                "budget": budget, "rounds": state.rounds,
+                "stopped": "patience" if state.stale >= self.config.patience else "budget",
+                "strata_removed": strata, "chosen_real": state.best_utility, "chosen_cost": removal.cost(state.best),
+                "max_cost": removal.max_cost, "passes_before": state.paid, "peer_seeds": seeds, "trace": state.trace,
+                "fidelity": None if game is full else {"windows": game.n_windows, "of": full.n_windows,
+                                                       "confirmed": confirmed, "refined": refined},
+                "proposals_fit": state.proposals_fit(),
+                "settings": {key: getattr(self.config, key) for key in REPORTED_SETTINGS},
+            },
+            "training_masks": len(masks),
+            "surrogate": {"config": dataclasses.asdict(final.config), "metrics": final.metrics},
+            "attribution": explained.summary(),
+        }
+        return self._result(explained.semivalue, removal=sorted(state.best), surrogate=final, attribution=explained,
+                            replicates=explained.replicates if self.bootstrap >= 2 else None, details=details)
+
+    # ------------------------------------------------------------------ steps
+    @staticmethod
+    def _removal(game: Game, k: int, costs: Sequence[float] | None, max_cost: float | None) -> Removal:
+        """The sets the search may remove: k of the unprotected players, or any within a cost budget."""
+        n = game.n_players
         movable = [i for i in range(n) if i not in set(game.protected_players)]
         if not 1 <= k < len(movable):
             raise CoopPruneError(f"game-search needs 1 <= k < {len(movable)} removable players, got k={k}")
-        removal = (Removal.of_size(n, movable, k) if costs is None
-                   else Removal(n, tuple(movable), tuple(float(c) for c in costs), float(max_cost)))  # type: ignore[arg-type]
-        budget = default_budget(n, k) if budget is None else budget
-        self.check(n, k, budget, game.n_windows)
-        rng = np.random.default_rng([seed, 0x6A3E])
-        full, game = game, self._search_game(game, seed)
-        room = budget - self._reserve(full.n_windows)  # the search's share; the confirmations are paid from the rest
-        cost0, full_cost0 = game.cost, full.cost
-        strata = strata_around(k, len(movable))
-        paid = evaluate_design(game, removal, k, strata, room, seed, self.config)  # evaluations found stand in for it
-        seeds = peer_seeds(game, removal, k, self.config)
-        round_cost = self.config.per_round * game.pass_cost
-        greedy = greedy_path(game, removal, k, room - paid - (game.cost - cost0) - round_cost, self.config)
-        if greedy is not None:
-            seeds["greedy"] = greedy
+        if costs is None:
+            return Removal.of_size(n, movable, k)
+        return Removal(n, tuple(movable), tuple(float(c) for c in costs), float(max_cost))  # type: ignore[arg-type]
 
-        best, best_utility = best_known(game, removal)
-        trace = [_trace_entry(0, paid + game.cost - cost0, best, best_utility)]
-        proposals: list[tuple[float, float]] = []  # (predicted before its real pass, real)
-        stale, rounds = 0, 0
-        while paid + game.cost - cost0 + round_cost <= room + 1e-9 and stale < self.config.patience:
-            rounds += 1
+    def _rounds(self, game: Game, removal: Removal, strata: list[int], room: float, state: _SearchState,
+                seed: int) -> None:
+        """Step 2: rounds of proposals, each ``per_round`` sets evaluated for real, until the
+        search's share of the budget is spent or ``patience`` rounds bring no better set."""
+        n = game.n_players
+        rng = np.random.default_rng([seed, 0x6A3E])
+        round_cost = self.config.per_round * game.pass_cost
+        state.best, state.best_utility = best_known(game, removal)
+        state.trace = [_trace_entry(0, state.spent(game), state.best, state.best_utility)]
+        while state.spent(game) + round_cost <= room + 1e-9 and state.stale < self.config.patience:
+            state.rounds += 1
             if self.config.proposals == "surrogate":
-                ensemble, target = fit_ensemble(game, self.surrogate_config, self.config, seed + 101 * rounds)
+                ensemble, target = fit_ensemble(game, self.surrogate_config, self.config, seed + 101 * state.rounds)
                 picked = propose(ensemble, game, removal, strata, self.config, rng)
             else:
                 picked = random_proposals(game, removal, self.config, rng)
@@ -172,43 +237,24 @@ class GameSearch(SurrogateEstimator):
             real = game.value_function(removal_masks(n, picked))
             if self.config.proposals == "surrogate":
                 predicted = target.inverse(ensemble.predict(removal_masks(n, picked)))
-                proposals += list(zip(predicted.tolist(), real.tolist()))
+                state.proposals += list(zip(predicted.tolist(), real.tolist()))
             new_best, new_utility = best_known(game, removal)
-            stale = 0 if new_utility > best_utility + 1e-12 else stale + 1
-            best, best_utility = new_best, max(best_utility, new_utility)
-            trace.append(_trace_entry(rounds, paid + game.cost - cost0, best, best_utility))
-        confirmed = self._confirm(full, game, removal) if game is not full else []
-        refined = self._refine(full, game, removal, seed, budget - paid - (full.cost - full_cost0)) if confirmed else []
-        if confirmed:
-            best, best_utility = best_known(full, removal)
+            state.stale = 0 if new_utility > state.best_utility + 1e-12 else state.stale + 1
+            state.best, state.best_utility = new_best, max(state.best_utility, new_utility)
+            state.trace.append(_trace_entry(state.rounds, state.spent(game), state.best, state.best_utility))
 
+    @staticmethod
+    def _explain(game: Game, removal: Removal, strata: list[int], best: list[int], seed: int) -> Attribution:
+        """Contributions read off every real evaluation of the search, and why ``best`` beats the
+        ranking's bottom k (which gets one real pass beyond the budget when it has none)."""
+        n = game.n_players
         masks, utilities = game.known()
-        target = LogTarget(utilities)
-        config = dataclasses.replace(self.surrogate_config, ensemble=self.config.ensemble)
-        final = fit_validated(masks, target(utilities), config)  # the search's surrogate, as it last stood
         explained = attribute(masks, utilities, strata, seed, protected=game.protected_players)
         ranking = removal.by_values(explained.semivalue)
-        if ranking not in evaluated_sets(game):  # one pass beyond the budget: the report compares measured sets
+        if ranking not in evaluated_sets(game):
             game.value_function(removal_mask(n, ranking)[None])
         explained.explain(best, ranking, dict(ranked_candidates(game, removal)))
-        pred, true = (np.array(v) for v in zip(*proposals)) if proposals else (np.zeros(0), np.zeros(0))
-        details = {
-            "search": {
-                "budget": budget, "rounds": rounds,
-                "stopped": "patience" if stale >= self.config.patience else "budget",
-                "strata_removed": strata, "chosen_real": best_utility, "chosen_cost": removal.cost(best),
-                "max_cost": removal.max_cost, "passes_before": paid, "peer_seeds": seeds, "trace": trace,
-                "fidelity": None if game is full else {"windows": game.n_windows, "of": full.n_windows,
-                                                       "confirmed": confirmed, "refined": refined},
-                "proposals_fit": regression_metrics(true, pred),
-                "settings": {key: getattr(self.config, key) for key in REPORTED_SETTINGS},
-            },
-            "training_masks": len(masks),
-            "surrogate": {"config": dataclasses.asdict(final.config), "metrics": final.metrics},
-            "attribution": explained.summary(),
-        }
-        return self._result(explained.semivalue, removal=sorted(best), surrogate=final, attribution=explained,
-                            replicates=explained.replicates if self.bootstrap >= 2 else None, details=details)
+        return explained
 
     # ------------------------------------------------------------------ steps
     def _screen_size(self, n_windows: int | None) -> int | None:
