@@ -77,18 +77,26 @@ def ablation_arm(params: Params, work: Path, k: int, surrogate: bool) -> dict[st
             "stopped": search["stopped"], "seconds": d["scores"]["seconds"]}
 
 
-def reference_game(params: Params, work: Path) -> LayerGame:
-    """The job's search game (its utility on its screen windows) with its own cache."""
+def part_folder(work: Path, part: int) -> Path:
+    """Where part ``part`` of the reference keeps its real evaluations (part 0: the first reference)."""
+    return work / ("reference" if part == 0 else f"reference-{part}")
+
+
+def reference_game(params: Params, work: Path, part: int = 0) -> LayerGame:
+    """The job's search game (its utility on its screen windows) with its own cache, one per part so
+    that parts run in parallel processes."""
     setup = pipeline.sweep_setup(params)
     identity = setup.manifest.identity
-    store = pipeline.empty_store(work / "reference", setup.evaluator, identity.model_fingerprint,
+    store = pipeline.empty_store(part_folder(work, part), setup.evaluator, identity.model_fingerprint,
                                  identity.calibration_fingerprint, params.game)
     return LayerGame(setup.evaluator, params.game.utility, store=store, progress=True)
 
 
-def flip_design(n: int, k: int, bases: int, seed: int) -> np.ndarray:
-    """``bases`` stratified base masks, each followed by its n single-player flips."""
-    base = stratified_masks(n, strata_around(k, n), bases, np.random.default_rng([seed, 0xF11B]))
+def flip_design(n: int, k: int, bases: int, seed: int, part: int = 0) -> np.ndarray:
+    """``bases`` stratified base masks, each followed by its n single-player flips; each part of the
+    reference draws its own bases."""
+    salt = [seed, 0xF11B] if part == 0 else [seed, 0xF11B, part]
+    base = stratified_masks(n, strata_around(k, n), bases, np.random.default_rng(salt))
     rows = []
     for m in base:
         rows.append(m.copy())
@@ -105,39 +113,85 @@ def base_marginals(design: np.ndarray, utilities: np.ndarray, n: int) -> np.ndar
     return np.where(design[:: n + 1], logs[:, :1] - logs[:, 1:], logs[:, 1:] - logs[:, :1])
 
 
-def reference_values(design: np.ndarray, utilities: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per player: mean and standard error of log v(m + i) - log v(m - i) over the bases."""
-    marginals = base_marginals(design, utilities, n)
-    return marginals.mean(0), marginals.std(0, ddof=1) / np.sqrt(len(marginals))
-
-
 def top_five(values: np.ndarray) -> set[int]:
     """The five players with the largest contributions."""
     return set(np.argsort(-values)[:5].tolist())
 
 
-def reliability(params: Params, work: Path, bases: int, parts: tuple[int, ...] = (3, 6, 11, 16),
-                draws: int = 500) -> list[dict[str, Any]]:
-    """How far the reference agrees with itself: its bases split at random into ``m`` and the rest,
-    the Spearman and top five of the part's means against the rest's. That is the reference's own
-    sampling noise, which bounds how well any estimator can be seen to agree with it."""
-    masks, utilities = MaskDataset.open(work / "reference").arrays()
+def part_marginals(params: Params, work: Path, part: int, bases: int) -> np.ndarray | None:
+    """Per base of reference part ``part``: every player's exact marginal; None until it is complete."""
+    folder = part_folder(work, part)
+    if not (folder / "manifest.json").is_file():
+        return None
+    masks, utilities = MaskDataset.open(folder).arrays()
     n = masks.shape[1]
-    design = flip_design(n, params.prune.remove, bases, params.sampling.seed)
-    lookup = {m.tobytes(): u for m, u in zip(np.asarray(masks, bool), utilities)}
-    marginals = base_marginals(design, np.array([lookup[m.tobytes()] for m in design]), n)
+    design = flip_design(n, params.prune.remove, bases, params.sampling.seed, part)
+    lookup = {m.tobytes(): u for m, u in zip(masks, utilities)}
+    if any(m.tobytes() not in lookup for m in design):
+        return None
+    return base_marginals(design, np.array([lookup[m.tobytes()] for m in design]), n)
+
+
+def reference_parts(params: Params, work: Path, bases: int) -> dict[int, np.ndarray]:
+    """Every complete part of the reference: part -> its per-base marginals."""
+    found = sorted(int(f.name.split("-")[1]) if "-" in f.name else 0 for f in work.glob("reference*") if f.is_dir())
+    parts = {p: part_marginals(params, work, p, bases) for p in found}
+    return {p: m for p, m in parts.items() if m is not None}
+
+
+def summarize(marginals: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per player: mean and standard error of its marginal over the bases."""
+    return marginals.mean(0), marginals.std(0, ddof=1) / np.sqrt(len(marginals))
+
+
+def reliability(params: Params, work: Path, bases: int, sizes: tuple[int, ...] = (3, 6, 11, 16, 33, 49),
+                draws: int = 500) -> list[dict[str, Any]]:
+    """How far the reference agrees with itself: its bases (every part) split at random into ``m``
+    and the rest, the Spearman and top five of the part's means against the rest's. That is the
+    reference's own sampling noise, which bounds how well any estimator can be seen to agree with it."""
+    marginals = np.concatenate(list(reference_parts(params, work, bases).values()))
+    total, n = marginals.shape
     rng = np.random.default_rng([params.sampling.seed, 0x5E1F])
     rows = []
-    for m in parts:
+    for m in (m for m in sizes if 2 * m <= total + 1):
         rho, same = [], []
         for _ in range(draws):
-            order = rng.permutation(bases)
+            order = rng.permutation(total)
             a, b = marginals[order[:m]].mean(0), marginals[order[m:]].mean(0)
             rho.append(spearman(a, b))
             same.append(top_five(a) == top_five(b))
-        rows.append({"bases": m, "evaluations": m * (n + 1), "rest": bases - m, "spearman_mean": float(np.mean(rho)),
+        rows.append({"bases": m, "evaluations": m * (n + 1), "rest": total - m, "spearman_mean": float(np.mean(rho)),
                      "spearman_p10": float(np.percentile(rho, 10)), "spearman_p90": float(np.percentile(rho, 90)),
                      "same_top5": float(np.mean(same)), "draws": draws})
+    return rows
+
+
+def budget_curve(params: Params, work: Path, bases: int, sizes: tuple[int, ...] = (0, 93, 186, 372, 744),
+                 draws: int = 5) -> list[dict[str, Any]]:
+    """What the job's contributions would need: its own real evaluations plus ``r`` masks drawn at
+    random from reference part 0 (stratified bases and their flips: sizes 2 to 10 removed), fitted
+    exactly as the job fits them, against the reference of the other parts (none of those masks)."""
+    parts = reference_parts(params, work, bases)
+    if 0 not in parts or len(parts) < 2:
+        raise SystemExit("the budget curve needs reference part 0 and at least one more part (--step reference --part P)")
+    ref, se = summarize(np.concatenate([m for p, m in parts.items() if p != 0]))
+    k = params.prune.remove
+    strata = strata_around(k, len(ref))
+    jm, ju = MaskDataset.open(Path(params.output_dir) / "search-screen").arrays()
+    pm, pu = MaskDataset.open(part_folder(work, 0)).arrays()
+    rng = np.random.default_rng([params.sampling.seed, 0xB0D6])
+    rows = []
+    for r in sizes:
+        per = []
+        for _ in range(draws if r else 1):
+            pick = rng.choice(len(pm), r, replace=False)
+            a = attribute(np.concatenate([jm, pm[pick]]), np.concatenate([ju, pu[pick]]), strata, params.sampling.seed)
+            st = interval_stats(a.semivalue, *a.semivalue_ci, ref, k, se)
+            per.append([st["spearman"], st["top5_same"], st["top5_overlap"], st["coverage"], st["spanning_zero"], a.fit["r2"]])
+        m = np.mean(per, axis=0)
+        rows.append({"extra": r, "evaluations": len(jm) + r, "draws": len(per), "spearman": m[0], "same_top5": m[1],
+                     "top5_overlap": m[2], "coverage": m[3], "spanning_zero": m[4], "fit_r2": m[5],
+                     "reference_bases": sum(len(v) for p, v in parts.items() if p != 0)})
     return rows
 
 
@@ -162,11 +216,11 @@ def interval_stats(values: np.ndarray, low: np.ndarray, high: np.ndarray, ref: n
     return out
 
 
-def compare(params: Params, work: Path) -> dict[str, Any]:
+def compare(params: Params, work: Path, bases: int) -> dict[str, Any]:
     """The job's contributions, before (its surrogate's) and now (read off its real evaluations),
     against the reference; the same numbers for the reference's own masks as a ceiling."""
-    ref = json.loads((work / "reference.json").read_text())["reference"]
-    mean, se = np.array(ref["values"]), np.array(ref["se"])
+    parts = reference_parts(params, work, bases)
+    mean, se = summarize(np.concatenate(list(parts.values())))
     k = params.prune.remove
     job = Path(params.output_dir)
     decision = Decision.load(job / "contributions")
@@ -184,12 +238,13 @@ def compare(params: Params, work: Path) -> dict[str, Any]:
     arms["now: second-order fit on the job's real evaluations"] = {
         **interval_stats(a.semivalue, *a.semivalue_ci, mean, k, se), "evaluations": a.evaluations,
         "fit": a.fit, "seconds": round(seconds, 1), "warnings": a.warnings}
-    ref_store = MaskDataset.open(work / "reference")
-    rm, ru = ref_store.arrays()
+    stores = [MaskDataset.open(part_folder(work, p)).arrays() for p in parts]
+    rm, ru = np.concatenate([m for m, _ in stores]), np.concatenate([u for _, u in stores])
     r = attribute(rm, ru, strata, params.sampling.seed)
     arms["ceiling: the same fit on the reference's own masks"] = {
         **interval_stats(r.semivalue, *r.semivalue_ci, mean, k, se), "evaluations": r.evaluations, "fit": r.fit}
-    return {"reference": {"bases": ref["bases"], "evaluations": ref["evaluations"], "top5": sorted(np.argsort(-mean)[:5].tolist()),
+    total = sum(len(m) for m in parts.values())
+    return {"reference": {"bases": total, "parts": sorted(parts), "evaluations": total * (len(mean) + 1), "top5": sorted(np.argsort(-mean)[:5].tolist()),
                           "bottom_k": sorted(np.argsort(mean)[:k].tolist()),
                           "spanning_zero_2se": int(np.sum(np.abs(mean) < 2 * se))},
             "arms": arms, "job_removed": sorted(decision.removed_players)}
@@ -258,13 +313,30 @@ def reliability_table(rows: list[dict[str, Any]]) -> list[str]:
     return parts
 
 
+def budget_table(rows: list[dict[str, Any]]) -> list[str]:
+    """The job's fit given more real evaluations, against the reference parts it was not given."""
+    parts = [f"What the job's contributions would need (`--step budget`): its {rows[0]['evaluations']} real evaluations "
+             "plus that many masks drawn at random from reference part 0, fitted as the job fits them, against the "
+             f"reference's other {rows[0]['reference_bases']} bases (none of those masks); mean over "
+             f"{max(r['draws'] for r in rows)} draws:", "",
+             "| extra real evaluations | in all | Spearman vs reference | same top 5 | top-5 overlap | "
+             "95 % intervals covering the reference | intervals spanning zero | held-out R2 of the fit |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        parts.append(f"| {r['extra']} | {r['evaluations']} | {_f(r['spearman'])} | {_f(100 * r['same_top5'], 0)} % | "
+                     f"{_f(r['top5_overlap'], 1)}/5 | {_f(r['coverage'], 2)} | {_f(r['spanning_zero'], 1)}/30 | {_f(r['fit_r2'])} |")
+    parts.append("")
+    return parts
+
+
 def tables(work: Path) -> str:
     """``bench/results/contributions.md`` from the cached steps (whatever has run)."""
     parts = ["# How far the main job's contributions can be trusted (`bench/contributions.py`)", ""]
     if (work / "compare.json").is_file():
         c = json.loads((work / "compare.json").read_text())["compare"]
         ref = c["reference"]
-        parts += [f"Reference: {ref['evaluations']} real evaluations ({ref['bases']} stratified base masks, each with its "
+        drawn = f" in {len(ref['parts'])} parts drawn apart" if len(ref.get("parts", [0])) > 1 else ""
+        parts += [f"Reference: {ref['evaluations']} real evaluations ({ref['bases']} stratified base masks{drawn}, each with its "
                   f"30 single-layer flips), no surrogate; its top five {ref['top5']}, bottom 6 {ref['bottom_k']}; "
                   f"{ref['spanning_zero_2se']} of 30 reference values are within 2 standard errors of zero. "
                   f"The job removed {c['job_removed']}.", "",
@@ -280,6 +352,8 @@ def tables(work: Path) -> str:
         parts.append("")
     if (work / "reliability.json").is_file():
         parts += reliability_table(json.loads((work / "reliability.json").read_text())["reliability"])
+    if (work / "budget.json").is_file():
+        parts += budget_table(json.loads((work / "budget.json").read_text())["budget"])
     if (work / "subgame.json").is_file():
         rows = json.loads((work / "subgame.json").read_text())["subgame"]
         parts += ["Pairwise interactions against exact ones: the 12-layer subgame of SmolLM2 (layers 9-20, every one of its "
@@ -309,8 +383,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", type=Path, default=ROOT / "bench" / "work" / "contributions")
     parser.add_argument("--bases", type=int, default=33)
-    parser.add_argument("--step", choices=("job", "reference", "ablation", "compare", "subgame", "reliability", "tables", "all"),
+    parser.add_argument("--step", choices=("job", "reference", "ablation", "compare", "subgame", "reliability", "budget", "tables", "all"),
                         default="all")
+    parser.add_argument("--part", type=int, default=0, help="reference step: which part of the reference to evaluate "
+                        "(each --bases bases; parts run in parallel processes)")
     parser.add_argument("--ks", type=int, nargs="+", default=[3, 6, 9, 12])
     args = parser.parse_args()
     params = job_params(args.work)
@@ -319,11 +395,11 @@ def main() -> None:
     if args.step in ("job", "all"):
         out["job"] = run_job(params)
     if args.step in ("reference", "all"):
-        game = reference_game(params, args.work)
-        design = flip_design(game.n_players, k, args.bases, params.sampling.seed)
+        game = reference_game(params, args.work, args.part)
+        design = flip_design(game.n_players, k, args.bases, params.sampling.seed, args.part)
         started = time.perf_counter()
         utilities = game.value_function(design)
-        mean, se = reference_values(design, utilities, game.n_players)
+        mean, se = summarize(base_marginals(design, utilities, game.n_players))
         out["reference"] = {"values": mean.tolist(), "se": se.tolist(), "bases": args.bases,
                             "evaluations": len(design), "seconds": round(time.perf_counter() - started, 1)}
     if args.step in ("ablation", "all"):
@@ -332,20 +408,23 @@ def main() -> None:
         kept = [r for r in json.loads(done.read_text())["ablation"] if r["k"] not in args.ks] if done.is_file() else []
         out["ablation"] = sorted(kept + rows, key=lambda r: (r["k"], not r["surrogate"]))
     if args.step in ("compare", "all"):
-        out["compare"] = compare(params, args.work)
+        out["compare"] = compare(params, args.work, args.bases)
     if args.step in ("subgame", "all"):
         out["subgame"] = subgame()
     if args.step in ("reliability", "all"):
         out["reliability"] = reliability(params, args.work, args.bases)
+    if args.step in ("budget", "all"):
+        out["budget"] = budget_curve(params, args.work, args.bases)
     if args.step == "tables":
         text = tables(args.work)
         (RESULTS / "contributions.md").write_text(text + "\n")
         merged = {name: json.loads((args.work / f"{name}.json").read_text())[name]
-                  for name in ("compare", "reliability", "subgame", "ablation") if (args.work / f"{name}.json").is_file()}
+                  for name in ("compare", "reliability", "budget", "subgame", "ablation") if (args.work / f"{name}.json").is_file()}
         write_json(RESULTS / "contributions.json", merged)
         print(text)
         return
-    write_json(args.work / f"{args.step}.json", out)
+    name = f"reference-part{args.part}" if args.step == "reference" and args.part else args.step
+    write_json(args.work / f"{name}.json", out)
     print(json.dumps(out, indent=1)[:3000])
 
 

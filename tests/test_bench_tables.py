@@ -107,3 +107,23 @@ def test_the_domains_table_shows_zero_shot_where_a_set_was_scored():
     assert "0.410 +/- 0.013 (0.390)" in a and a.count("|") == b.count("|")
     assert rows[0]["zero_shot_mean"] == 0.41 and "zero_shot_mean" not in rows[1]
     assert rows[1]["worst_ratio_test"] == pytest.approx(1.1)
+
+
+contributions = load("contributions")  # the contributions bench (no model until a step runs)
+
+
+def test_each_reference_part_draws_its_own_bases_and_part_zero_is_the_first_reference():
+    first = contributions.flip_design(30, 6, 4, seed=0)
+    assert (contributions.flip_design(30, 6, 4, seed=0, part=0) == first).all()
+    other = contributions.flip_design(30, 6, 4, seed=0, part=1)
+    assert other.shape == (4 * 31, 30) and not (other[::31] == first[::31]).all()
+    assert ((other[1:31] != other[0]).sum(axis=1) == 1).all()  # a base, then each of its single flips
+
+
+def test_the_budget_table_names_its_reference_and_draws():
+    row = {"extra": 0, "evaluations": 162, "draws": 1, "spearman": 0.69, "same_top5": 0.0, "top5_overlap": 4.0,
+           "coverage": 0.87, "spanning_zero": 10.0, "fit_r2": 0.92, "reference_bases": 66}
+    more = {**row, "extra": 186, "evaluations": 348, "draws": 5, "spearman": 0.8, "same_top5": 0.2, "top5_overlap": 4.2}
+    text = "\n".join(contributions.budget_table([row, more]))
+    assert "its 162 real evaluations" in text and "other 66 bases" in text and "mean over 5 draws" in text
+    assert "| 186 | 348 | 0.800 | 20 % | 4.2/5 | 0.87 | 10.0/30 | 0.920 |" in text
