@@ -150,15 +150,12 @@ def register(params: Params, summary: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
-def publish(params: Params, summary: dict[str, Any], label: str = "pruned") -> dict[str, Any]:
-    """Log and register ``<output_dir>/<label>`` (``pruned``, ``patched`` or ``healed``) with its own scores."""
-    from coopprune.tracking import registry
-
+def release_tags(params: Params, summary: dict[str, Any], label: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The run's tags, and the part of them its registered version carries too: the variant's
+    (healed, patched) and the removed set's spread across seeds."""
     out = Path(params.output_dir)
-    metrics = summary["metrics"]
     healed = summary.get("healed") if label == "healed" else None
     patched = summary.get("patched") if label == "patched" else None
-    gguf = (healed or patched or summary).get("gguf")
     masks = Path(summary["mask_dataset"]["path"])
     tags = {
         "base_model": base_model_name(params.model.source),
@@ -169,13 +166,47 @@ def publish(params: Params, summary: dict[str, Any], label: str = "pruned") -> d
         "removed_layers": ",".join(map(str, summary["pruned"]["removed_layers"])),
         "method": params.prune.method,
     }
-    variant_tags = {"healed": "true", "heal_steps": healed["steps"], "heal_loss": healed["loss"],
-                    "heal_data_fingerprint": healed["data_fingerprint"]} if healed else {}
+    variant = {"healed": "true", "heal_steps": healed["steps"], "heal_loss": healed["loss"],
+               "heal_data_fingerprint": healed["data_fingerprint"]} if healed else {}
     if patched:
-        variant_tags |= {"patched": "true", "patch_objective": patched["objective"], "patch_lambda": str(patched["lambda"]),
-                         "patch_calibration_fingerprint": patched["calibration_fingerprint"]}
-    spread = seed_spread_tag(out)  # the same removed set for the pruned, patched and healed versions
-    tags |= variant_tags | contributions_tag(out / label) | spread
+        variant |= {"patched": "true", "patch_objective": patched["objective"], "patch_lambda": str(patched["lambda"]),
+                    "patch_calibration_fingerprint": patched["calibration_fingerprint"]}
+    shared = seed_spread_tag(out) | variant  # the same removed set for the pruned, patched and healed versions
+    return tags | variant | contributions_tag(out / label) | shared, shared
+
+
+def version_tags(metrics: dict[str, Any], label: str, tags: dict[str, Any], shared: dict[str, Any],
+                 gguf: dict[str, Any] | None, card: Path) -> dict[str, Any]:
+    """What the registered version's page shows: its scores, provenance, files and speed-up."""
+    from coopprune.tracking import registry
+
+    return {
+        registry.ZERO_SHOT_MEAN: metrics.get(f"{label}_zero_shot_mean"),
+        registry.PERPLEXITY: metrics.get(f"{label}_perplexity"),
+        registry.DOMAIN_MEAN_PERPLEXITY: metrics.get(f"{label}_domain_mean_perplexity"),
+        **{key.removeprefix(f"{label}_"): value for key, value in metrics.items()
+           if key.startswith(f"{label}_perplexity_")},  # each held-out domain's, on the version page
+        registry.BASE_MODEL: tags["base_model"],  # the real name, not pruning.json's "default"
+        "release_fingerprint": tags["release_fingerprint"],
+        "mask_dataset_dvc_md5": tags["mask_dataset_dvc_md5"],
+        "gguf": f"gguf/{Path(gguf['path']).name}" if gguf else None,
+        "card": f"card/{card.name}",
+        **speed_tags(metrics),
+        **shared,
+    }
+
+
+def publish(params: Params, summary: dict[str, Any], label: str = "pruned") -> dict[str, Any]:
+    """Log and register ``<output_dir>/<label>`` (``pruned``, ``patched`` or ``healed``) with its own scores."""
+    from coopprune.card import card_file, card_summary
+    from coopprune.tracking import registry
+
+    out = Path(params.output_dir)
+    metrics = summary["metrics"]
+    variant = summary.get(label) if label in ("healed", "patched") else None
+    gguf = (variant or summary).get("gguf")
+    masks = Path(summary["mask_dataset"]["path"])
+    tags, shared = release_tags(params, summary, label)
     name = params.registry.model_name or registry.registered_model_name(params.model.source)
     k = len(summary["pruned"]["removed_layers"])
     run_name = f"{registry.registered_model_name(params.model.source, suffix='')} {params.prune.method} k={k}" + (
@@ -184,8 +215,6 @@ def publish(params: Params, summary: dict[str, Any], label: str = "pruned") -> d
     inputs = {role: {"name": f"{role} text", "source": data[role]["source"], "digest": data[role]["fingerprint"]}
               for role in ("calibration", "evaluation") if role in data}
     inputs["masks"] = {"name": "mask dataset", "source": str(masks), "digest": tags["mask_dataset_sha256"]}
-    from coopprune.card import card_file, card_summary
-
     exports = release_exports(summary)
     card_path = out / card_file(label)
     if not card_path.is_file():  # the flow writes it before registering; a caller that did not gets one now
@@ -202,21 +231,8 @@ def publish(params: Params, summary: dict[str, Any], label: str = "pruned") -> d
         run_id = registry.log_run(params.registry.experiment, run_name, params.model_dump(), metrics, artifacts,
                                   tags, start_time=summary.get("started_at"), inputs=inputs,
                                   models={model_path: model_dir} if flavored else None)
-    version = registry.register_pruned(run_id, model_path, name, {
-        registry.ZERO_SHOT_MEAN: metrics.get(f"{label}_zero_shot_mean"),
-        registry.PERPLEXITY: metrics.get(f"{label}_perplexity"),
-        registry.DOMAIN_MEAN_PERPLEXITY: metrics.get(f"{label}_domain_mean_perplexity"),
-        **{key.removeprefix(f"{label}_"): value for key, value in metrics.items()
-           if key.startswith(f"{label}_perplexity_")},  # each held-out domain's, on the version page
-        registry.BASE_MODEL: tags["base_model"],  # the real name, not pruning.json's "default"
-        "release_fingerprint": tags["release_fingerprint"],
-        "mask_dataset_dvc_md5": tags["mask_dataset_dvc_md5"],
-        "gguf": f"gguf/{Path(gguf['path']).name}" if gguf else None,
-        "card": f"card/{card_path.name}",
-        **speed_tags(metrics),
-        **spread,
-        **variant_tags,
-    }, description=card_summary(out, label, exports))
+    version = registry.register_pruned(run_id, model_path, name, version_tags(metrics, label, tags, shared, gguf, card_path),
+                                       description=card_summary(out, label, exports))
     result: dict[str, Any] = {"run_id": run_id, "model_name": name, "version": version, "alias": registry.CANDIDATE}
     if params.registry.promote:
         decision = registry.promote(name, params.registry.rule)
