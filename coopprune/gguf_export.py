@@ -237,20 +237,8 @@ def tensor_type(name: str, shape: tuple[int, ...], dtype: str, *, tied: bool = F
     return kind if shape[-1] % GGML_QUANT_SIZES[kind][0] == 0 else GGMLQuantizationType.F16
 
 
-def export_gguf(
-    checkpoint: str | Path, dst: str | Path, *, dtype: str = "f16", vocab_from: str | Path | None = None,
-    overwrite: bool = False, progress: Callable[[Iterable[Any]], Iterable[Any]] | None = None,
-) -> Path:
-    """Write a safetensors checkpoint folder as a GGUF at ``dst`` (``f16``: matrices in half
-    precision, norms and biases in f32, as llama.cpp's converter does; ``f32``: everything;
-    ``q8_0`` / ``q4_0``: matrices quantized, see :func:`tensor_type`)."""
-    import gguf
-    import torch
-    from safetensors import safe_open
-    from transformers import AutoConfig
-
-    checkpoint = Path(checkpoint)
-    dst = check_output(dst, overwrite)
+def _checked_weights(checkpoint: Path, dtype: str) -> list[Path]:
+    """The checkpoint's safetensors files, after every refusal that needs no model."""
     if dtype not in DTYPES:
         raise CoopPruneError(f"dtype must be one of {', '.join(DTYPES)}, got '{dtype}'")
     if not (checkpoint / "config.json").is_file():
@@ -260,22 +248,26 @@ def export_gguf(
         raise CoopPruneError(f"no safetensors weights in {checkpoint}")
     if (checkpoint / "quantization.json").is_file():
         raise CoopPruneError(f"{checkpoint} is int8-quantized (our own layout): export its float checkpoint")
-    config = AutoConfig.from_pretrained(checkpoint, trust_remote_code=False)
+    return files
+
+
+def _gguf_tensors(files: list[Path], config: Any, dtype: str) -> list[tuple[str, np.ndarray, Any]]:
+    """Every tensor under its GGUF name, in llama.cpp's layout and ``dtype``'s type (a tied output
+    head is left out: llama.cpp falls back to the token embedding)."""
+    import gguf
+    import torch
+    from safetensors import safe_open
+
     arch = config.model_type
-    if arch not in EXPORTABLE:
-        raise CoopPruneError(f"cannot export a '{arch}' checkpoint to GGUF yet (supported: {', '.join(EXPORTABLE)})")
     model_arch = next(a for a, name in gguf.MODEL_ARCH_NAMES.items() if name == arch)
     names = gguf.get_tensor_name_map(model_arch, config.num_hidden_layers)
     heads, kv_heads = config.num_attention_heads, getattr(config, "num_key_value_heads", None) or config.num_attention_heads
-    found = PruningRecord.load_if_present(checkpoint)
-    record = asdict(found) if found is not None else {}
-
     tensors: list[tuple[str, np.ndarray, Any]] = []
     for file in files:
         with safe_open(str(file), framework="pt") as weights:
             for hf_name in weights.keys():  # noqa: SIM118 - safe_open is not a mapping
                 if hf_name == "lm_head.weight" and config.tie_word_embeddings:
-                    continue  # llama.cpp falls back to token_embd for a missing output.weight
+                    continue
                 name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
                 if name is None:
                     raise CoopPruneError(f"no GGUF name for tensor '{hf_name}' of a '{arch}' checkpoint")
@@ -284,6 +276,29 @@ def export_gguf(
                     data = _permute_rows(data, heads if "q_proj" in hf_name else kv_heads)
                 kind = tensor_type(name, data.shape, dtype, tied=bool(config.tie_word_embeddings))
                 tensors.append((name, gguf.quants.quantize(data, kind), kind))
+    return tensors
+
+
+def export_gguf(
+    checkpoint: str | Path, dst: str | Path, *, dtype: str = "f16", vocab_from: str | Path | None = None,
+    overwrite: bool = False, progress: Callable[[Iterable[Any]], Iterable[Any]] | None = None,
+) -> Path:
+    """Write a safetensors checkpoint folder as a GGUF at ``dst`` (``f16``: matrices in half
+    precision, norms and biases in f32, as llama.cpp's converter does; ``f32``: everything;
+    ``q8_0`` / ``q4_0``: matrices quantized, see :func:`tensor_type`)."""
+    import gguf
+    from transformers import AutoConfig
+
+    checkpoint = Path(checkpoint)
+    dst = check_output(dst, overwrite)
+    files = _checked_weights(checkpoint, dtype)
+    config = AutoConfig.from_pretrained(checkpoint, trust_remote_code=False)
+    arch = config.model_type
+    if arch not in EXPORTABLE:
+        raise CoopPruneError(f"cannot export a '{arch}' checkpoint to GGUF yet (supported: {', '.join(EXPORTABLE)})")
+    found = PruningRecord.load_if_present(checkpoint)
+    record = asdict(found) if found is not None else {}
+    tensors = _gguf_tensors(files, config, dtype)
 
     with atomic_path(dst) as tmp:
         writer = gguf.GGUFWriter(str(tmp), arch)
