@@ -80,6 +80,19 @@ class EvoPress(Estimator):
             return game
         return game.screen(sorted(int(i) for i in rng.choice(n, size=size, replace=False)))
 
+    def _offspring(self, parent: tuple[int, ...], movable: list[int], rng: np.random.Generator,
+                   space: int) -> list[tuple[int, ...]]:
+        """``offspring`` distinct children of ``parent`` (fewer in a small space), each a level
+        switch of up to ``max_mutations`` players."""
+        children: list[tuple[int, ...]] = []
+        wanted, attempts = min(self.offspring, space - 1), 0
+        while len(children) < wanted and attempts < 100 * self.offspring:
+            attempts += 1
+            child = level_switch(parent, movable, rng, self.max_mutations)
+            if child != parent and child not in children:
+                children.append(child)
+        return children
+
     def _estimate(self, game: Game, budget: int | None, seed: int, k: int | None) -> Contributions:
         assert k is not None
         n = game.n_players
@@ -121,13 +134,7 @@ class EvoPress(Estimator):
         save()
         space = comb(len(movable), k)
         for generation in range(trace[-1]["generation"] + 1, generations + 1):
-            children: list[tuple[int, ...]] = []
-            wanted, attempts = min(self.offspring, space - 1), 0
-            while len(children) < wanted and attempts < 100 * self.offspring:
-                attempts += 1
-                child = level_switch(parent, movable, rng, self.max_mutations)
-                if child != parent and child not in children:
-                    children.append(child)
+            children = self._offspring(parent, movable, rng, space)
             if not children:
                 break
             screened = fitness(self._screen(game, rng), children)
