@@ -6,14 +6,17 @@ the same game (same model, utility and 10 windows), estimated from real evaluati
 surrogate: ``--bases`` base masks drawn from the job's strata (k/2, k and 3k/2 layers removed),
 each evaluated with every one of its single-layer flips (L + 1 passes a base), so each base gives
 one exact marginal ``log v(m + i) - log v(m - i)`` of every layer: the semivalue the job reports,
-on its log-utility scale, as a plain mean with its standard error.
+on its log-utility scale, as a plain mean with its standard error. The reference grows in parts of
+``--bases`` bases each, drawn apart (``--step reference --part P``, one process and one store a
+part, so parts run side by side); every complete part counts.
 
 Reported: Spearman of the job's contributions with the reference, its top five and bottom k
 against the reference's, how many of its 95 % intervals cover the reference value and how many
-span zero, and the held-out fit of the model behind them. Every real evaluation is cached under
-``--work`` (a killed run resumes).
+span zero, and the held-out fit of the model behind them; ``--step budget``: the same for the
+job's evaluations plus more of them, against the parts they were not taken from. Every real
+evaluation is cached under ``--work`` (a killed run resumes).
 
-    python bench/contributions.py [--bases 33] [--work bench/work/contributions]
+    python bench/contributions.py [--step STEP] [--part P] [--bases 33] [--work bench/work/contributions]
 """
 
 from __future__ import annotations

@@ -129,7 +129,8 @@ def page(discussion: str) -> list[str]:
                 ".venv/bin/python bench/domains.py --arms ARM ... --ks K --zero-shot-ks K --windows 32 (one call per k)", "domains.md",
                 read("domains.md")),
         section("10. The job's contributions against a reference; the search without its surrogate",
-                ".venv/bin/python bench/contributions.py --step job|reference|compare|reliability|subgame|ablation, then --step tables",
+                ".venv/bin/python bench/contributions.py --step job|reference|compare|reliability|budget|subgame|ablation "
+                "(the reference in parts: --step reference --part 0, 1, 2, in parallel processes), then --step tables",
                 "contributions.md", read("contributions.md")),
         section("11. The release card as a person sees it (headless Chromium)",
                 "make run && .venv/bin/python bench/card_screenshot.py runs/default", "card.md", read("card.md"),
