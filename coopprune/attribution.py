@@ -30,6 +30,7 @@ import numpy as np
 
 from coopprune.errors import CoopPruneError
 from coopprune.metrics import regression_metrics
+from coopprune.sampling import stratified_masks
 
 #: Held-out R2 (log scale) below which the contributions are reported as not trustworthy.
 POOR_FIT_R2 = 0.5
@@ -231,6 +232,16 @@ class Attribution:
             "fit": self.fit, "strata_removed": self.strata, "evaluations": self.evaluations, "alpha": self.alpha,
             "spanning_zero": self.spanning_zero(), "warnings": self.warnings, "summary": self.explanation,
         }
+
+
+def explanation_masks(n_players: int, strata: Sequence[int], count: int, seed: int,
+                      protected: Sequence[int] = ()) -> np.ndarray:
+    """``count`` distinct stratified masks around k to evaluate for the contributions alone: a
+    search's own evaluations cluster where it looked, and a fit read off them alone ranks the
+    layers it did not look at poorly (bench/contributions.py)."""
+    rng = np.random.default_rng([seed, 0xE8A1])
+    masks = stratified_masks(n_players, list(strata), count, rng, tuple(protected))
+    return np.unique(masks, axis=0)
 
 
 def attribute(

@@ -377,6 +377,22 @@ def test_the_shortlist_greedy_seed_follows_sleb_for_its_width_times_k_passes():
         get_estimator("game-search", greedy_width=0)
 
 
+def test_explain_masks_are_real_evaluations_for_the_contributions_that_change_no_decision():
+    value, n = redundant_pair_game(), 10
+    plain_game, more_game = FunctionGame(n, value, protected=[9]), FunctionGame(n, value, protected=[9])
+    plain = get_estimator("game-search", **SEARCH).estimate(plain_game, budget=40, seed=0, k=3)
+    more = get_estimator("game-search", explain_masks=30, **SEARCH).estimate(more_game, budget=40, seed=0, k=3)
+    assert more.removal == plain.removal and more.details["search"] == {
+        **plain.details["search"], "settings": {**plain.details["search"]["settings"], "explain_masks": 30}}
+    added = more.details["attribution"]["evaluations"] - plain.details["attribution"]["evaluations"]
+    assert 0 < added <= 30 and more.evaluations - plain.evaluations == added  # drawn masks the search had not met
+    known, _ = more_game.known()
+    assert known[:, 9].all()  # protected players are never removed, for the report either
+    again = FunctionGame(n, value, protected=[9])
+    get_estimator("game-search", explain_masks=30, **SEARCH).estimate(again, budget=40, seed=0, k=3)
+    assert np.array_equal(np.unique(again.known()[0], axis=0), np.unique(known, axis=0))  # seeded
+
+
 def test_game_search_refines_the_confirmed_set_on_every_window():
     """The screen slightly undervalues removing layer 3, so its best sets (the confirmed ones) keep it;
     the full optimum is one exchange from them, and the hill-climb on every window finds it."""
@@ -408,7 +424,8 @@ def test_game_search_refines_the_confirmed_set_on_every_window():
     ({"refine": 0}, "game-search: refine must be at least 1 (or null), got 0"),
     ({"per_round": 0}, "game-search: per_round must be at least 1, got 0"),
     ({"screen_factor": 0}, "game-search: screen_factor must be at least 1, got 0"),
-    ({"initial": -1}, "game-search: exploration, restarts, mutations and initial cannot be negative"),
+    ({"initial": -1}, "game-search: exploration, restarts, mutations, initial and explain_masks cannot be negative"),
+    ({"explain_masks": -1}, "game-search: exploration, restarts, mutations, initial and explain_masks cannot be negative"),
     ({"screen_share": 1.0}, "game-search: screen_share must be in (0, 1), got 1.0"),
     ({"trust": 0}, "game-search: trust must be at least 1 exchange (or null), got 0"),
 ])

@@ -41,8 +41,9 @@ The result is the best k-removal set ever evaluated on the full calibration set,
 calibration it is never worse than any set it saw. Contributions are read off every real
 evaluation the search made (``coopprune.attribution``: the semivalue over masks around k of a
 second-order game fitted on the log-utility scale, Shapley values and pairwise interactions, with
-bootstrap intervals and the fit's held-out error); the surrogate's own fit is reported on every
-proposed set before its real pass.
+bootstrap intervals and the fit's held-out error); ``explain_masks`` (default 0) adds that many
+stratified real evaluations around k for the report alone. The surrogate's own fit is reported on
+every proposed set before its real pass.
 Every setting scales with L and k; none refers to a model.
 """
 
@@ -55,7 +56,7 @@ from typing import Any
 
 import numpy as np
 
-from coopprune.attribution import Attribution, attribute
+from coopprune.attribution import Attribution, attribute, explanation_masks
 from coopprune.errors import CoopPruneError
 from coopprune.estimators.base import Contributions, register
 from coopprune.estimators.game_search_config import (
@@ -243,11 +244,13 @@ class GameSearch(SurrogateEstimator):
             state.best, state.best_utility = new_best, max(state.best_utility, new_utility)
             state.trace.append(_trace_entry(state.rounds, state.spent(game), state.best, state.best_utility))
 
-    @staticmethod
-    def _explain(game: Game, removal: Removal, strata: list[int], best: list[int], seed: int) -> Attribution:
-        """Contributions read off every real evaluation of the search, and why ``best`` beats the
-        ranking's bottom k (which gets one real pass beyond the budget when it has none)."""
+    def _explain(self, game: Game, removal: Removal, strata: list[int], best: list[int], seed: int) -> Attribution:
+        """Contributions read off every real evaluation of the search (and ``explain_masks`` more),
+        and why ``best`` beats the ranking's bottom k (which gets one real pass beyond the budget
+        when it has none)."""
         n = game.n_players
+        if self.config.explain_masks:
+            game.value_function(explanation_masks(n, strata, self.config.explain_masks, seed, game.protected_players))
         masks, utilities = game.known()
         explained = attribute(masks, utilities, strata, seed, protected=game.protected_players)
         ranking = removal.by_values(explained.semivalue)
