@@ -223,8 +223,9 @@ def interval_stats(values: np.ndarray, low: np.ndarray, high: np.ndarray, ref: n
 
 
 def compare(params: Params, work: Path, bases: int) -> dict[str, Any]:
-    """The job's contributions, before (its surrogate's) and now (read off its real evaluations),
-    against the reference; the same numbers for the reference's own masks as a ceiling."""
+    """The job's contributions, before (its surrogate's), now (read off its real evaluations) and
+    with ``explain_masks`` (its own store, ``explain``), against every complete part of the
+    reference; the same numbers for the reference's own masks as a ceiling."""
     parts = reference_parts(params, work, bases)
     mean, se = summarize(np.concatenate(list(parts.values())))
     k = params.prune.remove
