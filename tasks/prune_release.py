@@ -172,7 +172,7 @@ def release_tags(params: Params, summary: dict[str, Any], label: str) -> tuple[d
         variant |= {"patched": "true", "patch_objective": patched["objective"], "patch_lambda": str(patched["lambda"]),
                     "patch_calibration_fingerprint": patched["calibration_fingerprint"]}
     shared = seed_spread_tag(out) | variant  # the same removed set for the pruned, patched and healed versions
-    return tags | variant | contributions_tag(out / label) | shared, shared
+    return tags | contributions_tag(out / label) | shared, shared
 
 
 def version_tags(metrics: dict[str, Any], label: str, tags: dict[str, Any], shared: dict[str, Any],
